@@ -1,0 +1,51 @@
+"""modnorm: the modular-norm calculus (Large et al. 2024) for any PyTorch model, and a linter built on it.
+
+    >>> import modnorm
+    >>> analysis = modnorm.analyze(model, (torch.randn(4, 128),))
+    >>> analysis.network.sensitivity, [layer.target_norm for layer in analysis.layers]
+
+Heavy modules (torch) are imported lazily so that `modnorm --version` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from .calculus import Options
+    from .result import Analysis
+
+__all__ = ["__version__", "analyze", "Options", "Analysis"]
+
+
+def analyze(model: Any, example_inputs: Any, options: "Options | None" = None, *, file: str | None = None,
+            entry: str | None = None, leaf_types: tuple[type, ...] = (), **option_fields: Any) -> "Analysis":
+    """Trace `model` with `example_inputs` (a tensor or tuple) and run the modular-norm calculus.
+
+    Keyword arguments not listed are fields of `Options` (profile, mass, hidden_mass, mass_of, norm_input_rms).
+    """
+    from .calculus import Options, analyze_traced
+    from .tracing import trace
+
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    options = options or Options(**option_fields)
+    was_training = model.training
+    model.eval()
+    try:
+        traced = trace(model, inputs, user_file=file, leaf_types=leaf_types)
+    finally:
+        model.train(was_training)
+    device = "meta" if any(p.is_meta for p in model.parameters()) else "cpu"
+    return analyze_traced(traced, options, user_file=file, entry=entry, device=device)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Options":
+        from .calculus import Options
+        return Options
+    if name == "Analysis":
+        from .result import Analysis
+        return Analysis
+    raise AttributeError(name)

@@ -1,0 +1,652 @@
+"""The modular-norm calculus on an fx graph: a forward pass of semantics and RMS bounds, then a backward pass
+of downstream sensitivities, masses, targets and residual structure (theory.md §b.3).
+
+Forward (topological order): every node gets its semantics from the registry (or from a recognised pattern),
+the Lipschitz constant w.r.t. each data input, and upper/lower bounds on its output RMS. Backward: for every
+tensor v, S_down(v) = Σ_{consumers c} S_down(c) · L_c(v) — the sum over paths of products of sensitivities,
+which equals Modula's tree recursion for trees. Atoms then get masses (by role or uniform), targets
+t_i = (m_i / M) / S_down(i) and their term in the modular norm ||w||_M = max_i ||w_i|| / t_i.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import operator
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from . import norms, semantics
+from .errors import ModnormError
+from .patterns import Fused, find_patterns
+from .result import Analysis, Layer, Merge, ModelInfo, Network, Op, Stream
+from .semantics import INF, Bounds, Semantics
+from .tracing import TracedModel, node_location
+
+__all__ = ["Options", "analyze_traced", "series", "parallel"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run the calculus (all of it is configurable from the CLI and pyproject)."""
+
+    profile: str = "certified"  # "certified" | "modula"
+    mass: str = "roles"  # "roles" | "uniform"
+    hidden_mass: float = 1.0
+    mass_of: tuple[tuple[str, float], ...] = ()
+    norm_input_rms: float | None = None  # an assumed floor for normalizer inputs, stated in the report
+    input_rms: float = 1.0  # inputs are assumed to have max-position RMS <= this
+
+
+# --------------------------------------------------------------------------------------------- combinators
+def _times(a: float, b: float) -> float:
+    """a · b with 0 · inf = 0: a path through a zero constant carries nothing."""
+    return 0.0 if a == 0 or b == 0 else a * b
+
+
+def series(first: float, then: float) -> float:
+    """Sensitivity of `then ∘ first`: sensitivities multiply (theory.md §b.1, composition)."""
+    return _times(first, then)
+
+
+def parallel(*branches: float) -> float:
+    """Sensitivity of a fan-out whose branches are summed: sensitivities add (§b.1, concatenation + Add)."""
+    return sum(branches)
+
+
+# ------------------------------------------------------------------------------------------------ weights
+_DEFAULT_BIAS_LAW = ("uniform_fan_in",)
+
+
+class WeightStore:
+    """Norms of parameters: measured on real weights, predicted from the init law on the meta device."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+        self._cache: dict[tuple, tuple] = {}
+
+    def tensor(self, name: str) -> torch.Tensor:
+        obj: Any = self.root
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensor(name).shape)
+
+    def _owner(self, name: str) -> nn.Module | None:
+        path = name.rsplit(".", 1)[0] if "." in name else ""
+        try:
+            return self.root.get_submodule(path)
+        except AttributeError:
+            return None
+
+    def _cached(self, key: tuple, compute: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def _law_std(self, name: str) -> float:
+        """Entry std of PyTorch's default init for the owner's type (kaiming_uniform(a=sqrt5) for Linear/Conv)."""
+        owner, shape = self._owner(name), self.shape(name)
+        if isinstance(owner, nn.Embedding):
+            return 1.0
+        fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+        if isinstance(owner, (nn.Conv1d, nn.Conv2d)):
+            fan_in = math.prod(shape[1:])
+        return 1.0 / math.sqrt(3 * fan_in)
+
+    def spectral(self, name: str, transpose: bool = False) -> tuple[float, str]:
+        def compute() -> tuple[float, str]:
+            w = self.tensor(name)
+            if not w.is_meta:
+                return norms.spectral_norm(w.detach()).upper, "measured"
+            rows, cols = w.shape[0], math.prod(w.shape[1:])
+            std = self._law_std(name)
+            return std * (math.sqrt(rows) + math.sqrt(cols)), "predicted"
+        return self._cached(("spectral", name), compute)
+
+    def conv(self, name: str, groups: int) -> tuple[float, str]:
+        def compute() -> tuple[float, str]:
+            w = self.tensor(name)
+            c_out, c_in_g = w.shape[0], w.shape[1]
+            if not w.is_meta:
+                grouped = w.detach().reshape(groups, c_out // groups, c_in_g, -1)
+                slices = grouped.permute(0, 3, 1, 2).reshape(-1, c_out // groups, c_in_g)
+                return norms.conv_kernel_norm(slices.permute(1, 2, 0)).upper, "measured"
+            std = self._law_std(name)
+            return std * (math.sqrt(c_out // groups) + math.sqrt(c_in_g)) * 1.05, "predicted"
+        return self._cached(("conv", name, groups), compute)
+
+    def row_rms(self, name: str) -> tuple[float, float, str]:
+        def compute() -> tuple[float, float, str]:
+            w = self.tensor(name)
+            if not w.is_meta:
+                rms = w.detach().double().pow(2).mean(1).sqrt()
+                return float(rms.max()), float(rms.min()), "measured"
+            n, d = w.shape
+            std = self._law_std(name)
+            return std * (1 + math.sqrt(math.log(max(n, 2)) / d)), 0.0, "predicted"
+        return self._cached(("row_rms", name), compute)
+
+    def abs_max(self, name: str) -> tuple[float, str]:
+        def compute() -> tuple[float, str]:
+            w = self.tensor(name)
+            if not w.is_meta:
+                return float(w.detach().abs().max()) if w.numel() else 0.0, "measured"
+            if w.dim() == 1:  # normalization gains initialise to ones
+                return 1.0, "predicted"
+            return math.sqrt(3) * self._law_std(name), "predicted"
+        return self._cached(("abs_max", name), compute)
+
+    def abs_min(self, name: str) -> tuple[float, str]:
+        w = self.tensor(name)
+        if not w.is_meta:
+            return float(w.detach().abs().min()) if w.numel() else 0.0, "measured"
+        return (1.0 if w.dim() == 1 else 0.0), "predicted"
+
+    def rms(self, name: str) -> tuple[float, str]:
+        def compute() -> tuple[float, str]:
+            w = self.tensor(name)
+            if not w.is_meta:
+                return float(w.detach().double().pow(2).mean().sqrt()) if w.numel() else 0.0, "measured"
+            owner = self._owner(name)
+            if isinstance(owner, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
+                return 0.0, "predicted"
+            weight = getattr(owner, "weight", None)
+            fan_in = math.prod(weight.shape[1:]) if weight is not None and weight.dim() > 1 else w.shape[0]
+            return 1.0 / math.sqrt(3 * fan_in), "predicted"
+        return self._cached(("rms", name), compute)
+
+    def max_row_l1(self, name: str) -> tuple[float, str]:
+        w = self.tensor(name)
+        if not w.is_meta:
+            return float(w.detach().abs().sum(1).max()), "measured"
+        fan_in = w.shape[1]
+        return fan_in * math.sqrt(3) * self._law_std(name), "predicted (worst case of the init law)"
+
+    def batch_norm(self, prefix: str, eps: float) -> tuple[float, str]:
+        module = self.root.get_submodule(prefix)
+        var = module.running_var
+        if var is None or var.is_meta:
+            return 1.0 / math.sqrt(1.0 + eps), "predicted"
+        gamma = module.weight.detach().abs() if module.weight is not None else torch.ones_like(var)
+        return float((gamma / (var + eps).sqrt()).max()), "measured"
+
+
+# --------------------------------------------------------------------------------------------- op views
+class _View:
+    """The OpView handed to registry entries (see semantics.OpView)."""
+
+    def __init__(self, node: fx.Node, output: fx.Node, inputs: list[fx.Node], bounds: list[Bounds],
+                 ctx: "_Context", scale: float = 1.0) -> None:
+        self.node, self.output, self.inputs, self.bounds = node, output, inputs, bounds
+        self.ctx, self.scale = ctx, scale
+        self.profile = ctx.options.profile
+        self.weights = ctx.weights
+        self.norm_input_rms = ctx.options.norm_input_rms
+        self.module = ctx.root.get_submodule(node.target) if node.op == "call_module" else None
+
+    def arg(self, index: int, name: str, default: Any = None) -> Any:
+        if name in self.node.kwargs:
+            return self.node.kwargs[name]
+        offset = 0
+        if len(self.node.args) > index + offset:
+            return self.node.args[index + offset]
+        return default
+
+    def param_name(self, index: int, name: str) -> str | None:
+        arg = self.arg(index, name)
+        if isinstance(arg, fx.Node) and arg.op == "get_attr" and arg.target in self.ctx.parameter_names:
+            return arg.target
+        return None
+
+    def constant_value(self, index: int, name: str) -> Any:
+        arg = self.arg(index, name)
+        if isinstance(arg, torch.Tensor):
+            return None if arg.is_meta else arg
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            value = self.weights.tensor(arg.target)
+            return None if not isinstance(value, torch.Tensor) or value.is_meta else value.detach()
+        return None
+
+    @property
+    def value(self) -> Any:
+        return self.output.meta.get("value")
+
+    def in_shape(self, i: int = 0) -> tuple[int, ...]:
+        value = self.inputs[i].meta.get("value") if i < len(self.inputs) else None
+        if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+            value = value[0]
+        return tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+
+    def out_shape(self) -> tuple[int, ...]:
+        value = self.value
+        if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+            value = value[0]
+        return tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+
+
+@dataclass
+class _Record:
+    node: fx.Node
+    kind: str
+    inputs: list["_Record"]
+    semantics: Semantics | None
+    bounds: Bounds
+    lipschitz: tuple[float, ...] = ()
+    design: tuple[float, ...] = ()
+    index: int = 0
+    down: float = 0.0
+    design_down: float = 0.0
+    module: str = ""
+    target: str = ""
+
+
+@dataclass
+class _Context:
+    root: nn.Module
+    weights: WeightStore
+    options: Options
+    user_file: str | None
+    parameter_names: set[str] = field(default_factory=set)
+
+
+# --------------------------------------------------------------------------------------------- the pass
+def _readable_target(node: fx.Node, root: nn.Module, fused: Fused | None) -> str:
+    if fused is not None and fused.kind != "scaled_atom":
+        return f"{fused.kind} (pattern)"
+    if node.op == "call_module":
+        return type(root.get_submodule(node.target)).__name__
+    if node.op == "call_method":
+        return f"method {node.target}"
+    if node.op == "call_function":
+        module = getattr(node.target, "__module__", None) or ""
+        return f"{module}.{getattr(node.target, '__name__', node.target)}".lstrip(".")
+    return node.op
+
+
+def _module_path(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return node.target
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def _data_inputs(node: fx.Node, depends: dict[fx.Node, bool]) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) if depends.get(n) else None)
+    return found
+
+
+def _registry_key(node: fx.Node, root: nn.Module) -> Any:
+    if node.op == "call_module":
+        return type(root.get_submodule(node.target))
+    return node.target
+
+
+def _is_discrete(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return not (value.is_floating_point() or value.is_complex())
+    return False
+
+
+def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[_Record], ctx: _Context) -> Semantics:
+    base = fused.info["atom"] if fused is not None and fused.kind == "scaled_atom" else node
+    scale = fused.info["scale"] if fused is not None and fused.kind == "scaled_atom" else 1.0
+    view = _View(base, node, [r.node for r in inputs], [r.bounds for r in inputs], ctx, scale)
+    try:
+        if fused is not None and fused.kind == "rms_norm":
+            return _rms_pattern(view, fused)
+        if fused is not None and fused.kind == "mean_subtract":
+            return Semantics("bond", (1.0,), "MeanSubtract: orthogonal projection I - 11ᵀ/d, §d.1",
+                             label="MeanSubtract")
+        if fused is not None and fused.kind == "attention":
+            return semantics.attention(view, fused.info["scale"], "attention (by hand)")
+        entry = semantics.lookup(_registry_key(base, ctx.root))
+        if entry is None:
+            return Semantics("unknown", (INF,) * max(1, len(inputs)), "not in the registry", certified=False,
+                             reason=f"op `{_readable_target(base, ctx.root, None)}` is not in modnorm's registry")
+        return entry(view)
+    except ModnormError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a registry entry that cannot judge an op never hides it
+        return Semantics("unknown", (INF,) * max(1, len(inputs)), "registry entry failed", certified=False,
+                         reason=f"could not evaluate `{_readable_target(base, ctx.root, None)}`: "
+                                f"{type(exc).__name__}: {exc}")
+
+
+def _rms_pattern(view: _View, fused: Fused) -> Semantics:
+    found = semantics.normalization(view, None, None, fused.info["eps"], False, "RMS normalization (by hand)")
+    if not fused.info.get("l2"):
+        return found
+    width = view.in_shape(0)[-1] if view.in_shape(0) else 1  # x / ||x||_2 = rms-divide / sqrt(d)
+    shrink = 1 / math.sqrt(width)
+    return replace(found, lipschitz=tuple(c * shrink for c in found.lipschitz),
+                   design=tuple(c * shrink for c in found.design or ()), upper=shrink, lower=shrink,
+                   label="l2 normalize (by hand)")
+
+
+def _bounds_out(sem: Semantics, inputs: list[_Record], value: Any) -> Bounds:
+    if _is_discrete(value):
+        return Bounds(upper=0.0, fdim=None, discrete=True)
+    upper = sem.upper
+    if upper is None and inputs and all(r.bounds.discrete for r in inputs):
+        upper = INF  # a float made from ids or masks: its size is not known statically
+    elif upper is None:
+        upper = sum(_times(c, r.bounds.upper) for c, r in zip(sem.lipschitz, inputs) if not r.bounds.discrete)
+    fdim = sem.fdim
+    if fdim == -1:
+        fdim = next((r.bounds.fdim for r in inputs if r.bounds.fdim is not None), None)
+    if isinstance(value, torch.Tensor) and value.dim() and (fdim is None or fdim >= value.dim()):
+        fdim = value.dim() - 1
+    return Bounds(upper=upper, lower=sem.lower, sup=sem.sup, fdim=fdim)
+
+
+def _input_bounds(value: Any, options: Options) -> Bounds:
+    if _is_discrete(value) or not isinstance(value, torch.Tensor):
+        return Bounds(upper=0.0, fdim=None, discrete=True)
+    fdim = 1 if value.dim() == 4 else value.dim() - 1
+    return Bounds(upper=options.input_rms, lower=0.0, fdim=fdim)
+
+
+def _fit(constants: tuple[float, ...], inputs: list[_Record]) -> tuple[float, ...]:
+    """One constant per data input; discrete inputs (ids, masks) carry no perturbation."""
+    return tuple(0.0 if record.bounds.discrete else (constants[i] if i < len(constants) else INF)
+                 for i, record in enumerate(inputs))
+
+
+def _forward(traced: TracedModel, ctx: _Context) -> list[_Record]:
+    graph, root = traced.graph, ctx.root
+    fused = find_patterns(graph, root)
+    absorbed = set()
+    for group in fused.values():
+        absorbed |= group.members - {group.output}
+    depends: dict[fx.Node, bool] = {}
+    records: dict[fx.Node, _Record] = {}
+    ordered: list[_Record] = []
+    for index, node in enumerate(graph.nodes):
+        if node.op == "placeholder":  # token ids and masks are not perturbed: they are not data
+            depends[node] = not _is_discrete(node.meta.get("value"))
+        else:  # embedding lookups start the continuous network even from ids or arange positions
+            depends[node] = any(depends.get(a, False) for a in node.all_input_nodes) or _may_be_atom(node, None, root)
+        if node in absorbed:
+            continue
+        group = fused.get(node)
+        if node.op == "placeholder":
+            record = _Record(node, "input", [], None, _input_bounds(node.meta.get("value"), ctx.options))
+        elif node.op == "get_attr":
+            continue
+        elif node.op == "output":
+            inputs = [records[n] for n in _data_inputs(node, depends) if n in records]
+            record = _Record(node, "output", inputs, None, Bounds())
+        else:
+            if group is not None and group.kind != "scaled_atom":
+                input_nodes = group.inputs
+            else:
+                base = group.info["atom"] if group is not None else node
+                input_nodes = _data_inputs(base, depends)
+            inputs = [records[n] for n in input_nodes if n in records]
+            if not inputs and not _may_be_atom(node, group, root):
+                depends[node] = False
+                continue
+            sem = _evaluate(node, group, inputs, ctx)
+            value = node.meta.get("value")
+            if sem.kind == "atom" and sem.atom.kind != "Gain":  # a well-normed atom has sensitivity 1 (§a)
+                sem = replace(sem, design=(1.0,) * len(sem.lipschitz), nominal=(1.0,) * len(sem.lipschitz))
+                if ctx.options.profile == "modula":
+                    sem = replace(sem, lipschitz=sem.nominal)
+            lipschitz = _fit(sem.lipschitz, inputs)
+            design = _fit(sem.design, inputs) if sem.design is not None else lipschitz
+            if _is_discrete(value) and any(not r.bounds.discrete for r in inputs):
+                sem = replace(sem, certified=False, kind="bond",
+                              reason="a comparison or rounding of activations is piecewise constant with jumps")
+            record = _Record(node, sem.kind, inputs, sem, _bounds_out(sem, inputs, value), lipschitz, design)
+            record.target = _readable_target(group.info["atom"] if group is not None and group.kind ==
+                                             "scaled_atom" else node, root, group)
+        record.index = index
+        record.module = _module_path(node)
+        records[node] = record
+        ordered.append(record)
+    return ordered
+
+
+def _may_be_atom(node: fx.Node, group: Fused | None, root: nn.Module) -> bool:
+    base = group.info["atom"] if group is not None and group.kind == "scaled_atom" else node
+    if base.op == "call_module":
+        return isinstance(root.get_submodule(base.target), nn.Embedding)
+    return base.op == "call_function" and base.target is torch.nn.functional.embedding
+
+
+def _backward(records: list[_Record]) -> None:
+    for record in records:
+        record.down = record.design_down = 0.0
+    for record in reversed(records):
+        if record.kind == "output":
+            for inp in record.inputs:
+                inp.down += 1.0
+                inp.design_down += 1.0
+            continue
+        for inp, c, d in zip(record.inputs, record.lipschitz, record.design):
+            inp.down += _times(record.down, c)
+            inp.design_down += _times(record.design_down, d)
+
+
+# ------------------------------------------------------------------------------------------- masses, layers
+def _roles(records: list[_Record]) -> dict[int, str]:
+    is_atom = {id(r): r.kind == "atom" and r.semantics.atom.kind != "Gain" for r in records}
+    up: dict[int, bool] = {}
+    for r in records:
+        up[id(r)] = any(is_atom[id(i)] or up[id(i)] for i in r.inputs)
+    down: dict[int, bool] = {id(r): False for r in records}
+    for r in reversed(records):
+        for i in r.inputs:
+            down[id(i)] = down[id(i)] or is_atom[id(r)] or down[id(r)]
+    roles = {}
+    for r in records:
+        if is_atom[id(r)]:
+            roles[id(r)] = "input" if not up[id(r)] else ("output" if not down[id(r)] else "hidden")
+    return roles
+
+
+def _masses(atoms: list[_Record], roles: dict[int, str], options: Options, names: dict[int, str]) -> dict[int, float]:
+    masses: dict[int, float] = {}
+    counted = [a for a in atoms if a.semantics.atom.kind != "Gain"]
+    if options.mass == "uniform":
+        masses = {id(a): 1.0 for a in counted}
+    elif options.mass == "roles":
+        groups: dict[str, list[_Record]] = {"input": [], "hidden": [], "output": []}
+        for a in counted:
+            groups[roles[id(a)]].append(a)
+        totals = {"input": 1.0, "output": 1.0, "hidden": options.hidden_mass}
+        for role, members in groups.items():
+            for a in members:
+                masses[id(a)] = totals[role] / len(members)
+    else:
+        raise ModnormError(f"unknown mass scheme `{options.mass}`", "use --mass roles or --mass uniform")
+    for a in atoms:
+        masses.setdefault(id(a), 0.0)
+    for pattern, total in options.mass_of:
+        matched = [a for a in atoms if fnmatch.fnmatchcase(names[id(a)], pattern)]
+        if not matched:
+            raise ModnormError(f"the mass override `{pattern}={total:g}` matches no atom",
+                               "check the module path glob against the report's layer names")
+        for a in matched:  # like Modula's tare: the matching atoms together get `total`
+            masses[id(a)] = total / len(matched)
+    return masses
+
+
+def _layer_name(record: _Record) -> str:
+    weight = record.semantics.atom.weight
+    return weight[: -len(".weight")] if weight.endswith(".weight") else weight
+
+
+def _layers(records: list[_Record], ctx: _Context) -> tuple[list[Layer], float]:
+    atoms = [r for r in records if r.kind == "atom"]
+    roles = _roles(records)
+    names = {id(a): _layer_name(a) for a in atoms}
+    masses = _masses(atoms, roles, ctx.options, names)
+    total = sum(masses.values())
+    layers = []
+    for a in atoms:
+        spec = a.semantics.atom
+        mass = masses[id(a)]
+        share = mass / total if total > 0 else 0.0
+        target = share / a.design_down if a.design_down > 0 else (math.inf if share > 0 else 0.0)
+        file, line = node_location(a.node, ctx.user_file)
+        owner = spec.weight.rsplit(".", 1)[0] if "." in spec.weight else ""
+        try:
+            module_type = type(ctx.root.get_submodule(owner)).__name__
+        except AttributeError:
+            module_type = ""
+        layers.append(Layer(
+            name=names[id(a)], kind=spec.kind, shape=spec.shape, role=roles.get(id(a), "gain"), mass=mass,
+            mass_share=share, sensitivity=a.lipschitz[0] if a.lipschitz else spec.norm,
+            downstream_sensitivity=a.down, design_downstream_sensitivity=a.design_down, target_norm=target,
+            norm_at_init=spec.norm, norm_source=spec.norm_source, scale=spec.scale,
+            certified=a.semantics.certified, op=a.node.name, weight=spec.weight, params=spec.params,
+            file=file, line=line, module_type=module_type))
+    return layers, total
+
+
+# ------------------------------------------------------------------------------------------- residual merges
+def _strip_scalars(record: _Record) -> tuple[_Record, float]:
+    coefficient = 1.0
+    while (record.semantics is not None and "scalar" in record.semantics.tags and len(record.inputs) == 1
+           and "factor" in record.semantics.info):
+        coefficient *= record.semantics.info["factor"]
+        record = record.inputs[0]
+    return record, coefficient
+
+
+def _between(skip: _Record, branch: _Record) -> list[_Record] | None:
+    """Records on paths from `skip` to `branch` (inclusive of branch), or None if branch does not depend on skip."""
+    seen: dict[int, _Record] = {}
+    todo = [branch]
+    reaches = False
+    while todo:
+        current = todo.pop()
+        if id(current) in seen or current.index < skip.index:
+            continue
+        if current is skip:
+            reaches = True
+            continue
+        seen[id(current)] = current
+        todo.extend(current.inputs)
+    if not reaches:
+        return None
+    return sorted(seen.values(), key=lambda r: r.index)
+
+
+def _branch_sensitivity(skip: _Record, block: list[_Record], design: bool) -> float:
+    sens = {id(skip): 1.0}
+    for record in block:
+        constants = record.design if design else record.lipschitz
+        sens[id(record)] = sum(_times(c, sens.get(id(i), 0.0)) for i, c in zip(record.inputs, constants))
+    return sens[id(block[-1])]
+
+
+def _merges(records: list[_Record], ctx: _Context) -> tuple[list[Merge], list[Stream]]:
+    merges: list[Merge] = []
+    for record in records:
+        if record.semantics is None or "merge" not in record.semantics.tags or len(record.inputs) != 2:
+            continue
+        (x_a, a), (x_b, b) = (_strip_scalars(i) for i in record.inputs)
+        if record.node.target in (operator.sub, torch.sub, "sub"):
+            b = -b
+        for skip, skip_c, branch, branch_c in ((x_a, a, x_b, b), (x_b, b, x_a, a)):
+            if skip is branch:
+                continue
+            block = _between(skip, branch)
+            if block is None or not any(r.kind == "atom" for r in block):
+                continue
+            file, line = node_location(record.node, ctx.user_file)
+            merges.append(Merge(
+                op=record.node.name, skip=skip.node.name, branch=branch.node.name, skip_coefficient=skip_c,
+                branch_coefficient=branch_c, branch_sensitivity=_branch_sensitivity(skip, block, False),
+                design_branch_sensitivity=_branch_sensitivity(skip, block, True), module=record.module,
+                file=file, line=line))
+            break
+    by_output = {m.op: m for m in merges}
+    followers = {m.skip: m for m in merges if m.skip in by_output}
+    streams = []
+    starts = [m for m in merges if m.skip not in by_output]
+    for start in starts:
+        chain, current = [start.op], start
+        while current.op in followers:
+            current = followers[current.op]
+            chain.append(current.op)
+        streams.append(Stream(tuple(chain)))
+    return merges, streams
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+def analyze_traced(traced: TracedModel, options: Options = Options(), user_file: str | None = None,
+                   entry: str | None = None, device: str = "meta") -> Analysis:
+    """Run the calculus on a traced model and return the plain `Analysis`."""
+    root = traced.root
+    ctx = _Context(root, WeightStore(root), options, user_file,
+                   {name for name, _ in root.named_parameters(remove_duplicate=False)})
+    records = _forward(traced, ctx)
+    _backward(records)
+    layers, total_mass = _layers(records, ctx)
+    merges, streams = _merges(records, ctx)
+    ops = tuple(_op(r, ctx) for r in records)
+    network = _network(records, layers, total_mass, ctx)
+    parameters = sum(p.numel() for p in root.parameters())
+    info = ModelInfo(user_file, entry, traced.tracer, device, parameters, len(records), tuple(traced.attempts))
+    return Analysis(info, options.profile, options.mass, options.hidden_mass, tuple(layers), ops, tuple(merges),
+                    tuple(streams), network)
+
+
+def _op(record: _Record, ctx: _Context) -> Op:
+    sem = record.semantics
+    file, line = node_location(record.node, ctx.user_file)
+    return Op(
+        name=record.node.name, target=record.target or record.node.op, kind=record.kind,
+        inputs=tuple(i.node.name for i in record.inputs), lipschitz=record.lipschitz,
+        downstream_sensitivity=record.down, upper=record.bounds.upper, lower=record.bounds.lower,
+        certified=sem.certified if sem else True, reason=sem.reason if sem else "", source=sem.source if sem else "",
+        module=record.module, file=file, line=line, tags=sem.tags if sem else (),
+        nominal=sem.nominal if sem else None, smooth=sem.smooth if sem else True,
+        curvature=sem.curvature if sem else 0.0, info=dict(sem.info) if sem else {})
+
+
+def _network(records: list[_Record], layers: list[Layer], total_mass: float, ctx: _Context) -> Network:
+    inputs = [r for r in records if r.kind == "input"]
+    continuous = {r.node.name: r.down for r in inputs if not r.bounds.discrete}
+    design_continuous = [r.design_down for r in inputs if not r.bounds.discrete]
+    convention = "max over continuous inputs of S_down(input) (sum norm on the input tuple)"
+    if continuous:
+        sensitivity, design = max(continuous.values()), max(design_continuous)
+    else:  # token ids: measure from the embedding lookups, as Modula's Embedding and Enumerate do
+        embeddings = [r for r in records if r.kind == "atom" and r.semantics.atom.kind == "Embedding"]
+        sensitivity = sum(_times(r.down, r.lipschitz[0] if r.lipschitz else r.semantics.atom.norm) for r in embeddings)
+        design = sum(_times(r.design_down, r.semantics.atom.norm) for r in embeddings)
+        convention = ("discrete input: sum over embedding lookups (token ids and positions alike) of "
+                      "S_down(embedding) x its l1->RMS norm, as Modula counts Embedding and Enumerate")
+    reasons, unknown, assumptions = [], [], []
+    for r in records:
+        sem = r.semantics
+        if sem is None:
+            continue
+        file, line = node_location(r.node, ctx.user_file)
+        where = f"{file}:{line}" if file else r.node.name
+        if sem.kind == "unknown":
+            unknown.append(f"{r.target} at {where}")
+        if not sem.certified and r.down > 0:
+            reasons.append(f"{sem.label or r.target} at {where}: {sem.reason}")
+        if sem.info.get("assumption"):
+            assumptions.append(f"{sem.label} at {where}: {sem.info['assumption']}")
+    modular_norm = max((l.weighted_norm for l in layers if l.mass > 0), default=math.nan)
+    finite = math.isfinite(sensitivity)
+    if not finite and not reasons:
+        reasons.append("a path from the input carries an unbounded constant")
+    return Network(mass=total_mass, sensitivity=sensitivity, design_sensitivity=design,
+                   certified=finite and not reasons, uncertified_reasons=tuple(dict.fromkeys(reasons)),
+                   unknown_ops=tuple(dict.fromkeys(unknown)), assumptions=tuple(dict.fromkeys(assumptions)),
+                   input_sensitivities=continuous, input_convention=convention, modular_norm_at_init=modular_norm)

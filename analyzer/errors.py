@@ -1,0 +1,52 @@
+"""Errors a user can act on: one paragraph, the file, the line, what to do (exit code 2)."""
+
+from __future__ import annotations
+
+import re
+import traceback
+from pathlib import Path
+
+__all__ = ["ModnormError", "user_frame", "frame_of_exception"]
+
+_INTERNAL = re.compile(r"(site-packages|dist-packages|/torch/|/lib/python3\.\d+/|[/\\]modnorm[/\\]|[/\\]analyzer[/\\])")
+
+
+class ModnormError(Exception):
+    """Bad input. The CLI prints str(self) as one paragraph and exits with code 2."""
+
+    def __init__(self, problem: str, remedy: str = "", file: str | Path | None = None,
+                 line: int | None = None) -> None:
+        self.problem, self.remedy = problem, remedy
+        self.file = str(file) if file is not None else None
+        self.line = line
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = ""
+        if self.file:
+            where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
+        text = where + self.problem.rstrip(".") + "."
+        if self.remedy:
+            text += " " + self.remedy.rstrip(".") + "."
+        return " ".join(text.split())
+
+
+def _is_user_file(filename: str, user_file: str | None) -> bool:
+    if user_file is not None:
+        return Path(filename).resolve() == Path(user_file).resolve()
+    return not _INTERNAL.search(filename) and not filename.startswith("<")
+
+
+def user_frame(stack: traceback.StackSummary, user_file: str | None = None) -> tuple[str, int, str] | None:
+    """The innermost frame of `stack` in the user's code: (file, line, source text)."""
+    for frame in reversed(stack):  # innermost frame outside torch and modnorm (the user's helpers count)
+        if _is_user_file(frame.filename, None):
+            return frame.filename, frame.lineno or 0, (frame.line or "").strip()
+    return None
+
+
+def frame_of_exception(exc: BaseException, user_file: str | None = None) -> tuple[str, int, str] | None:
+    """Where in the user's code `exc` was raised (innermost user frame of its traceback)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return exc.filename, exc.lineno or 0, (exc.text or "").strip()
+    return user_frame(traceback.extract_tb(exc.__traceback__), user_file)

@@ -1,0 +1,186 @@
+"""Load `model.py[:NAME]`: import the file, find the model, build it on meta (and on CPU when small)."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import ModnormError, frame_of_exception
+
+__all__ = ["LoadedModel", "load", "parse_target", "count_parameters"]
+
+DEFAULT_MAX_PARAMS = 100_000_000
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # the model analysed: real weights on CPU when small, else on meta
+    inputs: tuple[Any, ...]
+    file: str
+    entry: str
+    device: str  # "cpu" | "meta"
+    parameters: int
+
+
+def parse_target(target: str) -> tuple[Path, str | None]:
+    """`path.py:NAME` → (path, NAME). A Windows drive letter is not a NAME."""
+    head, sep, tail = target.rpartition(":")
+    if sep and head.endswith(".py") and tail.isidentifier():
+        return Path(head), tail
+    return Path(target), None
+
+
+def _import(path: Path) -> Any:
+    if not path.exists():
+        raise ModnormError(f"no such file `{path}`", "pass the path of a Python file that defines your model")
+    if path.suffix != ".py":
+        raise ModnormError(f"`{path}` is not a Python file",
+                           "pass a .py file that defines the model (checkpoints go to --weights)", path)
+    name = f"_modnorm_model_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ModnormError(f"syntax error: {exc.msg}", "fix the file so that `python` can import it",
+                           path, exc.lineno) from exc
+    except Exception as exc:  # noqa: BLE001 - the user's module failed at import time
+        frame = frame_of_exception(exc, str(path))
+        raise ModnormError(f"importing the file raised {type(exc).__name__}: {exc}",
+                           "fix the error so that the file imports (modnorm runs it as a module)",
+                           frame[0] if frame else path, frame[1] if frame else None) from exc
+    finally:
+        sys.path.pop(0)
+    return module
+
+
+def _candidates(module: Any, path: Path) -> list[tuple[str, Any]]:
+    """Module-level instances, then no-argument nn.Module subclasses defined in this file."""
+    instances = [(n, v) for n, v in vars(module).items() if isinstance(v, nn.Module) and not n.startswith("_")]
+    if instances:
+        return instances
+    classes = []
+    for n, v in vars(module).items():
+        if (inspect.isclass(v) and issubclass(v, nn.Module) and v.__module__ == module.__name__
+                and not n.startswith("_") and _constructible(v)):
+            classes.append((n, v))
+    return classes
+
+
+def _constructible(klass: type) -> bool:
+    try:
+        params = list(inspect.signature(klass.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
+
+
+def _find_entry(module: Any, path: Path, name: str | None) -> tuple[str, Any]:
+    if name is not None:
+        if not hasattr(module, name):
+            found = ", ".join(n for n, _ in _candidates(module, path)) or "none"
+            raise ModnormError(f"`{name}` is not defined in the file (candidates: {found})",
+                               "name a module instance, an nn.Module subclass or a factory function", path)
+        return name, getattr(module, name)
+    if callable(getattr(module, "build_model", None)):
+        return "build_model", module.build_model
+    candidates = _candidates(module, path)
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise ModnormError("no model found: the file defines no build_model(), no module-level nn.Module instance "
+                           "and no nn.Module subclass constructible without arguments",
+                           "add `def build_model(): return MyModel(...)` or pass path.py:NAME", path)
+    names = ", ".join(n for n, _ in candidates)
+    raise ModnormError(f"several models found ({names})", f"pick one with {path}:NAME", path)
+
+
+def _build(entry: Any, name: str, path: Path, kwargs: dict[str, Any]) -> nn.Module:
+    if isinstance(entry, nn.Module):
+        return entry
+    if not callable(entry):
+        raise ModnormError(f"`{name}` is neither an nn.Module nor callable", "name a model or a factory", path)
+    try:
+        built = entry(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed
+        frame = frame_of_exception(exc, str(path))
+        raise ModnormError(f"building the model with `{name}({_kwargs_text(kwargs)})` raised "
+                           f"{type(exc).__name__}: {exc}", "fix the factory, or pass the keyword arguments it needs "
+                           "with --kwargs", frame[0] if frame else path, frame[1] if frame else None) from exc
+    if not isinstance(built, nn.Module):
+        raise ModnormError(f"`{name}()` returned {type(built).__name__}, not an nn.Module",
+                           "return the model from the factory", path)
+    return built
+
+
+def _kwargs_text(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _example_inputs(module: Any, model: nn.Module, path: Path, shape: tuple[int, ...] | None,
+                    dtype: str | None) -> tuple[Any, ...]:
+    if shape is not None:
+        torch_dtype = {"long": torch.long, "int": torch.long, "float": torch.float32, "float32": torch.float32,
+                       "float64": torch.float64}.get(dtype or "float")
+        if torch_dtype is None:
+            raise ModnormError(f"unknown --input-dtype `{dtype}`", "use long or float")
+        if torch_dtype == torch.long:
+            return (torch.zeros(shape, dtype=torch.long),)
+        return (torch.randn(shape, dtype=torch_dtype),)
+    maker: Callable | None = getattr(module, "example_inputs", None)
+    if maker is None:
+        raise ModnormError("no example inputs: the file defines no example_inputs() and no --input-shape was given",
+                           "add `def example_inputs(model): return torch.randn(4, 128)` or pass "
+                           "--input-shape 4,128 [--input-dtype long]", path)
+    try:
+        takes_model = len(inspect.signature(maker).parameters) >= 1
+        inputs = maker(model) if takes_model else maker()
+    except Exception as exc:  # noqa: BLE001
+        frame = frame_of_exception(exc, str(path))
+        raise ModnormError(f"example_inputs() raised {type(exc).__name__}: {exc}",
+                           "make it return a tensor or a tuple of tensors (it must work for a model on the meta "
+                           "device: read sizes from attributes)", frame[0] if frame else path,
+                           frame[1] if frame else None) from exc
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    if not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise ModnormError("example_inputs() must return a tensor or a tuple of tensors",
+                           "return e.g. torch.randn(4, 128) or (ids, mask)", path)
+    return tuple(x.to("cpu") if x.is_meta is False else torch.zeros(x.shape, dtype=x.dtype) for x in inputs)
+
+
+def load(target: str, *, device: str = "auto", max_params: int = DEFAULT_MAX_PARAMS,
+         input_shape: tuple[int, ...] | None = None, input_dtype: str | None = None,
+         kwargs: dict[str, Any] | None = None, seed: int = 0) -> LoadedModel:
+    """Import `target`, build the model on meta, and again on CPU when it is small (or `device="cpu"`)."""
+    path, name = parse_target(target)
+    module = _import(path)
+    entry_name, entry = _find_entry(module, path, name)
+    kwargs = kwargs or {}
+    if isinstance(entry, nn.Module):
+        model, built_on = entry, ("meta" if any(p.is_meta for p in entry.parameters()) else "cpu")
+    else:
+        with torch.device("meta"):
+            model = _build(entry, entry_name, path, kwargs)
+        built_on = "meta"
+        parameters = count_parameters(model)
+        if device == "cpu" or (device == "auto" and parameters <= max_params):
+            torch.manual_seed(seed)
+            model = _build(entry, entry_name, path, kwargs)
+            built_on = "cpu"
+    model.eval()
+    inputs = _example_inputs(module, model, path, input_shape, input_dtype)
+    return LoadedModel(model, inputs, str(path), entry_name, built_on, count_parameters(model))

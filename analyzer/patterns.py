@@ -1,0 +1,287 @@
+"""Recognise composite operations that real code writes inline, before the calculus sees them.
+
+Each recogniser looks at one anchor node and, on a match, returns a `Fused` group: the nodes it absorbs, the
+group's data inputs and the semantics to use. Op-by-op, these groups would get loose or no bounds (division by
+an activation, a product of activations); as a whole they have tight, known constants:
+
+- RMS normalization `x / sqrt(mean(x²) [+ eps])`, `x * rsqrt(mean(x²) + eps)`, `x / x.norm(dim)`;
+- mean subtraction `x - x.mean(dim, keepdim=True)` (an orthogonal projection);
+- layer normalization written by hand: `(x - mean) / sqrt(var + eps)`;
+- attention written by hand: `softmax(q @ k.transpose(-2, -1) * c [+ mask]) @ v`;
+- a parameterised op followed by constant multipliers (`self.fc(x) * c`): one atom whose effective map has `c`.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+__all__ = ["Fused", "find_patterns"]
+
+
+@dataclass
+class Fused:
+    kind: str  # "scaled_atom" | "rms_norm" | "mean_subtract" | "attention"
+    output: fx.Node
+    inputs: list[fx.Node]
+    members: set[fx.Node]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _name(node: Any) -> str:
+    if not isinstance(node, fx.Node):
+        return ""
+    if node.op == "call_method":
+        return node.target
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    return ""
+
+
+def _is(node: Any, *names: str) -> bool:
+    return isinstance(node, fx.Node) and node.op in ("call_function", "call_method") and _name(node) in names
+
+
+def _number(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _kw(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    if name in node.kwargs:
+        return node.kwargs[name]
+    return node.args[index] if len(node.args) > index else default
+
+
+def _dims(node: fx.Node, index: int = 1) -> tuple[int, ...] | None:
+    dim = _kw(node, index, "dim")
+    if dim is None:
+        return None
+    return tuple(dim) if isinstance(dim, (list, tuple)) else (dim,)
+
+
+def _mean_square_of(node: Any) -> tuple[fx.Node, tuple | None, str] | None:
+    """`mean(x²)` / `x.pow(2).mean()` / `x.square().mean()` / `(x*x).mean()` / `x.var()` → (x, dims, kind)."""
+    if _is(node, "var"):
+        return node.args[0], _dims(node), "var"
+    if not _is(node, "mean"):
+        return None
+    inner = node.args[0]
+    dims = _dims(node)
+    if _is(inner, "pow", "__pow__") and _number(inner.args[1]) == 2:
+        return inner.args[0], dims, "ms"
+    if _is(inner, "square"):
+        return inner.args[0], dims, "ms"
+    if _is(inner, "mul") and len(inner.args) == 2 and inner.args[0] is inner.args[1]:
+        return inner.args[0], dims, "ms"
+    return None
+
+
+def _strip_eps(node: Any) -> tuple[Any, float]:
+    if _is(node, "add", "iadd") and len(node.args) == 2:
+        for a, b in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+            if _number(b) is not None:
+                return a, _number(b)
+    return node, 0.0
+
+
+def _rms_denominator(node: Any) -> tuple[fx.Node, tuple | None, str, float] | None:
+    """sqrt(mean(x²) + eps) or x.norm(dim) → (x, dims, kind, eps)."""
+    if _is(node, "norm", "vector_norm"):
+        return node.args[0], _dims(node), "l2", 0.0
+    if _is(node, "sqrt"):
+        inner, eps = _strip_eps(node.args[0])
+        found = _mean_square_of(inner)
+        if found:
+            return found[0], found[1], found[2], eps
+    if _is(node, "add") and len(node.args) == 2:  # sqrt(ms) + eps
+        core, eps = _strip_eps(node)
+        found = _rms_denominator(core) if core is not node else None
+        if found:
+            return found[0], found[1], found[2], eps ** 2
+    return None
+
+
+def _match_rms(node: fx.Node) -> Fused | None:
+    """x / sqrt(ms(x) + eps) or x * rsqrt(ms(x) + eps) (RMS normalization; LN when x = x - mean)."""
+    if _is(node, "truediv", "div") and len(node.args) == 2:
+        x, denominator = node.args
+        found = _rms_denominator(denominator)
+    elif _is(node, "mul") and len(node.args) == 2:
+        found = None
+        for x, other in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+            if _is(other, "rsqrt"):
+                inner, eps = _strip_eps(other.args[0])
+                ms = _mean_square_of(inner)
+                if ms:
+                    found, denominator = (ms[0], ms[1], ms[2], eps), other
+                    break
+    else:
+        return None
+    if not found or not isinstance(x, fx.Node):
+        return None
+    source, dims, kind, eps = found
+    centred_source = _mean_subtract_source(x)
+    if source is not x and not (kind == "var" and centred_source is source):
+        return None
+    members = _upstream_until(denominator, {x, source}) | {node}
+    info = {"eps": eps, "l2": kind == "l2", "dims": dims, "centred": kind == "var"}
+    return Fused("rms_norm", node, [x], members, info)
+
+
+def _mean_subtract_source(node: Any) -> fx.Node | None:
+    if _is(node, "sub") and len(node.args) == 2 and _is(node.args[1], "mean") and node.args[1].args[0] is node.args[0]:
+        return node.args[0]
+    return None
+
+
+def _match_mean_subtract(node: fx.Node) -> Fused | None:
+    source = _mean_subtract_source(node)
+    if source is None or len(node.args[1].users) != 1:
+        return None
+    return Fused("mean_subtract", node, [source], {node, node.args[1]}, {"dims": _dims(node.args[1])})
+
+
+def _upstream_until(node: fx.Node, stop: set[fx.Node]) -> set[fx.Node]:
+    seen, todo = set(), [node]
+    while todo:
+        current = todo.pop()
+        if current in seen or current in stop or not isinstance(current, fx.Node):
+            continue
+        if current.op in ("placeholder", "get_attr"):
+            continue
+        seen.add(current)
+        todo.extend(a for a in current.all_input_nodes)
+    return seen
+
+
+_SCALE_OPS = ("mul", "truediv", "div", "neg")
+_MASK_OPS = ("masked_fill", "add", "where")
+
+
+def _constant_factor(node: fx.Node, data: fx.Node) -> float | None:
+    if _is(node, "neg"):
+        return -1.0
+    others = [a for a in node.args if a is not data]
+    if len(others) != 1 or _number(others[0]) is None:
+        return None
+    value = _number(others[0])
+    return value if _is(node, "mul") else (1.0 / value if value else None)
+
+
+def _match_attention(node: fx.Node) -> Fused | None:
+    """softmax(q @ kᵀ · c [+ mask]) [dropout] @ v → attention(q, k, v) with logit scale c."""
+    if not (_is(node, "matmul") and len(node.args) == 2):
+        return None
+    probs, v = node.args
+    members = {node}
+    while _is(probs, "dropout") or (isinstance(probs, fx.Node) and probs.op == "call_module"
+                                    and "Dropout" in type(probs.graph.owning_module.get_submodule(probs.target)).__name__):
+        members.add(probs)
+        probs = probs.args[0]
+    if not (_is(probs, "softmax") or (isinstance(probs, fx.Node) and probs.op == "call_module" and
+                                      type(probs.graph.owning_module.get_submodule(probs.target)).__name__ == "Softmax")):
+        return None
+    members.add(probs)
+    logits, scale = probs.args[0], 1.0
+    while isinstance(logits, fx.Node):
+        if _is(logits, *_MASK_OPS) and logits.args and isinstance(logits.args[0], fx.Node):
+            if _is(logits, "add") and all(isinstance(a, fx.Node) for a in logits.args) is False:
+                break
+            members.add(logits)
+            logits = logits.args[0]
+            continue
+        if _is(logits, *_SCALE_OPS):
+            data = next((a for a in logits.args if isinstance(a, fx.Node)), None)
+            factor = _constant_factor(logits, data) if data is not None else None
+            if factor is None:
+                return None
+            scale *= factor
+            members.add(logits)
+            logits = data
+            continue
+        break
+    if not (_is(logits, "matmul") and len(logits.args) == 2):
+        return None
+    members.add(logits)
+    q, kt = logits.args
+    if _is(kt, "transpose") and {a % 4 if isinstance(a, int) else a for a in kt.args[1:3]} in ({2, 3}, {-1, -2}) \
+            or _is(kt, "transpose", "mT"):
+        members.add(kt)
+        k = kt.args[0]
+    else:
+        return None
+    # Scale may also sit on q before the product: (q * c) @ k^T is left to the scalar bond (same bound).
+    return Fused("attention", node, [q, k, v], members, {"scale": abs(scale)})
+
+
+def _is_atom_node(node: fx.Node, root: torch.nn.Module) -> bool:
+    if node.op == "call_module":
+        module = root.get_submodule(node.target)
+        return isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Embedding))
+    if node.op == "call_function" and node.target in (F.linear, F.conv1d, F.conv2d, F.embedding, torch.addmm):
+        return True
+    if node.op == "call_function" and node.target in (operator.matmul, torch.matmul):
+        return len(node.args) == 2 and isinstance(node.args[1], fx.Node) and node.args[1].op == "get_attr"
+    return False
+
+
+def _scope(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def _atom_owner(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return node.target.rsplit(".", 1)[0] if "." in node.target else ""
+    return _scope(node)
+
+
+def _match_scaled_atom(node: fx.Node, root: torch.nn.Module) -> Fused | None:
+    """An atom followed by constant multipliers: fused while inside the atom's module, and outside it unless
+    the chain feeds a residual merge (there the constant is the merge's branch coefficient, §b.3)."""
+    if not _is_atom_node(node, root):
+        return None
+    owner = _atom_owner(node)
+    chain, factor, current = [], 1.0, node
+    while len(current.users) == 1:
+        user = next(iter(current.users))
+        if not _is(user, *_SCALE_OPS):
+            break
+        c = _constant_factor(user, current)
+        if c is None:
+            break
+        chain.append((user, c))
+        current = user
+    if not chain:
+        return None
+    inside = [(n, c) for n, c in chain if _scope(n) == owner or _scope(n).startswith(owner + ".") and owner]
+    outside_feeds_merge = len(current.users) == 1 and _is(next(iter(current.users)), "add", "sub", "iadd")
+    kept = chain if not outside_feeds_merge else chain[:len(inside)] if inside else []
+    if not kept:
+        return None
+    for _, c in kept:
+        factor *= c
+    last = kept[-1][0]
+    return Fused("scaled_atom", last, [], {node} | {n for n, _ in kept}, {"atom": node, "scale": factor})
+
+
+def find_patterns(graph: fx.Graph, root: torch.nn.Module) -> dict[fx.Node, Fused]:
+    """Every recognised group, keyed by its output node. Nodes are visited once (linear time)."""
+    found: dict[fx.Node, Fused] = {}
+    absorbed: set[fx.Node] = set()
+    for node in reversed(list(graph.nodes)):  # outermost match first (attention before its softmax)
+        if node in absorbed or node.op not in ("call_function", "call_method", "call_module"):
+            continue
+        match = (_match_attention(node) or _match_rms(node) or _match_scaled_atom(node, root)
+                 or _match_mean_subtract(node))
+        if match is None or any(m in absorbed for m in match.members):
+            continue
+        found[match.output] = match
+        absorbed |= match.members - {match.output}
+    return found

@@ -1,0 +1,177 @@
+"""Render an `Analysis` (and its findings): a rich table for people, JSON for machines. Renders, never computes."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import OrderedDict
+from typing import Any
+
+from .result import Analysis, Finding, Layer
+
+__all__ = ["to_json", "to_dict", "render_full", "fmt", "SCHEMA"]
+
+SCHEMA = "modnorm/1"
+
+
+def fmt(x: float, digits: int = 4) -> str:
+    """A number for people: inf and nan spelled out, small and large numbers in scientific notation."""
+    if x is None:
+        return "–"
+    if isinstance(x, float) and math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def _number(x: float) -> float | None:
+    """JSON has no inf/nan: unbounded or unknown numbers are null (and `certified` says why)."""
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _layer_dict(layer: Layer) -> dict[str, Any]:
+    return {
+        "name": layer.name, "kind": layer.kind, "shape": list(layer.shape), "role": layer.role,
+        "mass": layer.mass, "mass_share": layer.mass_share, "sensitivity": _number(layer.sensitivity),
+        "downstream_sensitivity": _number(layer.downstream_sensitivity),
+        "design_downstream_sensitivity": _number(layer.design_downstream_sensitivity),
+        "target_norm": _number(layer.target_norm), "norm_at_init": _number(layer.norm_at_init),
+        "norm_source": layer.norm_source, "scale": layer.scale, "certified": layer.certified,
+        "weight": layer.weight, "file": layer.file, "line": layer.line,
+    }
+
+
+def _finding_dict(finding: Finding) -> dict[str, Any]:
+    return {"code": finding.code, "name": finding.name, "severity": finding.severity, "message": finding.message,
+            "fix": finding.fix, "module": finding.module, "file": finding.file, "line": finding.line,
+            "op": finding.op, "related": [{"file": f, "line": l} for f, l in finding.related]}
+
+
+def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None) -> dict[str, Any]:
+    """The versioned JSON document (schema `modnorm/1`: fields may be added, never renamed)."""
+    net = analysis.network
+    findings = analysis.findings if findings is None else findings
+    return {
+        "schema": SCHEMA,
+        "model": {"file": analysis.model.file, "entry": analysis.model.entry, "tracer": analysis.model.tracer,
+                  "tracer_attempts": list(analysis.model.tracer_attempts), "device": analysis.model.device,
+                  "parameters": analysis.model.parameters, "nodes": analysis.model.nodes},
+        "profile": analysis.profile,
+        "mass_scheme": analysis.mass_scheme,
+        "hidden_mass": analysis.hidden_mass,
+        "network": {
+            "mass": net.mass, "sensitivity": _number(net.sensitivity),
+            "design_sensitivity": _number(net.design_sensitivity), "certified": net.certified,
+            "uncertified_reasons": list(net.uncertified_reasons), "unknown_ops": list(net.unknown_ops),
+            "assumptions": list(net.assumptions), "input_convention": net.input_convention,
+            "input_sensitivities": {k: _number(v) for k, v in net.input_sensitivities.items()},
+            "modular_norm_at_init": _number(net.modular_norm_at_init),
+        },
+        "layers": [_layer_dict(layer) for layer in analysis.layers],
+        "residual_streams": [
+            {"merges": [_merge_dict(analysis, m) for m in stream.merges], "depth": stream.depth}
+            for stream in analysis.streams],
+        "findings": [_finding_dict(f) for f in findings],
+    }
+
+
+def _merge_dict(analysis: Analysis, name: str) -> dict[str, Any]:
+    merge = analysis.merge(name)
+    return {"op": merge.op, "skip_coefficient": merge.skip_coefficient,
+            "branch_coefficient": merge.branch_coefficient, "block_sensitivity": _number(merge.block_sensitivity),
+            "design_block_sensitivity": _number(merge.design_block_sensitivity), "file": merge.file,
+            "line": merge.line}
+
+
+def to_json(analysis: Analysis, findings: tuple[Finding, ...] | None = None) -> str:
+    return json.dumps(to_dict(analysis, findings), indent=2)
+
+
+# ------------------------------------------------------------------------------------------------ rich table
+def _collapse(layers: tuple[Layer, ...]) -> list[tuple[Layer, str, int]]:
+    """Rows in execution order; repeated blocks (same role path, shape and numbers) collapse with a count."""
+    groups: "OrderedDict[tuple, list[Layer]]" = OrderedDict()
+    for layer in layers:
+        pattern = re.sub(r"\.\d+(?=\.|$)", ".*", layer.name)
+        key = (pattern, layer.kind, layer.shape, fmt(layer.mass_share), fmt(layer.downstream_sensitivity),
+               fmt(layer.target_norm), fmt(layer.norm_at_init, 3), fmt(layer.sensitivity, 3))
+        groups.setdefault(key, []).append(layer)
+    return [(members[0], key[0] if len(members) > 1 else members[0].name, len(members))
+            for key, members in groups.items()]
+
+
+def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None, console: Any = None) -> None:
+    """Print the per-layer table, the network summary and the findings with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    findings = analysis.findings if findings is None else findings
+    model = analysis.model
+    title = f"modnorm · {model.file or 'model'}" + (f":{model.entry}" if model.entry else "")
+    table = Table(title=title, title_justify="left", header_style="bold", expand=False)
+    for column, justify in (("layer", "left"), ("kind", "left"), ("shape", "left"), ("role", "left"),
+                            ("mass share", "right"), ("sens.", "right"), ("S_down", "right"),
+                            ("target", "right"), ("norm@init", "right"), ("line", "left")):
+        table.add_column(column, justify=justify, no_wrap=column in ("layer", "shape", "line"))
+    for layer, name, count in _collapse(analysis.layers):
+        label = f"{name} ×{count}" if count > 1 else name
+        source = "m" if layer.norm_source == "measured" else "p"
+        where = f"{_short(layer.file)}:{layer.line}" if layer.file else ""
+        style = None if layer.certified else "yellow"
+        table.add_row(label, layer.kind, "×".join(map(str, layer.shape)), layer.role, fmt(layer.mass_share),
+                      fmt(layer.sensitivity), fmt(layer.downstream_sensitivity), fmt(layer.target_norm),
+                      f"{fmt(layer.norm_at_init)} {source}", where, style=style)
+    console.print(table)
+    _render_summary(analysis, console)
+    _render_findings(findings, console)
+
+
+def _short(path: str | None) -> str:
+    if not path:
+        return ""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _render_summary(analysis: Analysis, console: Any) -> None:
+    net, model = analysis.network, analysis.model
+    status = "[green]certified[/]" if net.certified else "[yellow]not certified[/]"
+    console.print(
+        f"[bold]network[/]  mass {fmt(net.mass)} · sensitivity {fmt(net.sensitivity)} ({status}) · "
+        f"design sensitivity {fmt(net.design_sensitivity)} · modular norm at init {fmt(net.modular_norm_at_init)}")
+    console.print(
+        f"profile {analysis.profile} · masses {analysis.mass_scheme} (hidden {fmt(analysis.hidden_mass)}) · "
+        f"tracer {model.tracer} · weights {model.device} ({'m = measured' if model.device == 'cpu' else 'p = predicted from the init law'}) · "
+        f"{model.parameters:,} parameters · {model.nodes} ops · eval mode")
+    for reason in net.uncertified_reasons[:8]:
+        console.print(f"  [yellow]not certified:[/] {reason}", highlight=False)
+    if len(net.uncertified_reasons) > 8:
+        console.print(f"  … and {len(net.uncertified_reasons) - 8} more (see --output-format json)")
+    for op in net.unknown_ops:
+        console.print(f"  [red]unknown op:[/] {op}", highlight=False)
+    for assumption in net.assumptions:
+        console.print(f"  [cyan]assumption:[/] {assumption}", highlight=False)
+
+
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def _render_findings(findings: tuple[Finding, ...], console: Any) -> None:
+    if not findings:
+        console.print("[green]no findings[/]")
+        return
+    for f in findings:
+        where = f"{_short(f.file)}:{f.line}" if f.file else f.module
+        console.print(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity:7}[/] {f.code} {where} "
+                      f"[dim]\\[{f.module}][/] {f.message}", highlight=False)
+        if f.fix:
+            console.print(f"         [dim]fix:[/] {f.fix}", highlight=False)

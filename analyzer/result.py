@@ -1,0 +1,173 @@
+"""The plain result of an analysis. Rules and reports read only these objects, never fx or torch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Op", "Layer", "Merge", "Stream", "Network", "Analysis", "Finding", "ModelInfo"]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One node of the analysed graph (a fused pattern counts as one op)."""
+
+    name: str  # fx node name
+    target: str  # readable op name: "Linear", "torch.nn.functional.gelu", "method view", "attention (pattern)"
+    kind: str  # "input" | "atom" | "bond" | "constant" | "unknown" | "output"
+    inputs: tuple[str, ...]  # data inputs (op names)
+    lipschitz: tuple[float, ...]  # per data input, profile constants
+    downstream_sensitivity: float  # S_down of this op's output (path sum to the network output)
+    upper: float  # RMS upper bound of the output (max over positions)
+    lower: float
+    certified: bool
+    reason: str
+    source: str  # provenance of the constant
+    module: str  # owning module path
+    file: str | None
+    line: int | None
+    tags: tuple[str, ...] = ()
+    nominal: tuple[float, ...] | None = None
+    smooth: bool = True
+    curvature: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sensitivity(self) -> float:
+        """The op's Lipschitz constant w.r.t. all its data inputs together (sum norm on the tuple)."""
+        return max(self.lipschitz) if self.lipschitz else 0.0
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One atom: a parameterised op with its mass, sensitivity, downstream sensitivity and target."""
+
+    name: str  # module path (or parameter name without ".weight")
+    kind: str  # "Linear" | "Conv1d" | "Conv2d" | "Embedding" | "Gain"
+    shape: tuple[int, ...]
+    role: str  # "input" | "hidden" | "output"
+    mass: float
+    mass_share: float
+    sensitivity: float  # the atom's input-Lipschitz bound = its effective operator norm
+    downstream_sensitivity: float  # certified S_down(i)
+    design_downstream_sensitivity: float  # S_down with normalizers at their well-normed value (for targets)
+    target_norm: float  # t_i = (m_i / M) / S_down(i), theory.md §b.2
+    norm_at_init: float  # the atom's natural norm, scale included
+    norm_source: str  # "measured" | "predicted"
+    scale: float  # constant forward multiplier fused into the atom
+    certified: bool
+    op: str  # op name in `Analysis.ops`
+    weight: str  # qualified parameter name
+    params: tuple[str, ...]
+    file: str | None
+    line: int | None
+    module_type: str = ""
+
+    @property
+    def weighted_norm(self) -> float:
+        """This atom's term in the modular norm max_i ||w_i|| / t_i."""
+        return self.norm_at_init / self.target_norm if self.target_norm > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class Merge:
+    """A residual merge y = a·x + b·f(x) found in the graph."""
+
+    op: str
+    skip: str  # op name of x (after stripping constant multipliers)
+    branch: str  # op name of f(x)
+    skip_coefficient: float  # a
+    branch_coefficient: float  # b
+    branch_sensitivity: float  # certified s_f
+    design_branch_sensitivity: float  # s_f with normalizers at their well-normed value
+    module: str
+    file: str | None
+    line: int | None
+
+    @property
+    def block_sensitivity(self) -> float:
+        return abs(self.skip_coefficient) + abs(self.branch_coefficient) * self.branch_sensitivity
+
+    @property
+    def design_block_sensitivity(self) -> float:
+        return abs(self.skip_coefficient) + abs(self.branch_coefficient) * self.design_branch_sensitivity
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A residual stream: a chain of merges, each one's skip input being the previous merge's output."""
+
+    merges: tuple[str, ...]  # op names of the merges in order
+
+    @property
+    def depth(self) -> int:
+        return len(self.merges)
+
+
+@dataclass(frozen=True)
+class Network:
+    mass: float
+    sensitivity: float  # certified network sensitivity (path sum from the inputs)
+    design_sensitivity: float
+    certified: bool
+    uncertified_reasons: tuple[str, ...]
+    unknown_ops: tuple[str, ...]
+    assumptions: tuple[str, ...]
+    input_sensitivities: dict[str, float] = field(default_factory=dict)
+    input_convention: str = ""
+    modular_norm_at_init: float = math.nan
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    file: str | None
+    entry: str | None
+    tracer: str
+    device: str
+    parameters: int
+    nodes: int
+    tracer_attempts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule violation, located in the user's code."""
+
+    code: str
+    name: str
+    severity: str  # "error" | "warning" | "info"
+    message: str
+    fix: str
+    module: str
+    file: str | None
+    line: int | None
+    op: str = ""
+    related: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Analysis:
+    model: ModelInfo
+    profile: str
+    mass_scheme: str
+    hidden_mass: float
+    layers: tuple[Layer, ...]
+    ops: tuple[Op, ...]
+    merges: tuple[Merge, ...]
+    streams: tuple[Stream, ...]
+    network: Network
+    findings: tuple[Finding, ...] = ()
+
+    def op(self, name: str) -> Op:
+        return self._ops_by_name()[name]
+
+    def _ops_by_name(self) -> dict[str, Op]:
+        cache = self.__dict__.get("_op_index")
+        if cache is None:
+            cache = {op.name: op for op in self.ops}
+            object.__setattr__(self, "_op_index", cache)
+        return cache
+
+    def merge(self, name: str) -> Merge:
+        return next(m for m in self.merges if m.op == name)

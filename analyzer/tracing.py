@@ -1,0 +1,312 @@
+"""Turn a model into an fx graph whose nodes carry meta-device values.
+
+The tracer is a `torch.fx.Tracer` whose proxies shadow every node with the value it takes for the example
+inputs, computed on the meta device (no memory, no FLOPs). Shape-dependent Python then resolves concretely:
+`x.size()`, `x.shape`, `len(x)`, `assert t <= block_size`, iteration over `split` results. The graph is
+specialised to the example shapes, keeps `call_module` nodes for torch.nn leaves and records the user's
+source line of every node (`record_stack_traces`). Data-dependent control flow (`if x.sum() > 0`) cannot be
+resolved without data and is reported with the user's line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import ModnormError, frame_of_exception, user_frame
+
+__all__ = ["TracedModel", "trace", "to_meta", "node_value", "node_location"]
+
+_MISSING = object()
+
+
+def to_meta(value: Any) -> Any:
+    """Move every tensor inside `value` to the meta device (free: no data is copied)."""
+    if isinstance(value, torch.Tensor):
+        return value if value.is_meta else value.detach().to("meta")
+    if isinstance(value, (list, tuple)):
+        moved = [to_meta(v) for v in value]
+        return type(value)(moved) if not hasattr(value, "_fields") else type(value)(*moved)
+    if isinstance(value, dict):
+        return {k: to_meta(v) for k, v in value.items()}
+    return value
+
+
+def node_value(node: fx.Node) -> Any:
+    """The meta value a node took during tracing (None if it could not be computed)."""
+    return node.meta.get("value")
+
+
+def node_location(node: fx.Node, user_file: str | None = None) -> tuple[str | None, int | None]:
+    """The user's file and line for a node, from its recorded stack trace."""
+    cached = node.meta.get("modnorm_location")
+    if cached is not None:
+        return cached
+    location: tuple[str | None, int | None] = (None, None)
+    if node.stack_trace:
+        summary = traceback.StackSummary.from_list(_parse_frames(node.stack_trace))
+        found = user_frame(summary, user_file)
+        if found:
+            location = (found[0], found[1])
+    node.meta["modnorm_location"] = location
+    return location
+
+
+def _parse_frames(stack_trace: str) -> list[tuple[str, int, str, str]]:
+    frames = []
+    lines = stack_trace.splitlines()
+    for i, line in enumerate(lines):
+        line = line.strip()
+        if line.startswith('File "'):
+            try:
+                filename = line.split('"')[1]
+                lineno = int(line.split(", line ")[1].split(",")[0])
+            except (IndexError, ValueError):
+                continue
+            name = line.rsplit(" in ", 1)[-1]
+            source = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            frames.append((filename, lineno, name, source))
+    return frames
+
+
+class DataDependentError(RuntimeError):
+    """Python control flow asked for the value of a tensor, which tracing on meta cannot know."""
+
+
+class ValueProxy(fx.Proxy):
+    """A proxy that answers shape questions from the node's meta value instead of recording them."""
+
+    @property
+    def value(self) -> Any:
+        value = self.node.meta.get("value", _MISSING)
+        if value is _MISSING or value is None:
+            raise DataDependentError(
+                f"the value of `{self.node.format_node()}` could not be computed on the meta device")
+        return value
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.value.shape
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.value.size() if dim is None else self.value.size(dim)
+
+    def dim(self) -> int:
+        return self.value.dim()
+
+    @property
+    def ndim(self) -> int:
+        return self.value.dim()
+
+    def numel(self) -> int:
+        return self.value.numel()
+
+    def nelement(self) -> int:
+        return self.value.numel()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.value.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.value.device
+
+    @property
+    def is_cuda(self) -> bool:
+        return False
+
+    def is_floating_point(self) -> bool:
+        return self.value.is_floating_point()
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def __iter__(self) -> Iterator[fx.Proxy]:
+        return (self[i] for i in range(len(self.value)))
+
+    def __bool__(self) -> bool:
+        value = self.value
+        if isinstance(value, torch.Tensor):
+            raise DataDependentError("Python control flow depends on the value of a tensor")
+        return bool(value)
+
+    def __index__(self) -> int:
+        value = self.value
+        if isinstance(value, int):
+            return value
+        raise DataDependentError("a tensor value is used as a Python index")
+
+    def __int__(self) -> int:
+        return self.__index__()
+
+    def keys(self) -> Any:
+        return self.value.keys()
+
+
+class ShapeTracer(fx.Tracer):
+    """fx tracer whose proxies carry meta values (see the module docstring)."""
+
+    def __init__(self, example_inputs: tuple[Any, ...], leaf_types: tuple[type, ...] = ()) -> None:
+        super().__init__()
+        self.record_stack_traces = True
+        self._inputs = list(to_meta(example_inputs))
+        self._leaf_types = leaf_types
+        self._computing = False  # True while a leaf runs on meta: fx's patches must stand aside
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self._computing:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        if self._computing:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self._leaf_types and isinstance(m, self._leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return ValueProxy(node, self)
+
+    def create_proxy(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
+                     type_expr: Any = None, proxy_factory_fn: Any = None) -> fx.Proxy:
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        proxy.node.meta["value"] = self._value_of(kind, target, args, kwargs)
+        return proxy
+
+    def _value_of(self, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
+        if kind == "placeholder":
+            return self._inputs.pop(0) if self._inputs else None
+        if kind == "get_attr":
+            return to_meta(self._fetch(target))
+        if kind == "output":
+            return None
+        values = to_meta(fx.node.map_aggregate(args, _unwrap))  # constants may live on the CPU
+        kw = to_meta(fx.node.map_aggregate(kwargs, _unwrap))
+        try:
+            if kind == "call_function":
+                return target(*values, **kw)
+            if kind == "call_method":
+                return getattr(values[0], target)(*values[1:], **kw)
+            if kind == "call_module":
+                self._computing = True
+                try:
+                    return _run_on_meta(self.root.get_submodule(target), values, kw)
+                finally:
+                    self._computing = False
+        except Exception:  # noqa: BLE001 - an op meta cannot run leaves the value unknown
+            return None
+        return None
+
+    def create_node(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
+                    type_expr: Any = None) -> fx.Node:
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        if kind == "get_attr":  # fx also emits constants straight through create_node
+            node.meta["value"] = to_meta(self._fetch(target))
+        return node
+
+    def _fetch(self, target: str) -> Any:
+        computing, self._computing = self._computing, True  # plain attribute access, no proxies
+        try:
+            obj: Any = self.root
+            for atom in target.split("."):
+                obj = getattr(obj, atom, None)
+            return obj
+        finally:
+            self._computing = computing
+
+
+def _unwrap(a: Any) -> Any:
+    if isinstance(a, fx.Proxy):
+        return a.node.meta.get("value")
+    if isinstance(a, fx.Node):
+        return a.meta.get("value")
+    return a
+
+
+def _run_on_meta(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    tensors = dict(module.named_parameters(recurse=True))
+    tensors.update(module.named_buffers(recurse=True))
+    # Call forward directly: module.__call__ is patched by the tracer while it traces.
+    if all(t.is_meta for t in tensors.values()):
+        return module.forward(*args, **kwargs)
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    with _reparametrize_module(module, to_meta(tensors)):
+        return module.forward(*args, **kwargs)
+
+
+@dataclass
+class TracedModel:
+    """The traced graph with its root module and how it was obtained."""
+
+    graph_module: fx.GraphModule
+    root: nn.Module
+    tracer: str
+    attempts: list[str] = field(default_factory=list)
+    input_names: list[str] = field(default_factory=list)
+
+    @property
+    def graph(self) -> fx.Graph:
+        return self.graph_module.graph
+
+
+def _concrete_args(model: nn.Module, n_inputs: int) -> dict[str, Any] | None:
+    """Bind parameters beyond the example inputs to their defaults (e.g. `targets=None`)."""
+    signature = inspect.signature(model.forward)
+    params = list(signature.parameters.values())
+    concrete = {}
+    for param in params[n_inputs:]:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.default is param.empty:
+            raise ModnormError(
+                f"`{type(model).__name__}.forward` takes a required argument `{param.name}` that the example "
+                f"inputs do not provide",
+                "return one tensor per required argument from example_inputs(), or give defaults")
+        concrete[param.name] = param.default
+    return concrete or None
+
+
+def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
+          leaf_types: tuple[type, ...] = ()) -> TracedModel:
+    """Trace `model` with the shape-aware tracer; on failure raise a ModnormError naming the construct."""
+    tracer = ShapeTracer(example_inputs, leaf_types)
+    try:
+        graph = tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
+    except ModnormError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every trace failure becomes a user-facing explanation
+        raise _explain_trace_failure(exc, model, user_file) from exc
+    name = type(model).__name__
+    graph_module = fx.GraphModule(tracer.root, graph, name)
+    for node, original in zip(graph_module.graph.nodes, graph.nodes):
+        node.meta = original.meta
+    inputs = [n.name for n in graph_module.graph.nodes if n.op == "placeholder"]
+    return TracedModel(graph_module, model, "fx_values", ["fx_values: ok"], inputs)
+
+
+def _explain_trace_failure(exc: BaseException, model: nn.Module, user_file: str | None) -> ModnormError:
+    frame = frame_of_exception(exc, user_file)
+    file, line, source = frame if frame else (user_file, None, "")
+    construct = f'"{source}"' if source else "the model's forward"
+    if isinstance(exc, DataDependentError):
+        problem = (f"torch.fx cannot trace {construct}: {exc} (data-dependent control flow; the branch "
+                   f"taken depends on tensor values, which a static analysis on the meta device does not have)")
+        remedy = ("Make the branch depend on shapes or on module attributes, or mark the enclosing module as a "
+                  "leaf with --leaf CLASSNAME and register its semantics")
+    else:
+        problem = f"torch.fx cannot trace {construct}: {type(exc).__name__}: {exc}"
+        remedy = ("Mark the enclosing module as a leaf with --leaf CLASSNAME, or rewrite the construct with "
+                  "torch operations")
+    return ModnormError(problem, remedy, file, line)

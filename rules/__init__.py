@@ -1,0 +1,99 @@
+"""The rule engine: one rule per file in this package, registered automatically by its code.
+
+A rule reads only an `Analysis` (never fx or torch), so it is testable on hand-built analyses. Codes are `MN`
+plus three digits whose hundreds are a family: MN1xx well-normed atoms, MN2xx depth and residual streams,
+MN3xx attention, MN4xx width/depth drift (sweeps), MN5xx mass and targets, MN6xx normalization and nominal
+constants, MN9xx could not certify.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+from modnorm.result import Analysis, Finding
+
+__all__ = ["Rule", "RuleSelection", "all_rules", "run_rules", "SEVERITIES"]
+
+SEVERITIES = ("info", "warning", "error")
+_CODE = re.compile(r"^MN\d{3}$")
+
+
+class Rule:
+    """Base class. Subclasses set `code`, `name`, `severity`, optional `options`, and implement `check`."""
+
+    code: ClassVar[str]
+    name: ClassVar[str]
+    severity: ClassVar[str] = "warning"
+    options: ClassVar[dict[str, Any]] = {}
+    registry: ClassVar[dict[str, type["Rule"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not _CODE.match(getattr(cls, "code", "")):
+            raise TypeError(f"{cls.__name__}: rule code must look like MN123")
+        if cls.code in Rule.registry and Rule.registry[cls.code] is not cls:
+            raise TypeError(f"duplicate rule code {cls.code} ({cls.__name__}, {Rule.registry[cls.code].__name__})")
+        if cls.severity not in SEVERITIES:
+            raise TypeError(f"{cls.__name__}: severity must be one of {SEVERITIES}")
+        Rule.registry[cls.code] = cls
+
+    def __init__(self, **options: Any) -> None:
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise ValueError(f"{self.code} has no option {', '.join(sorted(unknown))}")
+        self.config = {**self.options, **options}
+
+    def check(self, analysis: Analysis) -> Iterator[Finding]:
+        raise NotImplementedError
+
+    def finding(self, message: str, *, fix: str = "", module: str = "", file: str | None = None,
+                line: int | None = None, op: str = "", severity: str | None = None,
+                related: tuple[tuple[str, int], ...] = ()) -> Finding:
+        return Finding(self.code, self.name, severity or self.severity, message, fix, module, file, line, op,
+                       related)
+
+
+def _load_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("mn"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def all_rules() -> dict[str, type[Rule]]:
+    """Every registered rule, by code, sorted."""
+    _load_all()
+    return dict(sorted(Rule.registry.items()))
+
+
+@dataclass(frozen=True)
+class RuleSelection:
+    """ruff-style selection: codes or prefixes (`MN2`, `ALL`); ignore wins over select."""
+
+    select: tuple[str, ...] = ("ALL",)
+    ignore: tuple[str, ...] = ()
+    extend_select: tuple[str, ...] = ()
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def enabled(self, code: str) -> bool:
+        chosen = any(_matches(code, p) for p in self.select + self.extend_select)
+        return chosen and not any(_matches(code, p) for p in self.ignore)
+
+
+def _matches(code: str, pattern: str) -> bool:
+    return pattern == "ALL" or code.startswith(pattern.upper())
+
+
+_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def run_rules(analysis: Analysis, selection: RuleSelection = RuleSelection()) -> tuple[Finding, ...]:
+    """Run every enabled rule; findings sorted most severe first, then by file and line."""
+    findings: list[Finding] = []
+    for code, rule_class in all_rules().items():
+        if selection.enabled(code):
+            findings.extend(rule_class(**selection.options.get(code, {})).check(analysis))
+    return tuple(sorted(findings, key=lambda f: (_ORDER[f.severity], f.file or "", f.line or 0, f.code)))
