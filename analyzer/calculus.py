@@ -550,7 +550,16 @@ def _branch_sensitivity(skip: _Record, block: list[_Record], design: bool) -> fl
     return sens[id(block[-1])]
 
 
+def _stream_source(record: _Record) -> str:
+    """Walk back through single-input bonds (relu after the add, dropout) to the op that feeds the stream."""
+    while (record.kind == "bond" and len(record.inputs) == 1 and record.semantics is not None
+           and not {"normalization", "merge"} & set(record.semantics.tags)):
+        record = record.inputs[0]
+    return record.node.name
+
+
 def _merges(records: list[_Record], ctx: _Context) -> tuple[list[Merge], list[Stream]]:
+    records_by_name = {r.node.name: r for r in records}
     merges: list[Merge] = []
     for record in records:
         if record.semantics is None or "merge" not in record.semantics.tags or len(record.inputs) != 2:
@@ -572,9 +581,10 @@ def _merges(records: list[_Record], ctx: _Context) -> tuple[list[Merge], list[St
                 file=file, line=line))
             break
     by_output = {m.op: m for m in merges}
-    followers = {m.skip: m for m in merges if m.skip in by_output}
+    previous = {m.op: _stream_source(records_by_name[m.skip]) for m in merges}
+    followers = {previous[m.op]: m for m in merges if previous[m.op] in by_output}
     streams = []
-    starts = [m for m in merges if m.skip not in by_output]
+    starts = [m for m in merges if previous[m.op] not in by_output]
     for start in starts:
         chain, current = [start.op], start
         while current.op in followers:
@@ -596,11 +606,18 @@ def analyze_traced(traced: TracedModel, options: Options = Options(), user_file:
     layers, total_mass = _layers(records, ctx)
     merges, streams = _merges(records, ctx)
     ops = tuple(_op(r, ctx) for r in records)
-    network = _network(records, layers, total_mass, ctx)
+    network = replace(_network(records, layers, total_mass, ctx), tied_weights=_tied(root))
     parameters = sum(p.numel() for p in root.parameters())
     info = ModelInfo(user_file, entry, traced.tracer, device, parameters, len(records), tuple(traced.attempts))
     return Analysis(info, options.profile, options.mass, options.hidden_mass, tuple(layers), ops, tuple(merges),
                     tuple(streams), network)
+
+
+def _tied(root: nn.Module) -> tuple[tuple[str, ...], ...]:
+    names: dict[int, list[str]] = {}
+    for name, param in root.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return tuple(tuple(group) for group in names.values() if len(group) > 1)
 
 
 def _op(record: _Record, ctx: _Context) -> Op:

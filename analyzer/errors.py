@@ -27,7 +27,7 @@ class ModnormError(Exception):
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         text = where + self.problem.rstrip(".") + "."
         if self.remedy:
-            text += " " + self.remedy.rstrip(".") + "."
+            text += " " + self.remedy[:1].upper() + self.remedy[1:].rstrip(".") + "."
         return " ".join(text.split())
 
 

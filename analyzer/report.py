@@ -170,7 +170,7 @@ def _render_findings(findings: tuple[Finding, ...], console: Any) -> None:
         console.print("[green]no findings[/]")
         return
     for f in findings:
-        where = f"{_short(f.file)}:{f.line}" if f.file else f.module
+        where = f"{_short(f.file)}:{f.line}" if f.file and f.line else (_short(f.file) or "<model>")
         console.print(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity:7}[/] {f.code} {where} "
                       f"[dim]\\[{f.module}][/] {f.message}", highlight=False)
         if f.fix:

@@ -117,6 +117,7 @@ class Network:
     input_sensitivities: dict[str, float] = field(default_factory=dict)
     input_convention: str = ""
     modular_norm_at_init: float = math.nan
+    tied_weights: tuple[tuple[str, ...], ...] = ()  # parameter names that are one tensor
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,11 @@ bond(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, F.dropout, "contiguous
      source="identity in eval mode (dropout analysed in eval mode), §d.2")
 
 
+@register(torch._assert, torch.fx._symbolic_trace._assert_is_none)
+def _assertion(op: OpView) -> Semantics:
+    return Semantics("constant", (0.0,) * len(op.inputs), "an assertion carries no data", upper=0.0)
+
+
 @register(nn.LeakyReLU, F.leaky_relu)
 def _leaky_relu(op: OpView) -> Semantics:
     slope = op.module.negative_slope if op.module is not None else op.arg(1, "negative_slope", 0.01)
@@ -238,7 +243,7 @@ def _div(op: OpView) -> Semantics:
                                  tags=("scalar",))
     return Semantics("bond", (INF,) * max(1, len(op.inputs)), "division by an activation",
                      certified=False, reason="division by an activation is not Lipschitz without a lower bound "
-                     "on the divisor (write the normalization in a recognised form)", tags=("product",))
+                     "on the divisor (write the normalization in a recognised form)")
 
 
 @register(operator.add, torch.add, "add", operator.iadd, "add_", operator.sub, torch.sub, "sub", operator.isub,

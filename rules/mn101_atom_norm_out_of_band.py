@@ -1,0 +1,54 @@
+"""MN101 atom-norm-out-of-band."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from modnorm.result import Analysis, Finding
+from modnorm.rules import Rule
+
+
+class AtomNormOutOfBand(Rule):
+    """## What it does
+    Flags an atom (Linear, Conv, Embedding) whose natural norm at init — the operator norm of its effective map,
+    forward scale included — lies outside the unit band.
+
+    ## Why is this bad?
+    The modular norm assumes well-normed atoms (norm ≈ 1, theory.md §a). An atom at norm N moves its output N
+    times more (or less) than the calculus says, and training aligns inputs with its top singular directions,
+    so a 3072→10 head at default init (N ≈ 10.6) amplifies aligned features tenfold.
+
+    ## Example
+        self.head = nn.Linear(3072, 10)          # default init: N ≈ (1 + sqrt(3072/10)) / sqrt(3)
+
+    ## Use instead
+        self.head = nn.Linear(3072, 10)
+        nn.init.orthogonal_(self.head.weight, gain=(10 / 3072) ** 0.5)   # N = 1
+
+    ## Options
+    - `low` (0.5), `high` (1.25): the warning band; `error` (4.0): above it the finding is an error.
+
+    ## References
+    theory.md §c.2 and §f check 1.
+    """
+
+    code = "MN101"
+    name = "atom-norm-out-of-band"
+    severity = "warning"
+    options = {"low": 0.5, "high": 1.25, "error": 4.0}
+
+    def check(self, analysis: Analysis) -> Iterator[Finding]:
+        for layer in analysis.layers:
+            if layer.kind == "Gain":
+                continue
+            norm = layer.norm_at_init
+            if self.config["low"] <= norm <= self.config["high"]:
+                continue
+            severity = "error" if norm > self.config["error"] else "warning"
+            yield self.finding(
+                f"{layer.kind} `{layer.name}` {'×'.join(map(str, layer.shape))} has norm {norm:.3g} at init "
+                f"({layer.norm_source}); well-normed is 1",
+                fix=f"initialise so that the effective operator norm is 1, e.g. orthogonal with gain "
+                    f"sqrt(fan_out/fan_in), or multiply the output by {1 / norm:.3g}" if norm > 0 else
+                    "initialise the weight (it is zero)",
+                module=layer.name, file=layer.file, line=layer.line, op=layer.op, severity=severity)

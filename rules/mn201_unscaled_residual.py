@@ -1,0 +1,51 @@
+"""MN201 unscaled-residual."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from modnorm.result import Analysis, Finding
+from modnorm.rules import Rule
+
+
+class UnscaledResidual(Rule):
+    """## What it does
+    Flags residual merges `y = a·x + b·f(x)` whose block sensitivity `|a| + |b|·s_f` exceeds `1 + 2/L`, where L
+    is the number of merges in the residual stream (a transformer has 2 per layer).
+
+    ## Why is this bad?
+    Sensitivities multiply along the stream, so unscaled `x + f(x)` blocks give `(1 + s_f)^L`: earlier layers
+    must move 2^L times less (their targets shrink), and a learning rate tuned at one depth does not transfer.
+
+    ## Example
+        x = x + self.attn(self.ln_1(x))
+
+    ## Use instead
+        x = (1 - 1 / L) * x + (1 / L) * self.attn(self.ln_1(x))
+
+    ## Options
+    - `slack` (2.0): the allowed excess is slack / L.
+
+    ## References
+    theory.md §b.3 (residual), §e.6 and §f check 3; Large et al. 2024.
+    """
+
+    code = "MN201"
+    name = "unscaled-residual"
+    severity = "warning"
+    options = {"slack": 2.0}
+
+    def check(self, analysis: Analysis) -> Iterator[Finding]:
+        for stream in analysis.streams:
+            depth = stream.depth
+            for name in stream.merges:
+                merge = analysis.merge(name)
+                block = merge.design_block_sensitivity
+                if block <= 1 + self.config["slack"] / depth + 1e-9:
+                    continue
+                a, b = merge.skip_coefficient, merge.branch_coefficient
+                yield self.finding(
+                    f"residual merge {a:.3g}·x + {b:.3g}·f(x) has block sensitivity {block:.3g} "
+                    f"(limit {1 + self.config['slack'] / depth:.3g} for {depth} merges in the stream)",
+                    fix=f"scale the skip by {1 - 1 / depth:.3g} and the branch by {1 / depth:.3g} (1 - 1/L and 1/L)",
+                    module=merge.module, file=merge.file, line=merge.line, op=merge.op)

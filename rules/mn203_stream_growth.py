@@ -1,0 +1,53 @@
+"""MN203 residual-stream-growth."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+from modnorm.result import Analysis, Finding
+from modnorm.rules import Rule
+
+
+class ResidualStreamGrowth(Rule):
+    """## What it does
+    Reports a residual stream whose sensitivity — the product of its blocks' sensitivities — exceeds e (the
+    `(1 + 1/L)^L` envelope), as an error above 10.
+
+    ## Why is this bad?
+    The stream's sensitivity is how much the network output moves per unit change at the stream's input. When it
+    grows with depth, the deep model needs a different learning rate from the shallow one and early blocks are
+    starved of feature learning (their targets are divided by the growth).
+
+    ## Example
+        for block in self.blocks:
+            x = x + block(x)
+
+    ## Use instead
+        for block in self.blocks:
+            x = (1 - 1 / L) * x + (1 / L) * block(x)
+
+    ## Options
+    - `warn` (e), `error` (10.0).
+
+    ## References
+    theory.md §b.3 and §f check 4.
+    """
+
+    code = "MN203"
+    name = "residual-stream-growth"
+    severity = "warning"
+    options = {"warn": math.e, "error": 10.0}
+
+    def check(self, analysis: Analysis) -> Iterator[Finding]:
+        for stream in analysis.streams:
+            growth = math.prod(analysis.merge(m).design_block_sensitivity for m in stream.merges)
+            if growth <= self.config["warn"]:
+                continue
+            last = analysis.merge(stream.merges[-1])
+            severity = "error" if growth > self.config["error"] else "warning"
+            yield self.finding(
+                f"residual stream of {stream.depth} merges grows ×{growth:.3g} "
+                f"(×{growth ** (1 / stream.depth):.3g} per merge)",
+                fix="use 1 - 1/L and 1/L multipliers on skip and branch so each block has sensitivity 1",
+                module=last.module, file=last.file, line=last.line, op=last.op, severity=severity)

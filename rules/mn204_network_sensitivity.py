@@ -1,0 +1,50 @@
+"""MN204 network-sensitivity-high."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+from modnorm.result import Analysis, Finding
+from modnorm.rules import Rule
+
+
+class NetworkSensitivityHigh(Rule):
+    """## What it does
+    Flags a network whose sensitivity to its input (with normalizers at their well-normed value, i.e. the design
+    sensitivity) exceeds 2, as an error above 10.
+
+    ## Why is this bad?
+    A well-normed network maps the unit ball into the unit ball with sensitivity ≤ 1; beyond that, every
+    downstream "≤ ‖Δw‖" bound is multiplied by the input norm and updates normalized in the modular norm are no
+    longer the size they claim.
+
+    ## Example
+        return self.fc3(self.fc2(self.fc1(x)) * 4)
+
+    ## Use instead
+        return self.fc3(self.fc2(self.fc1(x)))
+
+    ## Options
+    - `warn` (2.0), `error` (10.0).
+
+    ## References
+    theory.md §f check 5.
+    """
+
+    code = "MN204"
+    name = "network-sensitivity-high"
+    severity = "warning"
+    options = {"warn": 2.0, "error": 10.0}
+
+    def check(self, analysis: Analysis) -> Iterator[Finding]:
+        s = analysis.network.design_sensitivity
+        if not math.isfinite(s) or s <= self.config["warn"]:
+            return
+        severity = "error" if s > self.config["error"] else "warning"
+        first = analysis.layers[0] if analysis.layers else None
+        yield self.finding(
+            f"network sensitivity {s:.3g} (design constants; certified bound {analysis.network.sensitivity:.3g})",
+            fix="find the op with the largest constant in the report and scale it down; keep residual blocks at 1",
+            module=first.name if first else "", file=first.file if first else analysis.model.file,
+            line=first.line if first else None, severity=severity)

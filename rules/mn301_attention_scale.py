@@ -1,0 +1,55 @@
+"""MN301 attention-scaled-for-initialization."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from modnorm.result import Analysis, Finding
+from modnorm.rules import Rule
+
+
+class AttentionScaledForInitialization(Rule):
+    """## What it does
+    Flags attention whose logits are scaled by 1/sqrt(d) (the default of `scaled_dot_product_attention`) instead
+    of 1/d, and, as an error, any attention whose aligned-logit bound `c·d` exceeds `max_aligned_logit`.
+
+    ## Why is this bad?
+    1/sqrt(d) keeps logits O(1) for *random* q and k at init. Once training aligns q with k, the dot product is a
+    sum of d aligned terms and the logit grows like sqrt(d): attention saturates and its sensitivity to q and k
+    grows with the head dimension. 1/d keeps the aligned logit O(1) at every width.
+
+    ## Example
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+
+    ## Use instead
+        att = (q @ k.transpose(-2, -1)) / k.size(-1)
+        # or F.scaled_dot_product_attention(q, k, v, scale=1 / q.size(-1))
+
+    ## Options
+    - `max_aligned_logit` (8.0): error above this `c·d`.
+
+    ## References
+    theory.md §d.1 (attention) and §f check 6; Modula's golden rules.
+    """
+
+    code = "MN301"
+    name = "attention-scaled-for-initialization"
+    severity = "warning"
+    options = {"max_aligned_logit": 8.0}
+
+    def check(self, analysis: Analysis) -> Iterator[Finding]:
+        for op in analysis.ops:
+            if "attention" not in op.tags:
+                continue
+            scale, d = op.info.get("scale"), op.info.get("head_dim")
+            if not scale or not d:
+                continue
+            aligned = scale * d
+            if aligned <= 1.5:
+                continue
+            severity = "error" if aligned > self.config["max_aligned_logit"] else "warning"
+            yield self.finding(
+                f"attention logits scaled by {scale:.3g} with head dim {d}: aligned q·k reaches {aligned:.3g} "
+                f"(scaled for initialization, not alignment)",
+                fix=f"scale logits by 1/d = {1 / d:.3g} (pass scale=1/head_dim to scaled_dot_product_attention)",
+                module=op.module, file=op.file, line=op.line, op=op.name, severity=severity)

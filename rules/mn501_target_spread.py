@@ -1,0 +1,54 @@
+"""MN501 target-spread."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from modnorm.result import Analysis, Finding
+from modnorm.rules import Rule
+
+
+class TargetSpread(Rule):
+    """## What it does
+    Flags a network whose normalization targets `t_i = (m_i/M) / S_down(i)` differ by more than `max_ratio`
+    between atoms, or in which one atom holds more than `max_share` of the mass.
+
+    ## Why is this bad?
+    A target is how far an atom may move under a normalized update. A spread of 100× means some layers must move
+    100 times less than others — the signature of exploding downstream sensitivity — and those layers barely learn.
+
+    ## Example
+        x = x + block(x)   # 8 blocks: the first block's target is 2^8 smaller than the last's
+
+    ## Use instead
+        x = (1 - 1 / L) * x + (1 / L) * block(x)
+
+    ## Options
+    - `max_ratio` (100.0), `max_share` (0.5).
+
+    ## References
+    theory.md §b.2, §e.7 and §f check 10.
+    """
+
+    code = "MN501"
+    name = "target-spread"
+    severity = "warning"
+    options = {"max_ratio": 100.0, "max_share": 0.5}
+
+    def check(self, analysis: Analysis) -> Iterator[Finding]:
+        massive = [l for l in analysis.layers if l.mass > 0 and l.target_norm > 0]
+        if len(massive) >= 2:
+            low = min(massive, key=lambda l: l.target_norm)
+            high = max(massive, key=lambda l: l.target_norm)
+            ratio = high.target_norm / low.target_norm
+            if ratio > self.config["max_ratio"]:
+                yield self.finding(
+                    f"targets span ×{ratio:.3g}: `{low.name}` {low.target_norm:.3g} vs `{high.name}` "
+                    f"{high.target_norm:.3g}", fix="reduce the downstream sensitivity of the early layers "
+                    "(scaled residual branches, well-normed atoms)",
+                    module=low.name, file=low.file, line=low.line, op=low.op)
+        for layer in analysis.layers:
+            if layer.mass_share > self.config["max_share"] and len(massive) > 2:
+                yield self.finding(f"`{layer.name}` holds {layer.mass_share:.0%} of the mass",
+                                   fix="give the hidden atoms more mass (--hidden-mass) or this one less (--mass-of)",
+                                   module=layer.name, file=layer.file, line=layer.line, op=layer.op)

@@ -1,0 +1,51 @@
+"""MN601 normalization-without-floor."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+from modnorm.result import Analysis, Finding
+from modnorm.rules import Rule
+
+
+class NormalizationWithoutFloor(Rule):
+    """## What it does
+    Notes every normalization (LayerNorm, RMSNorm, hand-written RMS division) whose sensitivity is 1 only if its
+    input has RMS ≥ 1, when nothing in the model guarantees a lower bound on that RMS.
+
+    ## Why is this bad?
+    x / rms(x) has Jacobian (1/r)(I − x̂x̂ᵀ): it amplifies perturbations by 1/r when the input RMS r is small. A
+    GPT's residual stream shrinks to RMS ≈ 0.25 before its final LayerNorm (measured), which then amplifies ×4.
+    The certified bound falls back to 1/sqrt(eps) (316 at eps = 1e-5) or is unbounded without eps.
+
+    ## Example
+        x = x / x.square().mean(-1, keepdim=True).sqrt()
+
+    ## Use instead
+        x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-5)   # and keep the stream at RMS ≈ 1
+
+    ## Options
+    None.
+
+    ## References
+    theory.md §d.1 (RMSDivide, LayerNorm), §g.3 and §f check 7.
+    """
+
+    code = "MN601"
+    name = "normalization-without-floor"
+    severity = "info"
+
+    def check(self, analysis: Analysis) -> Iterator[Finding]:
+        for op in analysis.ops:
+            if "normalization" not in op.tags or analysis.profile == "modula":
+                continue
+            if op.info.get("assumption"):
+                continue
+            bound = max(op.lipschitz) if op.lipschitz else math.inf
+            eps = op.info.get("eps", 0.0)
+            text = "unbounded (no eps)" if not math.isfinite(bound) else f"{bound:.3g} = ||w||/sqrt(eps={eps:g})"
+            yield self.finding(
+                f"{op.target} is 1-Lipschitz only for input RMS ≥ 1; certified bound {text}",
+                fix="keep its input at RMS ≈ 1 (scaled residuals), add eps, or state the floor with "
+                    "--norm-input-rms", module=op.module, file=op.file, line=op.line, op=op.name)

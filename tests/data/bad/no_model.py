@@ -1,0 +1,3 @@
+import torch
+
+WIDTH = 4

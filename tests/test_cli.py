@@ -1,0 +1,96 @@
+"""The command line: exit codes 0/1/2, one-paragraph errors naming file and line, selection, formats."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from modnorm import __version__
+from modnorm.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+BAD = ROOT / "tests/data/bad"
+
+
+def run(*args):
+    return runner.invoke(app, list(map(str, args)))
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"modnorm {__version__}"
+
+
+def test_clean_model_exits_zero_and_prints_the_table():
+    result = run("check", ROOT / "fixtures/clean_mlp.py")
+    assert result.exit_code == 0
+    assert "fc1" in result.stdout and "target" in result.stdout and "no findings" in result.stdout
+
+
+def test_findings_exit_one_and_exit_zero_overrides():
+    assert run("check", ROOT / "fixtures/deep_mlp.py").exit_code == 1
+    assert run("check", ROOT / "fixtures/deep_mlp.py", "--exit-zero").exit_code == 0
+    assert run("check", ROOT / "fixtures/deep_mlp.py", "--fail-on", "error").exit_code == 0
+
+
+def test_select_and_ignore_by_code_and_prefix():
+    def codes(*extra):
+        result = run("check", ROOT / "fixtures/nanogpt.py", "-f", "json", "--exit-zero", *extra)
+        return {f["code"] for f in json.loads(result.stdout)["findings"]}
+
+    assert codes("--select", "MN2") == {"MN201", "MN203", "MN204"}
+    assert "MN301" not in codes("--ignore", "MN301")
+    assert codes("--select", "MN101", "--extend-select", "MN903") == {"MN101", "MN903"}
+    assert codes("--select", "ALL", "--ignore", "MN") == set()
+
+
+def test_json_schema_fields():
+    report = json.loads(run("check", ROOT / "fixtures/modula_gpt.py", "-f", "json", "--exit-zero").stdout)
+    assert report["schema"] == "modnorm/1"
+    assert set(report["model"]) >= {"file", "entry", "tracer"}
+    assert set(report["network"]) >= {"mass", "sensitivity", "certified", "uncertified_reasons"}
+    layer = report["layers"][0]
+    assert set(layer) >= {"name", "kind", "shape", "mass", "mass_share", "sensitivity", "downstream_sensitivity",
+                          "target_norm", "norm_at_init", "norm_source", "certified", "file", "line"}
+    assert report["model"]["tracer"] == "fx_values"
+
+
+@pytest.mark.parametrize("name, line, words", [
+    ("syntax_error.py", 3, "syntax error"),
+    ("factory_raises.py", 6, "width must be even"),
+    ("data_dependent.py", 11, "x.sum() > 0"),
+    ("several.py", None, "several models found (a, b)"),
+    ("no_model.py", None, "no model found"),
+])
+def test_bad_input_is_one_paragraph_with_file_and_line(name, line, words):
+    result = run("check", BAD / name)
+    assert result.exit_code == 2
+    message = result.stderr
+    assert "Traceback" not in message and words in message and name in message
+    if line:
+        assert f"{name}:{line}:" in message
+    assert message.count("\n") == 1
+
+
+def test_missing_file_and_bad_options_exit_two():
+    assert run("check", "does_not_exist.py").exit_code == 2
+    assert run("check", ROOT / "fixtures/clean_mlp.py", "--profile", "bogus").exit_code == 2
+    assert run("check", ROOT / "fixtures/clean_mlp.py", "--mass-of", "nomatch.*=2").exit_code == 2
+    assert run("check", ROOT / "fixtures/clean_mlp.py", "--exit-zero", "--input-shape", "x,y").exit_code == 2
+
+
+def test_unknown_op_is_reported_not_skipped():
+    result = run("check", ROOT / "fixtures/uncertified_ops.py", "-f", "json", "--exit-zero")
+    network = json.loads(result.stdout)["network"]
+    assert network["certified"] is False and network["sensitivity"] is None
+    assert any("cumsum" in op for op in network["unknown_ops"])
+
+
+def test_input_shape_option_replaces_example_inputs(tmp_path):
+    model = tmp_path / "m.py"
+    model.write_text("from torch import nn\nmodel = nn.Sequential(nn.Linear(8, 8), nn.Tanh())\n")
+    assert run("check", model, "--exit-zero").exit_code == 2
+    result = run("check", model, "--input-shape", "2,8", "-f", "json", "--exit-zero")
+    assert result.exit_code == 0 and json.loads(result.stdout)["layers"][0]["shape"] == [8, 8]
