@@ -172,6 +172,64 @@ def _emit(analysis: Any, findings: tuple, output_format: str) -> None:
         render_full(analysis, findings, console)
 
 
+def rules_markdown() -> str:
+    """The rules table of README.md, generated from the rule docs (a test keeps README in sync)."""
+    from modnorm.rules import all_rules
+
+    lines = ["| code | name | severity | what it does |", "| --- | --- | --- | --- |"]
+    for code, rule in all_rules().items():
+        summary = " ".join(rule.__doc__.split("## What it does")[1].split("##")[0].split())
+        lines.append(f"| {code} | {rule.name} | {rule.severity} | {summary} |")
+    return "\n".join(lines)
+
+
+@app.command("rules")
+def list_rules(output_format: str = typer.Option("table", "--output-format", "--format", "-f",
+                                                 help="table | markdown | json.")) -> None:
+    """List every rule with its code, name and default severity."""
+    import json
+
+    from modnorm.rules import all_rules
+
+    if output_format == "markdown":
+        typer.echo(rules_markdown())
+        return
+    rules = all_rules()
+    if output_format == "json":
+        typer.echo(json.dumps([{"code": c, "name": r.name, "severity": r.severity, "options": r.options}
+                               for c, r in rules.items()], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("code", "name", "severity")
+    for code, rule in rules.items():
+        table.add_row(code, rule.name, rule.severity)
+    Console().print(table)
+
+
+@app.command("rule")
+def explain_rule(code: str = typer.Argument(..., help="A rule code, e.g. MN201."),
+                 output_format: str = typer.Option("text", "--output-format", "--format", "-f",
+                                                   help="text | json.")) -> None:
+    """Print a rule's documentation."""
+    import inspect
+    import json
+
+    from modnorm.rules import all_rules
+
+    rule = all_rules().get(code.upper())
+    if rule is None:
+        _fail(f"unknown rule `{code}`; `modnorm rules` lists them")
+        return
+    doc = inspect.cleandoc(rule.__doc__ or "")
+    if output_format == "json":
+        typer.echo(json.dumps({"code": rule.code, "name": rule.name, "severity": rule.severity,
+                               "options": rule.options, "doc": doc}, indent=2))
+    else:
+        typer.echo(f"# {rule.code} {rule.name} ({rule.severity})\n\n{doc}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

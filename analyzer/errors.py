@@ -39,9 +39,10 @@ def _is_user_file(filename: str, user_file: str | None) -> bool:
 
 def user_frame(stack: traceback.StackSummary, user_file: str | None = None) -> tuple[str, int, str] | None:
     """The innermost frame of `stack` in the user's code: (file, line, source text)."""
-    for frame in reversed(stack):  # innermost frame outside torch and modnorm (the user's helpers count)
-        if _is_user_file(frame.filename, None):
-            return frame.filename, frame.lineno or 0, (frame.line or "").strip()
+    for wanted in ([user_file] if user_file else []) + [None]:  # the model's file first, then any user code
+        for frame in reversed(stack):
+            if _is_user_file(frame.filename, wanted):
+                return frame.filename, frame.lineno or 0, (frame.line or "").strip()
     return None
 
 

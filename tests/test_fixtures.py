@@ -56,3 +56,12 @@ def test_clean_designs_have_no_warnings_or_errors():
     for name in ("modula_gpt", "modula_resmlp", "modula_rescnn", "clean_mlp"):
         report = check_json(next(f for f in FIXTURES if f.stem == name))
         assert [f for f in report["findings"] if f["severity"] != "info"] == [], name
+
+
+def test_readme_rules_table_is_generated_from_the_rule_docs():
+    from modnorm.cli import rules_markdown
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- rules:start -->")[1].split("<!-- rules:end -->")[0].strip()
+    assert section == rules_markdown()
