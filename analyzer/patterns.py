@@ -237,8 +237,8 @@ def _scope(node: fx.Node) -> str:
 
 
 def _atom_owner(node: fx.Node) -> str:
-    if node.op == "call_module":
-        return node.target.rsplit(".", 1)[0] if "." in node.target else ""
+    if node.op == "call_module":  # a leaf: no op after it runs inside it
+        return node.target
     return _scope(node)
 
 
@@ -260,7 +260,7 @@ def _match_scaled_atom(node: fx.Node, root: torch.nn.Module) -> Fused | None:
         current = user
     if not chain:
         return None
-    inside = [(n, c) for n, c in chain if _scope(n) == owner or _scope(n).startswith(owner + ".") and owner]
+    inside = [(n, c) for n, c in chain if owner and (_scope(n) == owner or _scope(n).startswith(owner + "."))]
     outside_feeds_merge = len(current.users) == 1 and _is(next(iter(current.users)), "add", "sub", "iadd")
     kept = chain if not outside_feeds_merge else chain[:len(inside)] if inside else []
     if not kept:
