@@ -23,9 +23,9 @@ from torch import nn
 from . import norms, semantics
 from .errors import ModnormError
 from .patterns import Fused, find_patterns
-from .result import Analysis, Layer, Merge, ModelInfo, Network, Op, Stream
+from .result import Analysis, Layer, MassGroup, Merge, ModelInfo, Network, Op, Stream
 from .semantics import INF, Bounds, Semantics
-from .tracing import TracedModel, node_location
+from .tracing import TracedModel, call_site, node_location
 
 __all__ = ["Options", "analyze_traced", "series", "parallel"]
 
@@ -497,20 +497,86 @@ def _layers(records: list[_Record], ctx: _Context) -> tuple[list[Layer], float]:
         mass = masses[id(a)]
         share = mass / total if total > 0 else 0.0
         target = share / a.design_down if a.design_down > 0 else (math.inf if share > 0 else 0.0)
-        file, line = node_location(a.node, ctx.user_file)
         owner = spec.weight.rsplit(".", 1)[0] if "." in spec.weight else ""
         try:
-            module_type = type(ctx.root.get_submodule(owner)).__name__
+            owner_module = ctx.root.get_submodule(owner) if owner else None
         except AttributeError:
-            module_type = ""
+            owner_module = None
+        module_type = type(owner_module).__name__ if owner_module is not None else ""
+        file, line = call_site(a.node, owner_module, ctx.user_file)
         layers.append(Layer(
             name=names[id(a)], kind=spec.kind, shape=spec.shape, role=roles.get(id(a), "gain"), mass=mass,
             mass_share=share, sensitivity=a.lipschitz[0] if a.lipschitz else spec.norm,
             downstream_sensitivity=a.down, design_downstream_sensitivity=a.design_down, target_norm=target,
             norm_at_init=spec.norm, norm_source=spec.norm_source, scale=spec.scale,
             certified=a.semantics.certified, op=a.node.name, weight=spec.weight, params=spec.params,
-            file=file, line=line, module_type=module_type))
+            file=file, line=line, module_type=module_type, defined_at=_definition(ctx.root, owner)))
     return layers, total
+
+
+def _definition(root: nn.Module, path: str) -> tuple[str, int] | None:
+    """Where the module at `path` is created in its owner's __init__, best effort: `self.attn = ...`, or the
+    key `wte=` / `"wte":` of a ModuleDict. An index inside a ModuleList/Sequential points at the container's line.
+    """
+    import inspect
+    import re
+
+    containers = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
+    parts = path.split(".") if path else []
+    while parts:
+        attr, parent_path = parts[-1], ".".join(parts[:-1])
+        parts = parts[:-1]
+        try:
+            parent = root.get_submodule(parent_path)
+        except AttributeError:
+            return None
+        if attr.isdigit() or (isinstance(parent, containers) and type(parent) in containers):
+            if isinstance(parent, nn.ModuleDict) and parts:
+                found = _assignment(type(root.get_submodule(".".join(parts[:-1]))),
+                                    rf"(\b{re.escape(attr)}\s*=(?!=)|['\"]{re.escape(attr)}['\"]\s*:)")
+                if found:
+                    return found
+            continue
+        return _assignment(type(parent), rf"\bself\.{re.escape(attr)}\b[^=\n]*=(?!=)")
+    return None
+
+
+def _assignment(owner: type, pattern: str) -> tuple[str, int] | None:
+    import inspect
+    import re
+
+    try:
+        lines, start = inspect.getsourcelines(owner.__init__)
+        file = inspect.getsourcefile(owner.__init__)
+    except (OSError, TypeError):
+        return None
+    if file is None or "/torch/" in file:
+        return None
+    regex = re.compile(pattern)
+    return next(((file, start + i) for i, text in enumerate(lines) if regex.search(text)), None)
+
+
+def _mass_groups(layers: list[Layer]) -> tuple[MassGroup, ...]:
+    """Mass shares by role (input / hidden / output) and by top-level block (`blocks.3`, `lm_head`)."""
+    groups: dict[tuple[str, str], list[Layer]] = {}
+    for layer in layers:
+        if layer.mass <= 0 and layer.role == "gain":
+            continue
+        groups.setdefault(("role", layer.role), []).append(layer)
+    for layer in layers:
+        if layer.mass > 0:
+            groups.setdefault(("block", _block_of(layer.name)), []).append(layer)
+    return tuple(MassGroup(by, name, len(members), sum(l.mass for l in members), sum(l.mass_share for l in members))
+                 for (by, name), members in groups.items())
+
+
+def _block_of(name: str) -> str:
+    """The top-level block of a module path: through the first index (`transformer.h.3`), else two parts."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:2])
 
 
 # ------------------------------------------------------------------------------------------- residual merges
@@ -606,7 +672,8 @@ def analyze_traced(traced: TracedModel, options: Options = Options(), user_file:
     layers, total_mass = _layers(records, ctx)
     merges, streams = _merges(records, ctx)
     ops = tuple(_op(r, ctx) for r in records)
-    network = replace(_network(records, layers, total_mass, ctx), tied_weights=_tied(root))
+    network = replace(_network(records, layers, total_mass, ctx), tied_weights=_tied(root),
+                      mass_groups=_mass_groups(layers))
     parameters = sum(p.numel() for p in root.parameters())
     info = ModelInfo(user_file, entry, traced.tracer, device, parameters, len(records), tuple(traced.attempts))
     return Analysis(info, options.profile, options.mass, options.hidden_mass, tuple(layers), ops, tuple(merges),

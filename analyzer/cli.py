@@ -7,6 +7,7 @@ traceback). Heavy imports happen inside the commands so that `modnorm --version`
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
@@ -81,15 +82,24 @@ def _split_codes(items: list[str]) -> tuple[str, ...]:
 
 @app.command()
 def check(
-    target: str = typer.Argument(..., help="Model file, optionally with an entry: path.py[:NAME]."),
-    output_format: str = typer.Option("full", "--output-format", "--format", "-f", envvar="MODNORM_OUTPUT_FORMAT",
-                                      help="full | json."),
-    profile: str = typer.Option("certified", help="certified (worst-case constants) | modula (nominal constants)."),
-    mass: str = typer.Option("roles", help="roles (input 1 : hidden m : output 1) | uniform."),
-    hidden_mass: float = typer.Option(1.0, help="Total mass of the hidden atoms (the m of 1:m:1)."),
+    targets: List[str] = typer.Argument(None, help="Model files, each optionally with an entry: path.py[:NAME]. "
+                                        "Without any, the `models` of [tool.modnorm] in pyproject.toml."),
+    output_format: Optional[str] = typer.Option(None, "--output-format", "--format", "-f",
+                                                envvar="MODNORM_OUTPUT_FORMAT",
+                                                help="full | concise | json | json-lines | sarif | github | junit."),
+    output_file: Optional[Path] = typer.Option(None, "--output-file", "-o", help="Write the report to this file."),
+    statistics: bool = typer.Option(False, "--statistics", help="Print `count  code  name` per rule instead."),
+    color: str = typer.Option("auto", help="auto | always | never (NO_COLOR and FORCE_COLOR are honoured)."),
+    config: Optional[Path] = typer.Option(None, help="Read [tool.modnorm] from this pyproject.toml."),
+    isolated: bool = typer.Option(False, help="Ignore every configuration file."),
+    profile: Optional[str] = typer.Option(None, help="certified (worst-case constants) | modula (nominal)."),
+    mass: Optional[str] = typer.Option(None, help="roles (input 1 : hidden m : output 1) | uniform."),
+    hidden_mass: Optional[float] = typer.Option(None, help="Total mass of the hidden atoms (the m of 1:m:1)."),
     mass_of: List[str] = typer.Option([], "--mass-of", help="GLOB=VALUE: the matching atoms share VALUE."),
-    device: str = typer.Option("auto", help="auto | meta | cpu: where to build the model."),
-    max_params: int = typer.Option(100_000_000, help="With --device auto, build on CPU up to this many parameters."),
+    loss: Optional[str] = typer.Option(None, help="xent | mse: the loss for the gradient Lipschitz bound."),
+    device: Optional[str] = typer.Option(None, help="auto | meta | cpu: where to build the model."),
+    max_params: Optional[int] = typer.Option(None, help="With --device auto, build on CPU up to this many "
+                                                        "parameters (default 1e8)."),
     input_shape: Optional[str] = typer.Option(None, help="Example input shape, e.g. 4,128."),
     input_dtype: Optional[str] = typer.Option(None, help="long | float."),
     norm_input_rms: Optional[float] = typer.Option(None, help="Assume normalizer inputs have RMS >= this."),
@@ -97,30 +107,105 @@ def check(
     select: List[str] = typer.Option([], help="Rule codes or prefixes to enable (default ALL)."),
     ignore: List[str] = typer.Option([], help="Rule codes or prefixes to disable."),
     extend_select: List[str] = typer.Option([], help="Codes or prefixes to enable on top of --select."),
-    fail_on: str = typer.Option("warning", help="Lowest severity that makes the exit code 1: error|warning|info."),
+    rule_option: List[str] = typer.Option([], "--rule-option", help="CODE.NAME=VALUE, e.g. MN204.warn=5."),
+    fail_on: Optional[str] = typer.Option(None, help="Lowest severity that makes the exit code 1: "
+                                                     "error | warning (default) | info."),
     exit_zero: bool = typer.Option(False, help="Exit 0 even with findings (2 still on bad input)."),
 ) -> None:
-    """Analyse a model file and report per-layer modular-norm quantities and findings."""
-    if output_format not in ("full", "json"):
-        _fail(f"unknown --output-format `{output_format}`; use full or json")
-    if fail_on not in _SEVERITY_RANK:
-        _fail(f"unknown --fail-on `{fail_on}`; use error, warning or info")
-    if profile not in ("certified", "modula"):
-        _fail(f"unknown --profile `{profile}`; use certified or modula")
-    if device not in ("auto", "meta", "cpu"):
-        _fail(f"unknown --device `{device}`; use auto, meta or cpu")
+    """Analyse model files and report per-layer modular-norm quantities and findings.
+
+    Exit codes: 0 no findings at or above --fail-on, 1 findings, 2 bad input or configuration.
+    """
     try:
-        analysis, findings = _run(target, profile, mass, hidden_mass, _parse_mass_of(mass_of), device, max_params,
-                                  _parse_shape(input_shape), input_dtype, norm_input_rms, _parse_kwargs(kwargs),
-                                  _split_codes(select) or ("ALL",), _split_codes(ignore), _split_codes(extend_select))
+        settings = _settings(targets, config, isolated, output_format=output_format, profile=profile, mass=mass,
+                             hidden_mass=hidden_mass, mass_of=_parse_mass_of(mass_of) or None, loss=loss,
+                             device=device, max_params=max_params, norm_input_rms=norm_input_rms,
+                             select=_split_codes(select) or None, ignore=_split_codes(ignore) or None,
+                             extend_select=_split_codes(extend_select) or None, fail_on=fail_on)
+        settings = _with_rule_options(settings, rule_option)
+        _validate(settings, color)
+        results = [_run(target, settings, _parse_shape(input_shape), input_dtype, _parse_kwargs(kwargs))
+                   for target in _targets(targets, settings)]
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one paragraph and exit 2
         _fail(_explain(exc))
         return
-    _emit(analysis, findings, output_format)
-    worst = max((_SEVERITY_RANK[f.severity] for f in findings), default=-1)
-    raise typer.Exit(EXIT_FINDINGS if worst >= _SEVERITY_RANK[fail_on] and not exit_zero else EXIT_CLEAN)
+    _emit(results, settings, statistics, output_file, color)
+    worst = max((_SEVERITY_RANK[f.severity] for r in results for f in r.findings), default=-1)
+    raise typer.Exit(EXIT_FINDINGS if worst >= _SEVERITY_RANK[settings.fail_on] and not exit_zero else EXIT_CLEAN)
+
+
+def _settings(targets: list[str] | None, config: Path | None, isolated: bool, **overrides: Any) -> Any:
+    from .config import Settings, find_config, load_config, merge
+    from .errors import ModnormError
+    from .loading import parse_target
+
+    base = Settings()
+    if config is not None:
+        if not config.is_file():
+            raise ModnormError(f"no such configuration file `{config}`", "pass the path of a pyproject.toml")
+        base = load_config(config)
+    elif not isolated:
+        start = parse_target(targets[0])[0].resolve().parent if targets else Path.cwd()
+        found = find_config(start)
+        if found is not None:
+            base = load_config(found)
+    return merge(base, **overrides)
+
+
+def _with_rule_options(settings: Any, items: list[str]) -> Any:
+    import ast
+    import dataclasses
+
+    options = {code: dict(values) for code, values in settings.rule_options.items()}
+    for item in items:
+        key, sep, value = item.partition("=")
+        code, dot, name = key.partition(".")
+        if not sep or not dot:
+            _fail(f"--rule-option `{item}` must look like CODE.NAME=VALUE (e.g. MN204.warn=5)")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        options.setdefault(code.upper(), {})[name.replace("-", "_")] = parsed
+    return dataclasses.replace(settings, rule_options=options)
+
+
+def _validate(settings: Any, color: str) -> None:
+    from .config import OUTPUT_FORMATS
+    from modnorm.rules import all_rules
+
+    choices = {"output format": (settings.output_format, (None, *OUTPUT_FORMATS)),
+               "fail-on": (settings.fail_on, tuple(_SEVERITY_RANK)), "profile": (settings.profile, ("certified", "modula")),
+               "mass": (settings.mass, ("roles", "uniform")), "loss": (settings.loss, ("xent", "mse")),
+               "device": (settings.device, ("auto", "meta", "cpu")), "color": (color, ("auto", "always", "never"))}
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            _fail(f"unknown --{name.replace(' ', '-')} `{value}`; use {', '.join(a for a in allowed if a)}")
+    rules = all_rules()
+    for code in settings.select + settings.ignore + settings.extend_select:
+        if code != "ALL" and not any(c.startswith(code) for c in rules):
+            _fail(f"`{code}` is no rule code or prefix; `modnorm rules` lists them")
+    for code, options in settings.rule_options.items():
+        if code not in rules:
+            _fail(f"--rule-option names `{code}`, which is no rule code; `modnorm rules` lists them")
+        unknown = set(options) - set(rules[code].options)
+        if unknown:
+            _fail(f"{code} has no option `{sorted(unknown)[0]}`; its options are: "
+                  f"{', '.join(rules[code].options) or 'none'}")
+
+
+def _targets(targets: list[str] | None, settings: Any) -> list[str]:
+    from .errors import ModnormError
+
+    if targets:
+        return list(targets)
+    if settings.models:
+        root = Path(settings.root or ".")
+        return [str(root / model) if not Path(model).is_absolute() else model for model in settings.models]
+    raise ModnormError("no model to check", "pass a model file (`modnorm check model.py`) or list them in "
+                       "pyproject.toml under [tool.modnorm] as models = [\"model.py:build_model\"]")
 
 
 def _explain(exc: BaseException) -> str:
@@ -132,44 +217,63 @@ def _explain(exc: BaseException) -> str:
             f"model file (run with MODNORM_TRACEBACK=1 for the traceback)")
 
 
-def _run(target: str, profile: str, mass: str, hidden_mass: float, mass_of: tuple, device: str, max_params: int,
-         input_shape: tuple[int, ...] | None, input_dtype: str | None, norm_input_rms: float | None,
-         kwargs: dict[str, Any], select: tuple, ignore: tuple, extend_select: tuple) -> tuple[Any, tuple]:
+def _run(target: str, settings: Any, input_shape: tuple[int, ...] | None, input_dtype: str | None,
+         kwargs: dict[str, Any]) -> Any:
     import os
 
-    from .calculus import Options, analyze_traced
-    from .loading import load
-    from .tracing import trace
+    from .check import check_model
 
     try:
-        loaded = load(target, device=device, max_params=max_params, input_shape=input_shape,
-                      input_dtype=input_dtype, kwargs=kwargs)
-        traced = trace(loaded.model, loaded.inputs, user_file=loaded.file)
-        options = Options(profile=profile, mass=mass, hidden_mass=hidden_mass, mass_of=mass_of,
-                          norm_input_rms=norm_input_rms)
-        analysis = analyze_traced(traced, options, user_file=loaded.file, entry=loaded.entry, device=loaded.device)
-        from modnorm.rules import RuleSelection, run_rules
-
-        findings = run_rules(analysis, RuleSelection(select, ignore, extend_select))
+        return check_model(target, settings, input_shape=input_shape, input_dtype=input_dtype, kwargs=kwargs)
     except Exception:
         if os.environ.get("MODNORM_TRACEBACK"):
             import traceback
 
             traceback.print_exc()
         raise
-    return analysis, findings
 
 
-def _emit(analysis: Any, findings: tuple, output_format: str) -> None:
-    from .report import render_full, to_json
+def _console(color: str, file: Any = None) -> Any:
+    import os
 
-    if output_format == "json":
-        typer.echo(to_json(analysis, findings))
+    from rich.console import Console
+
+    interactive = file is None and sys.stdout.isatty()
+    force = {"always": True, "never": False}.get(color)
+    if force is None and os.environ.get("FORCE_COLOR") and file is None:
+        force = True
+    # Not a terminal: widen instead of squeezing the table into 80 columns.
+    width = None if interactive else max(int(os.environ.get("COLUMNS", "0") or 0), 200)
+    return Console(file=file, width=width, force_terminal=force if force is not None else None,
+                   no_color=color == "never" or (force is None and bool(os.environ.get("NO_COLOR"))),
+                   highlight=False, soft_wrap=False)
+
+
+def _emit(results: list[Any], settings: Any, statistics: bool, output_file: Path | None, color: str) -> None:
+    import io
+
+    from . import formats
+    from .report import render_full
+
+    output_format = settings.output_format or "full"
+    if statistics:
+        text = formats.statistics(results)
+    elif output_format == "full":
+        buffer = io.StringIO() if output_file else None
+        console = _console("never" if output_file else color, buffer)
+        for result in results:
+            render_full(result.analysis, result.findings, console, suppressed=result.suppressed)
+        text = buffer.getvalue() if buffer is not None else None
     else:
-        from rich.console import Console
-
-        console = Console(width=None if sys.stdout.isatty() else 160)
-        render_full(analysis, findings, console)
+        text = formats.render(output_format, results, settings.root)
+    if output_format == "github":
+        formats.append_step_summary(results, settings.root)
+    if text is None:
+        return
+    if output_file:
+        output_file.write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
+    elif text:
+        typer.echo(text)
 
 
 def rules_markdown() -> str:

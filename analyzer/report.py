@@ -42,6 +42,7 @@ def _layer_dict(layer: Layer) -> dict[str, Any]:
         "target_norm": _number(layer.target_norm), "norm_at_init": _number(layer.norm_at_init),
         "norm_source": layer.norm_source, "scale": layer.scale, "certified": layer.certified,
         "weight": layer.weight, "file": layer.file, "line": layer.line,
+        "defined_at": {"file": layer.defined_at[0], "line": layer.defined_at[1]} if layer.defined_at else None,
     }
 
 
@@ -70,6 +71,10 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None) -> 
             "assumptions": list(net.assumptions), "input_convention": net.input_convention,
             "input_sensitivities": {k: _number(v) for k, v in net.input_sensitivities.items()},
             "modular_norm_at_init": _number(net.modular_norm_at_init),
+            "mass_groups": {
+                by: [{"name": g.name, "atoms": g.atoms, "mass": g.mass, "share": g.share}
+                     for g in net.mass_groups if g.by == by]
+                for by in ("role", "block")},
         },
         "layers": [_layer_dict(layer) for layer in analysis.layers],
         "residual_streams": [
@@ -104,7 +109,8 @@ def _collapse(layers: tuple[Layer, ...]) -> list[tuple[Layer, str, int]]:
             for key, members in groups.items()]
 
 
-def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None, console: Any = None) -> None:
+def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None, console: Any = None,
+                suppressed: int = 0) -> None:
     """Print the per-layer table, the network summary and the findings with rich."""
     from rich.console import Console
     from rich.table import Table
@@ -127,8 +133,40 @@ def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
                       fmt(layer.sensitivity), fmt(layer.downstream_sensitivity), fmt(layer.target_norm),
                       f"{fmt(layer.norm_at_init)} {source}", where, style=style)
     console.print(table)
+    _render_mass_groups(analysis, console)
     _render_summary(analysis, console)
     _render_findings(findings, console)
+    if suppressed:
+        console.print(f"[dim]{suppressed} finding{'s' if suppressed != 1 else ''} suppressed by "
+                      f"`# modnorm: ignore` comments[/]")
+
+
+def _render_mass_groups(analysis: Analysis, console: Any, blocks_shown: int = 6) -> None:
+    """Mass shares by role and by top-level block; a long stack of equal blocks shows its ends and a count."""
+    from rich.table import Table
+
+    groups = analysis.network.mass_groups
+    if not groups:
+        return
+    table = Table(title="mass", title_justify="left", header_style="bold", box=None, pad_edge=False)
+    for column in ("group", "atoms", "mass", "share"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for g in (g for g in groups if g.by == "role"):
+        table.add_row(f"role {g.name}", str(g.atoms), fmt(g.mass), f"{g.share:.1%}")
+    blocks = [g for g in groups if g.by == "block"]
+    if len(blocks) > blocks_shown:
+        head, tail = blocks[: blocks_shown - 2], blocks[-2:]
+        hidden = blocks[len(head):-2]
+        rows = head + [None] + tail
+    else:
+        rows, hidden = blocks, []
+    for g in rows:
+        if g is None:
+            table.add_row(f"… {len(hidden)} more blocks", str(sum(h.atoms for h in hidden)),
+                          fmt(sum(h.mass for h in hidden)), f"{sum(h.share for h in hidden):.1%}", style="dim")
+        else:
+            table.add_row(f"block {g.name}", str(g.atoms), fmt(g.mass), f"{g.share:.1%}")
+    console.print(table)
 
 
 def _short(path: str | None) -> str:
@@ -172,6 +210,6 @@ def _render_findings(findings: tuple[Finding, ...], console: Any) -> None:
     for f in findings:
         where = f"{_short(f.file)}:{f.line}" if f.file and f.line else (_short(f.file) or "<model>")
         console.print(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity:7}[/] {f.code} {where} "
-                      f"[dim]\\[{f.module}][/] {f.message}", highlight=False)
+                      f"[dim]\\[{f.module or '<model>'}][/] {f.message}", highlight=False)
         if f.fix:
             console.print(f"         [dim]fix:[/] {f.fix}", highlight=False)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Op", "Layer", "Merge", "Stream", "Network", "Analysis", "Finding", "ModelInfo"]
+__all__ = ["Op", "Layer", "Merge", "Stream", "Network", "MassGroup", "Analysis", "Finding", "ModelInfo"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class Layer:
     file: str | None
     line: int | None
     module_type: str = ""
+    defined_at: tuple[str, int] | None = None  # where the module is created (`self.fc = nn.Linear(...)`)
 
     @property
     def weighted_norm(self) -> float:
@@ -118,6 +119,18 @@ class Network:
     input_convention: str = ""
     modular_norm_at_init: float = math.nan
     tied_weights: tuple[tuple[str, ...], ...] = ()  # parameter names that are one tensor
+    mass_groups: tuple["MassGroup", ...] = ()  # shares by role, then by top-level block
+
+
+@dataclass(frozen=True)
+class MassGroup:
+    """The atoms of one role ("role") or one top-level block ("block") and their mass together."""
+
+    by: str  # "role" | "block"
+    name: str
+    atoms: int
+    mass: float
+    share: float
 
 
 @dataclass(frozen=True)

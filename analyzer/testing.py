@@ -23,9 +23,12 @@ def assert_well_normed(model: Any, example_inputs: Any, *, select: Iterable[str]
     rank = {"info": 0, "warning": 1, "error": 2}
     failing = [f for f in findings if rank[f.severity] >= rank[fail_on]]
     if failing:
-        lines = [f"{f.code} {f.severity} [{f.module}] {f.message}" + (f" (fix: {f.fix})" if f.fix else "")
-                 for f in failing]
-        raise AssertionError("modnorm found problems:\n  " + "\n  ".join(lines))
+        lines = []
+        for f in failing:
+            where = f"{f.file}:{f.line}: " if f.file and f.line else ""
+            lines.append(f"{where}{f.code} {f.severity} [{f.module}] {f.message}" + (f" (fix: {f.fix})" if f.fix else ""))
+        count = len(failing)
+        raise AssertionError(f"modnorm found {count} problem{'s' if count != 1 else ''}:\n  " + "\n  ".join(lines))
     return analysis
 
 
@@ -33,5 +36,6 @@ def assert_well_normed(model: Any, example_inputs: Any, *, select: Iterable[str]
 def modnorm() -> Any:
     """The `modnorm` package, for tests that call `modnorm.analyze` or `modnorm.testing.assert_well_normed`."""
     import modnorm as package
+    import modnorm.testing  # noqa: F401 - so that `modnorm.testing.assert_well_normed` resolves
 
     return package

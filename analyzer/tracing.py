@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import traceback
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -56,6 +57,28 @@ def node_location(node: fx.Node, user_file: str | None = None) -> tuple[str | No
             location = (found[0], found[1])
     node.meta["modnorm_location"] = location
     return location
+
+
+def call_site(node: fx.Node, module: Any, user_file: str | None = None) -> tuple[str | None, int | None]:
+    """Where a user-defined module is called (`self.inp(x)` in its parent's forward), rather than the op inside
+    its own forward: the innermost user frame outside the module's class body. Torch's own modules have no
+    user frames inside, so this equals `node_location` for them."""
+    import inspect
+
+    if not node.stack_trace or module is None:
+        return node_location(node, user_file)
+    try:
+        lines, start = inspect.getsourcelines(type(module))
+        file = inspect.getsourcefile(type(module))
+    except (OSError, TypeError):
+        return node_location(node, user_file)
+    if file is None:
+        return node_location(node, user_file)
+    inside = (str(Path(file).resolve()), start, start + len(lines) - 1)
+    frames = [f for f in _parse_frames(node.stack_trace)
+              if not (str(Path(f[0]).resolve()) == inside[0] and inside[1] <= f[1] <= inside[2])]
+    found = user_frame(traceback.StackSummary.from_list(frames), user_file)
+    return (found[0], found[1]) if found else node_location(node, user_file)
 
 
 def _parse_frames(stack_trace: str) -> list[tuple[str, int, str, str]]:

@@ -1,22 +1,23 @@
 """The rule engine: one rule per file in this package, registered automatically by its code.
 
 A rule reads only an `Analysis` (never fx or torch), so it is testable on hand-built analyses. Codes are `MN`
-plus three digits whose hundreds are a family: MN1xx well-normed atoms, MN2xx depth and residual streams,
+plus three digits whose hundreds are a family: MN0xx the linter itself (suppressions), MN1xx well-normed atoms, MN2xx depth and residual streams,
 MN3xx attention, MN4xx width/depth drift (sweeps), MN5xx mass and targets, MN6xx normalization and nominal
 constants, MN9xx could not certify.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import pkgutil
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
-from modnorm.result import Analysis, Finding
+from modnorm.result import Analysis, Finding, Layer
 
-__all__ = ["Rule", "RuleSelection", "all_rules", "run_rules", "SEVERITIES"]
+__all__ = ["Rule", "RuleSelection", "all_rules", "run_rules", "sort_findings", "SEVERITIES"]
 
 SEVERITIES = ("info", "warning", "error")
 _CODE = re.compile(r"^MN\d{3}$")
@@ -56,6 +57,13 @@ class Rule:
         return Finding(self.code, self.name, severity or self.severity, message, fix, module, file, line, op,
                        related)
 
+    def layer_finding(self, layer: Layer, message: str, *, fix: str = "", severity: str | None = None,
+                      related: tuple[tuple[str, int], ...] = ()) -> Finding:
+        """A finding on an atom: located where the module is called, its definition as a related location."""
+        defined = (layer.defined_at,) if layer.defined_at and layer.defined_at != (layer.file, layer.line) else ()
+        return self.finding(message, fix=fix, module=layer.name, file=layer.file, line=layer.line, op=layer.op,
+                            severity=severity, related=defined + related)
+
 
 def _load_all() -> None:
     for info in pkgutil.iter_modules(__path__):
@@ -77,10 +85,18 @@ class RuleSelection:
     ignore: tuple[str, ...] = ()
     extend_select: tuple[str, ...] = ()
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_module_ignores: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (module-path glob, codes or prefixes)
 
     def enabled(self, code: str) -> bool:
         chosen = any(_matches(code, p) for p in self.select + self.extend_select)
         return chosen and not any(_matches(code, p) for p in self.ignore)
+
+    def ignored_in(self, code: str, module: str) -> bool:
+        """True when a per-module ignore glob matches `module` (or one of its parents) and names `code`."""
+        parents = module.split(".")
+        paths = [".".join(parents[:i]) for i in range(len(parents), 0, -1)]
+        return any(any(_matches(code, c) for c in codes) and any(fnmatch.fnmatchcase(p, glob) for p in paths)
+                   for glob, codes in self.per_module_ignores)
 
 
 def _matches(code: str, pattern: str) -> bool:
@@ -95,5 +111,11 @@ def run_rules(analysis: Analysis, selection: RuleSelection = RuleSelection()) ->
     findings: list[Finding] = []
     for code, rule_class in all_rules().items():
         if selection.enabled(code):
-            findings.extend(rule_class(**selection.options.get(code, {})).check(analysis))
+            rule = rule_class(**selection.options.get(code, {}))
+            findings.extend(f for f in rule.check(analysis) if not selection.ignored_in(f.code, f.module))
+    return sort_findings(findings)
+
+
+def sort_findings(findings: Iterable[Finding]) -> tuple[Finding, ...]:
+    """Most severe first, then by file, line and code."""
     return tuple(sorted(findings, key=lambda f: (_ORDER[f.severity], f.file or "", f.line or 0, f.code)))

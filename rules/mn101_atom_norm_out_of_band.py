@@ -45,10 +45,9 @@ class AtomNormOutOfBand(Rule):
             if self.config["low"] <= norm <= self.config["high"]:
                 continue
             severity = "error" if norm > self.config["error"] else "warning"
-            yield self.finding(
-                f"{layer.kind} `{layer.name}` {'×'.join(map(str, layer.shape))} has norm {norm:.3g} at init "
+            yield self.layer_finding(
+                layer, f"{layer.kind} `{layer.name}` {'×'.join(map(str, layer.shape))} has norm {norm:.3g} at init "
                 f"({layer.norm_source}); well-normed is 1",
                 fix=f"initialise so that the effective operator norm is 1, e.g. orthogonal with gain "
                     f"sqrt(fan_out/fan_in), or multiply the output by {1 / norm:.3g}" if norm > 0 else
-                    "initialise the weight (it is zero)",
-                module=layer.name, file=layer.file, line=layer.line, op=layer.op, severity=severity)
+                    "initialise the weight (it is zero)", severity=severity)

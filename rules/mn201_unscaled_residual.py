@@ -6,6 +6,7 @@ from typing import Iterator
 
 from modnorm.result import Analysis, Finding
 from modnorm.rules import Rule
+from modnorm.rules.mn202_underscaled_residual_branch import is_underscaled_branch
 
 
 class UnscaledResidual(Rule):
@@ -43,6 +44,8 @@ class UnscaledResidual(Rule):
                 block = merge.design_block_sensitivity
                 if block <= 1 + self.config["slack"] / depth + 1e-9:
                     continue
+                if is_underscaled_branch(abs(merge.skip_coefficient), abs(merge.branch_coefficient)):
+                    continue  # MN202 reports x + b·f(x) with 0 < b < 1
                 a, b = merge.skip_coefficient, merge.branch_coefficient
                 yield self.finding(
                     f"residual merge {a:.3g}·x + {b:.3g}·f(x) has block sensitivity {block:.3g} "

@@ -42,13 +42,12 @@ class TargetSpread(Rule):
             high = max(massive, key=lambda l: l.target_norm)
             ratio = high.target_norm / low.target_norm
             if ratio > self.config["max_ratio"]:
-                yield self.finding(
-                    f"targets span ×{ratio:.3g}: `{low.name}` {low.target_norm:.3g} vs `{high.name}` "
+                yield self.layer_finding(
+                    low, f"targets span ×{ratio:.3g}: `{low.name}` {low.target_norm:.3g} vs `{high.name}` "
                     f"{high.target_norm:.3g}", fix="reduce the downstream sensitivity of the early layers "
-                    "(scaled residual branches, well-normed atoms)",
-                    module=low.name, file=low.file, line=low.line, op=low.op)
+                    "(scaled residual branches, well-normed atoms)")
         for layer in analysis.layers:
             if layer.mass_share > self.config["max_share"] and len(massive) > 2:
-                yield self.finding(f"`{layer.name}` holds {layer.mass_share:.0%} of the mass",
-                                   fix="give the hidden atoms more mass (--hidden-mass) or this one less (--mass-of)",
-                                   module=layer.name, file=layer.file, line=layer.line, op=layer.op)
+                yield self.layer_finding(layer, f"`{layer.name}` holds {layer.mass_share:.0%} of the mass",
+                                         fix="give the hidden atoms more mass (--hidden-mass) or this one less "
+                                             "(--mass-of)")

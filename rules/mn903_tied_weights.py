@@ -40,7 +40,7 @@ class TiedWeights(Rule):
             if len(layers) < 2:
                 continue
             first = layers[0]
-            yield self.finding(f"one tensor is used by {len(layers)} atoms: {', '.join(l.name for l in layers)}",
-                               fix="the targets of tied atoms are approximate (theory.md §b.3)",
-                               module=first.name, file=first.file, line=first.line, op=first.op,
-                               related=tuple((l.file, l.line) for l in layers[1:] if l.file))
+            yield self.layer_finding(first, f"one tensor is used by {len(layers)} atoms: "
+                                            f"{', '.join(l.name for l in layers)}",
+                                     fix="the targets of tied atoms are approximate (theory.md §b.3)",
+                                     related=tuple((l.file, l.line) for l in layers[1:] if l.file))

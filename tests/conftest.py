@@ -14,3 +14,6 @@ FIXTURES = sorted(p for p in (ROOT / "fixtures").glob("*.py") if not p.name.star
 def _seed():
     torch.manual_seed(0)
     random.seed(0)
+
+
+pytest_plugins = ["pytester"]

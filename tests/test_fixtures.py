@@ -23,7 +23,15 @@ def declared_codes(path):
     return set() if text == "nothing" else {c.strip() for c in text.split(",")}
 
 
+def declared_args(path):
+    """Command-line options a fixture is checked with (`Args: --hidden-mass 200` in its docstring)."""
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    match = re.search(r"^Args:\s*(.+)$", doc, re.MULTILINE)
+    return match.group(1).split() if match else []
+
+
 def check_json(path, *args):
+    args = (*declared_args(path), *args)
     result = runner.invoke(app, ["check", str(path), "--output-format", "json", "--exit-zero", *args])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)

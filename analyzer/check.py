@@ -1,0 +1,58 @@
+"""One check, end to end: load a model file, trace, analyse, run the rules, apply suppressions.
+
+This is what `modnorm check` runs once per model; the CLI only parses options and renders the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings
+from .result import Analysis, Finding
+
+__all__ = ["CheckResult", "check_model", "selection_of"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    target: str
+    analysis: Analysis
+    findings: tuple[Finding, ...]  # after per-module ignores and inline suppressions, MN001 included
+    suppressed: int = 0
+
+
+def selection_of(settings: Settings) -> Any:
+    from modnorm.rules import RuleSelection
+
+    return RuleSelection(settings.select, settings.ignore, settings.extend_select, settings.rule_options,
+                         settings.per_module_ignores)
+
+
+def check_model(target: str, settings: Settings, *, input_shape: tuple[int, ...] | None = None,
+                input_dtype: str | None = None, kwargs: dict[str, Any] | None = None) -> CheckResult:
+    from . import suppression
+    from .calculus import Options, analyze_traced
+    from .loading import load
+    from .tracing import trace
+    from modnorm.rules import all_rules, run_rules, sort_findings
+
+    loaded = load(target, device=settings.device, max_params=settings.max_params, input_shape=input_shape,
+                  input_dtype=input_dtype, kwargs=kwargs or {})
+    traced = trace(loaded.model, loaded.inputs, user_file=loaded.file)
+    options = Options(profile=settings.profile, mass=settings.mass, hidden_mass=settings.hidden_mass,
+                      mass_of=settings.mass_of, norm_input_rms=settings.norm_input_rms)
+    analysis = analyze_traced(traced, options, user_file=loaded.file, entry=loaded.entry, device=loaded.device)
+    selection = selection_of(settings)
+    findings = run_rules(analysis, selection)
+    unused_rule = all_rules()["MN001"]()
+
+    def unused(s: suppression.Suppression, why: str) -> Finding:
+        return unused_rule.finding(f"unused suppression: {why}", fix="remove the comment or correct its code",
+                                   file=s.file, line=s.line)
+
+    files = [loaded.file, *(f.file for f in findings if f.file)]
+    kept, suppressed = suppression.apply(findings, files, selection.enabled,
+                                         unused if selection.enabled("MN001") else None)
+
+    return CheckResult(target, analysis, sort_findings(kept), suppressed)

@@ -1,0 +1,240 @@
+"""Machine output formats: concise, json, json-lines, sarif, github, junit, and `--statistics`.
+
+Each takes the list of `CheckResult`s of one run (one per model) and returns text. Paths are made relative to
+`root` (the directory of the configuration file, else the working directory), which is what GitHub code
+scanning and editors expect. `full` (rich) lives in report.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Sequence
+from xml.etree import ElementTree as ET
+
+from ._version import __version__
+from .result import Finding
+from .report import SCHEMA, fmt, to_dict
+
+__all__ = ["FORMATS", "render", "statistics", "github_step_summary", "relative_path", "fingerprint"]
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+_SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
+_GITHUB_LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
+_RANK = {"error": 0, "warning": 1, "info": 2}
+
+
+def relative_path(path: str | None, root: str | None = None) -> str:
+    """`path` relative to `root` (or the working directory) with forward slashes; unchanged when outside it."""
+    if not path:
+        return ""
+    base = Path(root) if root else Path.cwd()
+    try:
+        return Path(path).resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def _all(results: Sequence[Any]) -> list[tuple[Any, Finding]]:
+    pairs = [(r, f) for r in results for f in r.findings]
+    return sorted(pairs, key=lambda p: (_RANK[p[1].severity], p[1].file or "", p[1].line or 0, p[1].code))
+
+
+def _location(f: Finding, root: str | None, fallback: str | None) -> tuple[str, int]:
+    """The finding's file and line; a finding with no source line points at the model file, line 1."""
+    return relative_path(f.file or fallback, root), f.line or 1
+
+
+# ------------------------------------------------------------------------------------------------- concise
+def concise(results: Sequence[Any], root: str | None = None) -> str:
+    lines = []
+    for result, f in _all(results):
+        path, line = _location(f, root, result.analysis.model.file)
+        lines.append(f"{path}:{line}:1: {f.code} [{f.module or '<model>'}] {f.message}")
+    count = len(lines)
+    lines.append(f"Found {count} finding{'s' if count != 1 else ''}." if count else "All checks passed!")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- json
+def json_report(results: Sequence[Any], root: str | None = None) -> str:
+    """One model: the `modnorm/1` document. Several (from `models = [...]`): a JSON array of them."""
+    documents = [to_dict(r.analysis, r.findings) | {"target": r.target} for r in results]
+    return json.dumps(documents[0] if len(documents) == 1 else documents, indent=2)
+
+
+def json_lines(results: Sequence[Any], root: str | None = None) -> str:
+    """One finding per line (a stream for log processors); nothing for a clean run."""
+    rows = []
+    for result, f in _all(results):
+        path, line = _location(f, root, result.analysis.model.file)
+        rows.append(json.dumps({"schema": SCHEMA, "target": result.target, "code": f.code, "name": f.name,
+                                "severity": f.severity, "message": f.message, "fix": f.fix, "module": f.module,
+                                "file": path, "line": line, "op": f.op,
+                                "related": [{"file": relative_path(p, root), "line": n} for p, n in f.related],
+                                "fingerprint": fingerprint(f)}))
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------------------------------- sarif
+def fingerprint(f: Finding) -> str:
+    """Stable identity of a finding across runs: rule, module path and op, not the line (many layers share one
+    source line; lines move when code is edited)."""
+    return hashlib.sha256(f"{f.code}\0{f.module}\0{f.op}".encode()).hexdigest()[:32]
+
+
+def _sarif_rule(rule: Any) -> dict[str, Any]:
+    import inspect
+
+    doc = inspect.cleandoc(rule.__doc__ or "")
+    summary = " ".join(doc.split("## What it does")[-1].split("##")[0].split())
+    return {
+        "id": rule.code, "name": _camel(rule.name),
+        "shortDescription": {"text": f"{rule.code} {rule.name}"},
+        "fullDescription": {"text": summary},
+        "help": {"text": doc, "markdown": doc},
+        "helpUri": f"https://github.com/modnorm/modnorm#{rule.code.lower()}",
+        "defaultConfiguration": {"level": _SARIF_LEVEL[rule.severity]},
+        "properties": {"tags": ["modnorm", rule.name]},
+    }
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("-"))
+
+
+def _sarif_location(path: str, line: int, message: str | None = None, index: int | None = None) -> dict[str, Any]:
+    location: dict[str, Any] = {"physicalLocation": {
+        "artifactLocation": {"uri": path, "uriBaseId": "%SRCROOT%"}, "region": {"startLine": line}}}
+    if index is not None:
+        location["id"] = index
+    if message:
+        location["message"] = {"text": message}
+    return location
+
+
+def sarif(results: Sequence[Any], root: str | None = None) -> str:
+    from modnorm.rules import all_rules
+
+    rules = all_rules()
+    index = {code: i for i, code in enumerate(rules)}
+    sarif_results = []
+    for result, f in _all(results):
+        path, line = _location(f, root, result.analysis.model.file)
+        entry: dict[str, Any] = {
+            "ruleId": f.code, "ruleIndex": index[f.code], "level": _SARIF_LEVEL[f.severity],
+            "message": {"text": f"{f.message} [{f.module}]" + (f" Fix: {f.fix}" if f.fix else "")},
+            "locations": [_sarif_location(path, line)],
+            "partialFingerprints": {"modnormFinding/v1": fingerprint(f)},
+            "properties": {"module": f.module, "op": f.op, "target": result.target},
+        }
+        if f.related:
+            entry["relatedLocations"] = [_sarif_location(relative_path(p, root), n, "related", i)
+                                         for i, (p, n) in enumerate(f.related)]
+        sarif_results.append(entry)
+    document = {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "modnorm", "version": __version__, "semanticVersion": __version__,
+                                "informationUri": "https://github.com/modnorm/modnorm",
+                                "rules": [_sarif_rule(rule) for rule in rules.values()]}},
+            "originalUriBaseIds": {"%SRCROOT%": {"uri": Path(root or Path.cwd()).resolve().as_uri() + "/"}},
+            "results": sarif_results,
+            "columnKind": "unicodeCodePoints",
+        }],
+    }
+    return json.dumps(document, indent=2)
+
+
+# -------------------------------------------------------------------------------------------------- github
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github(results: Sequence[Any], root: str | None = None) -> str:
+    """GitHub Actions workflow commands, most severe first."""
+    lines = []
+    for result, f in _all(results):
+        path, line = _location(f, root, result.analysis.model.file)
+        title = _escape_property(f"modnorm ({f.code})")
+        message = _escape_data(f"[{f.module}] {f.message}" + (f"\nfix: {f.fix}" if f.fix else ""))
+        lines.append(f"::{_GITHUB_LEVEL[f.severity]} file={_escape_property(path)},line={line},title={title}::"
+                     f"{message}")
+    return "\n".join(lines)
+
+
+def github_step_summary(results: Sequence[Any], root: str | None = None) -> str:
+    """A Markdown summary for $GITHUB_STEP_SUMMARY: network figures per model, then the findings table."""
+    out = ["## modnorm", "", "| model | parameters | sensitivity | certified | findings |", "| --- | --- | --- | --- | --- |"]
+    for r in results:
+        net = r.analysis.network
+        out.append(f"| `{r.target}` | {r.analysis.model.parameters:,} | {fmt(net.sensitivity)} | "
+                   f"{'yes' if net.certified else 'no'} | {len(r.findings)} |")
+    pairs = _all(results)
+    if pairs:
+        out += ["", "| severity | code | location | module | message |", "| --- | --- | --- | --- | --- |"]
+        for result, f in pairs:
+            path, line = _location(f, root, result.analysis.model.file)
+            message = f.message.replace("|", "\\|")
+            out.append(f"| {f.severity} | {f.code} | `{path}:{line}` | `{f.module}` | {message} |")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------- junit
+def junit(results: Sequence[Any], root: str | None = None) -> str:
+    """One testsuite per model; one failing testcase per finding, one passing testcase for a clean model."""
+    suites = ET.Element("testsuites", name="modnorm", tests="0", failures="0")
+    total = failures = 0
+    for result in results:
+        findings = sorted(result.findings, key=lambda f: (_RANK[f.severity], f.file or "", f.line or 0))
+        suite = ET.SubElement(suites, "testsuite", name=result.target, tests=str(max(len(findings), 1)),
+                              failures=str(len(findings)), errors="0", skipped="0")
+        if not findings:
+            ET.SubElement(suite, "testcase", name="modnorm check", classname=result.target)
+        for f in findings:
+            path, line = _location(f, root, result.analysis.model.file)
+            case = ET.SubElement(suite, "testcase", name=f"{f.code} {f.module or '<model>'}",
+                                 classname=path, file=path, line=str(line))
+            failure = ET.SubElement(case, "failure", message=f.message, type=f"{f.code} {f.name} ({f.severity})")
+            failure.text = f"{path}:{line}: {f.code} [{f.module}] {f.message}" + (f"\nfix: {f.fix}" if f.fix else "")
+        total += max(len(findings), 1)
+        failures += len(findings)
+    suites.set("tests", str(total))
+    suites.set("failures", str(failures))
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode")
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def statistics(results: Sequence[Any]) -> str:
+    """`count  code  name` per rule, most frequent first (ruff's --statistics)."""
+    counts = Counter((f.code, f.name) for r in results for f in r.findings)
+    rows = sorted(counts.items(), key=lambda item: (-item[1], item[0][0]))
+    width = max((len(str(c)) for _, c in rows), default=1)
+    return "\n".join(f"{count:>{width}}  {code}  {name}" for (code, name), count in rows)
+
+
+FORMATS: dict[str, Callable[..., str]] = {
+    "concise": concise, "json": json_report, "json-lines": json_lines, "sarif": sarif, "github": github,
+    "junit": junit,
+}
+
+
+def render(output_format: str, results: Sequence[Any], root: str | None = None) -> str:
+    return FORMATS[output_format](results, root)
+
+
+def append_step_summary(results: Sequence[Any], root: str | None = None) -> None:
+    """When running in GitHub Actions, add the summary to the job's page."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target:
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(github_step_summary(results, root))

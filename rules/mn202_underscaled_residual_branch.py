@@ -1,0 +1,62 @@
+"""MN202 underscaled-residual-branch."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+from modnorm.result import Analysis, Finding
+from modnorm.rules import Rule
+
+
+class UnderscaledResidualBranch(Rule):
+    """## What it does
+    Flags residual merges `y = x + b·f(x)` that scale the branch down (`b < 1`) but keep the skip at 1, so that
+    the block sensitivity `1 + b·s_f` still exceeds `1 + 2/L`. The common case is `b = 1/sqrt(L)`.
+
+    ## Why is this bad?
+    Sensitivities multiply along the stream: `(1 + 1/sqrt(L))^L ≈ e^sqrt(L)`, which grows without bound with
+    depth (×40 at L = 16, ×2,400 at L = 64). Early layers' normalization targets shrink by the same factor, so
+    they barely learn, and a learning rate tuned at one depth does not transfer. Only the convex combination
+    `(1 - 1/L)·x + (1/L)·f(x)` keeps every block at sensitivity 1 (theory.md §e.6).
+
+    ## Example
+        x = x + block(x) / math.sqrt(L)
+
+    ## Use instead
+        x = (1 - 1 / L) * x + (1 / L) * block(x)
+
+    ## Options
+    - `slack` (2.0): a block may exceed sensitivity 1 by slack / L, as in MN201.
+
+    ## References
+    theory.md §e.6 ("x + f(x)/√L has sensitivity (1 + 1/√L)^L ≈ e^√L") and §f check 3; Large et al. 2024.
+    """
+
+    code = "MN202"
+    name = "underscaled-residual-branch"
+    severity = "error"
+    options = {"slack": 2.0}
+
+    def check(self, analysis: Analysis) -> Iterator[Finding]:
+        for stream in analysis.streams:
+            depth = stream.depth
+            for name in stream.merges:
+                merge = analysis.merge(name)
+                a, b = abs(merge.skip_coefficient), abs(merge.branch_coefficient)
+                block = merge.design_block_sensitivity
+                if not is_underscaled_branch(a, b) or block <= 1 + self.config["slack"] / depth + 1e-9:
+                    continue
+                growth = block ** depth
+                yield self.finding(
+                    f"residual merge x + {b:.3g}·f(x) keeps the skip at 1: block sensitivity {block:.3g}, "
+                    f"×{growth:.3g} over the {depth} merges of the stream"
+                    + (f" (b ≥ 1/√L = {1 / math.sqrt(depth):.3g}: growth ≈ e^√L)" if b >= 1 / math.sqrt(depth) - 1e-9
+                       else ""),
+                    fix=f"scale the skip too: {1 - 1 / depth:.3g}·x + {1 / depth:.3g}·f(x) (1 - 1/L and 1/L)",
+                    module=merge.module, file=merge.file, line=merge.line, op=merge.op)
+
+
+def is_underscaled_branch(skip: float, branch: float) -> bool:
+    """An unscaled skip with a branch multiplier strictly between 0 and 1 (MN201 takes the rest)."""
+    return abs(skip - 1) < 1e-9 and 0 < branch < 1 - 1e-9
