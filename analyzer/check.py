@@ -5,7 +5,7 @@ This is what `modnorm check` runs once per model; the CLI only parses options an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .config import Settings
@@ -20,6 +20,13 @@ class CheckResult:
     analysis: Analysis
     findings: tuple[Finding, ...]  # after per-module ignores and inline suppressions, MN001 included
     suppressed: int = 0
+
+
+def _located(finding: Finding, file: str, line: int | None) -> Finding:
+    """A finding the graph could not place (e.g. inside nn.Sequential) points at the model's entry."""
+    if finding.file and finding.line:
+        return finding
+    return replace(finding, file=finding.file or file, line=finding.line or line)
 
 
 def selection_of(settings: Settings) -> Any:
@@ -44,7 +51,7 @@ def check_model(target: str, settings: Settings, *, input_shape: tuple[int, ...]
                       mass_of=settings.mass_of, norm_input_rms=settings.norm_input_rms)
     analysis = analyze_traced(traced, options, user_file=loaded.file, entry=loaded.entry, device=loaded.device)
     selection = selection_of(settings)
-    findings = run_rules(analysis, selection)
+    findings = tuple(_located(f, loaded.file, loaded.entry_line) for f in run_rules(analysis, selection))
     unused_rule = all_rules()["MN001"]()
 
     def unused(s: suppression.Suppression, why: str) -> Finding:

@@ -28,6 +28,7 @@ class LoadedModel:
     entry: str
     device: str  # "cpu" | "meta"
     parameters: int
+    entry_line: int | None = None  # where the entry is defined: findings with no line of their own point here
 
 
 def parse_target(target: str) -> tuple[Path, str | None]:
@@ -183,4 +184,23 @@ def load(target: str, *, device: str = "auto", max_params: int = DEFAULT_MAX_PAR
             built_on = "cpu"
     model.eval()
     inputs = _example_inputs(module, model, path, input_shape, input_dtype)
-    return LoadedModel(model, inputs, str(path), entry_name, built_on, count_parameters(model))
+    return LoadedModel(model, inputs, str(path), entry_name, built_on, count_parameters(model),
+                       _definition_line(module, entry_name))
+
+
+def _definition_line(module: Any, name: str) -> int | None:
+    """The line that defines `name` in the model file (a def, a class or an assignment)."""
+    value = getattr(module, name, None)
+    if inspect.isfunction(value) or inspect.isclass(value):
+        try:
+            return inspect.getsourcelines(value)[1]
+        except (OSError, TypeError):
+            return None
+    import re
+
+    pattern = re.compile(rf"^{re.escape(name)}\s*(:[^=]*)?=")
+    try:
+        lines = inspect.getsource(module).splitlines()
+    except (OSError, TypeError):
+        return None
+    return next((i for i, line in enumerate(lines, 1) if pattern.match(line)), None)
