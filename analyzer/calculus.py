@@ -20,11 +20,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import norms, semantics
+from . import norms, semantics, sharpness
 from .errors import ModnormError
 from .patterns import Fused, find_patterns
-from .result import Analysis, Layer, MassGroup, Merge, ModelInfo, Network, Op, Stream
-from .semantics import INF, Bounds, Semantics
+from .result import Analysis, Layer, LossBound, MassGroup, Merge, ModelInfo, Network, Op, Sharpness, Stream
+from .semantics import INF, Bounds, Semantics, linear
 from .tracing import TracedModel, call_site, node_location
 
 __all__ = ["Options", "analyze_traced", "series", "parallel"]
@@ -39,6 +39,7 @@ class Options:
     hidden_mass: float = 1.0
     mass_of: tuple[tuple[str, float], ...] = ()
     norm_input_rms: float | None = None  # an assumed floor for normalizer inputs, stated in the report
+    loss: str = "xent"  # "xent" | "mse": the loss of the gradient Lipschitz bound
     input_rms: float = 1.0  # inputs are assumed to have max-position RMS <= this
 
 
@@ -303,8 +304,8 @@ def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[_Record], ctx: _C
         if fused is not None and fused.kind == "rms_norm":
             return _rms_pattern(view, fused)
         if fused is not None and fused.kind == "mean_subtract":
-            return Semantics("bond", (1.0,), "MeanSubtract: orthogonal projection I - 11ᵀ/d, §d.1",
-                             label="MeanSubtract")
+            return linear(Semantics("bond", (1.0,), "MeanSubtract: orthogonal projection I - 11ᵀ/d, §d.1",
+                             label="MeanSubtract"))
         if fused is not None and fused.kind == "attention":
             return semantics.attention(view, fused.info["scale"], "attention (by hand)")
         entry = semantics.lookup(_registry_key(base, ctx.root))
@@ -328,6 +329,7 @@ def _rms_pattern(view: _View, fused: Fused) -> Semantics:
     shrink = 1 / math.sqrt(width)
     return replace(found, lipschitz=tuple(c * shrink for c in found.lipschitz),
                    design=tuple(c * shrink for c in found.design or ()), upper=shrink, lower=shrink,
+                   hessian=found.hessian * shrink if found.hessian is not None else None,
                    label="l2 normalize (by hand)")
 
 
@@ -671,9 +673,13 @@ def analyze_traced(traced: TracedModel, options: Options = Options(), user_file:
     _backward(records)
     layers, total_mass = _layers(records, ctx)
     merges, streams = _merges(records, ctx)
-    ops = tuple(_op(r, ctx) for r in records)
+    triples = sharpness.propagate(records, layers, options.profile)
+    streams = [replace(st, alphas=tuple(triples[id(r)].alpha for r in _records_named(records, st.merges)))
+               for st in streams]
+    ops = tuple(_op(r, ctx, triples[id(r)]) for r in records)
+    sharp, loss = _sharpness(records, triples, ctx)
     network = replace(_network(records, layers, total_mass, ctx), tied_weights=_tied(root),
-                      mass_groups=_mass_groups(layers))
+                      mass_groups=_mass_groups(layers), sharpness=sharp, loss=loss)
     parameters = sum(p.numel() for p in root.parameters())
     info = ModelInfo(user_file, entry, traced.tracer, device, parameters, len(records), tuple(traced.attempts))
     return Analysis(info, options.profile, options.mass, options.hidden_mass, tuple(layers), ops, tuple(merges),
@@ -687,7 +693,57 @@ def _tied(root: nn.Module) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(group) for group in names.values() if len(group) > 1)
 
 
-def _op(record: _Record, ctx: _Context) -> Op:
+def _records_named(records: list[_Record], names: Iterable[str]) -> list[_Record]:
+    by_name = {r.node.name: r for r in records}
+    return [by_name[n] for n in names]
+
+
+def _sharpness(records: list[_Record], triples: dict, ctx: _Context) -> tuple[Sharpness | None, LossBound | None]:
+    output = next((r for r in records if r.kind == "output"), None)
+    if output is None:
+        return None, None
+    t = triples[id(output)]
+    reason = ""
+    if t.blocker is not None:
+        blocker = t.blocker
+        file, line = node_location(blocker.node, ctx.user_file)
+        where = f" at {_short_path(file)}:{line}" if file else ""
+        sem = blocker.semantics
+        why = "non-smooth" if sem is not None and not sem.smooth else \
+            (sem.reason if sem is not None and sem.reason else "no second-order bound derived")
+        reason = f"{blocker.semantics.label or blocker.target if blocker.semantics else blocker.target}{where}: {why}"
+    elif not t.certified:
+        reason = "a first-order constant on the way is unbounded"
+    sharp = Sharpness(t.alpha, t.beta, t.gamma, t.A, t.certified, reason, ctx.options.profile == "modula")
+    width = _output_width(output)
+    upper = sum(i.bounds.upper for i in output.inputs)
+    sigma, tau, norm = sharpness.loss_constants(ctx.options.loss, width, upper)
+    lipschitz = _times(sigma, t.alpha) + _times(tau, t.A * t.A) if t.certified else math.inf
+    step = 1 / lipschitz if lipschitz > 0 else math.inf
+    return sharp, LossBound(ctx.options.loss, sigma, tau, norm, lipschitz, step)
+
+
+def _output_width(output: _Record) -> int:
+    for record in output.inputs:
+        value = record.node.meta.get("value")
+        if isinstance(value, torch.Tensor) and value.dim():
+            fdim = record.bounds.fdim if record.bounds.fdim is not None else -1
+            return int(value.shape[fdim])
+    return 1
+
+
+def _short_path(path: str | None) -> str:
+    from pathlib import Path
+
+    if not path:
+        return ""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _op(record: _Record, ctx: _Context, triple: Any = None) -> Op:
     sem = record.semantics
     file, line = node_location(record.node, ctx.user_file)
     return Op(
@@ -697,7 +753,9 @@ def _op(record: _Record, ctx: _Context) -> Op:
         certified=sem.certified if sem else True, reason=sem.reason if sem else "", source=sem.source if sem else "",
         module=record.module, file=file, line=line, tags=sem.tags if sem else (),
         nominal=sem.nominal if sem else None, smooth=sem.smooth if sem else True,
-        curvature=sem.curvature if sem else 0.0, info=dict(sem.info) if sem else {})
+        curvature=sem.curvature if sem else 0.0, info=dict(sem.info) if sem else {},
+        sharpness=(triple.alpha, triple.beta, triple.gamma) if triple is not None else None,
+        weight_sensitivity=triple.A if triple is not None else 0.0)
 
 
 def _network(records: list[_Record], layers: list[Layer], total_mass: float, ctx: _Context) -> Network:

@@ -48,7 +48,7 @@ def check_model(target: str, settings: Settings, *, input_shape: tuple[int, ...]
                   input_dtype=input_dtype, kwargs=kwargs or {})
     traced = trace(loaded.model, loaded.inputs, user_file=loaded.file)
     options = Options(profile=settings.profile, mass=settings.mass, hidden_mass=settings.hidden_mass,
-                      mass_of=settings.mass_of, norm_input_rms=settings.norm_input_rms)
+                      mass_of=settings.mass_of, norm_input_rms=settings.norm_input_rms, loss=settings.loss)
     analysis = analyze_traced(traced, options, user_file=loaded.file, entry=loaded.entry, device=loaded.device)
     selection = selection_of(settings)
     findings = tuple(_located(f, loaded.file, loaded.entry_line) for f in run_rules(analysis, selection))

@@ -71,6 +71,9 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None) -> 
             "assumptions": list(net.assumptions), "input_convention": net.input_convention,
             "input_sensitivities": {k: _number(v) for k, v in net.input_sensitivities.items()},
             "modular_norm_at_init": _number(net.modular_norm_at_init),
+            "sharpness": _sharpness_dict(net.sharpness),
+            "loss": _loss_dict(net.loss),
+            "gradient_lipschitz": _number(net.loss.gradient_lipschitz) if net.loss else None,
             "mass_groups": {
                 by: [{"name": g.name, "atoms": g.atoms, "mass": g.mass, "share": g.share}
                      for g in net.mass_groups if g.by == by]
@@ -78,10 +81,26 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None) -> 
         },
         "layers": [_layer_dict(layer) for layer in analysis.layers],
         "residual_streams": [
-            {"merges": [_merge_dict(analysis, m) for m in stream.merges], "depth": stream.depth}
+            {"merges": [_merge_dict(analysis, m) for m in stream.merges], "depth": stream.depth,
+             "alphas": [_number(a) for a in stream.alphas]}
             for stream in analysis.streams],
         "findings": [_finding_dict(f) for f in findings],
     }
+
+
+def _sharpness_dict(s: Any) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    return {"alpha": _number(s.alpha), "beta": _number(s.beta), "gamma": _number(s.gamma),
+            "weight_sensitivity": _number(s.weight_sensitivity), "certified": s.certified, "reason": s.reason,
+            "nominal": s.nominal}
+
+
+def _loss_dict(loss: Any) -> dict[str, Any] | None:
+    if loss is None:
+        return None
+    return {"name": loss.name, "sigma": _number(loss.sigma), "tau": _number(loss.tau), "norm": loss.norm,
+            "safe_step": _number(loss.safe_step)}
 
 
 def _merge_dict(analysis: Analysis, name: str) -> dict[str, Any]:
@@ -190,6 +209,7 @@ def _render_summary(analysis: Analysis, console: Any) -> None:
         f"profile {analysis.profile} · masses {analysis.mass_scheme} (hidden {fmt(analysis.hidden_mass)}) · "
         f"tracer {model.tracer} · weights {model.device} ({'m = measured' if model.device == 'cpu' else 'p = predicted from the init law'}) · "
         f"{model.parameters:,} parameters · {model.nodes} ops · eval mode")
+    _render_sharpness(analysis, console)
     for reason in net.uncertified_reasons[:8]:
         console.print(f"  [yellow]not certified:[/] {reason}", highlight=False)
     if len(net.uncertified_reasons) > 8:
@@ -198,6 +218,28 @@ def _render_summary(analysis: Analysis, console: Any) -> None:
         console.print(f"  [red]unknown op:[/] {op}", highlight=False)
     for assumption in net.assumptions:
         console.print(f"  [cyan]assumption:[/] {assumption}", highlight=False)
+
+
+def _render_sharpness(analysis: Analysis, console: Any) -> None:
+    sharp, loss = analysis.network.sharpness, analysis.network.loss
+    if sharp is None:
+        return
+    label = "nominal" if sharp.nominal else "certified"
+    if sharp.certified and loss is not None:
+        console.print(f"[bold]sharpness[/] ({label}) α {fmt(sharp.alpha)} · β {fmt(sharp.beta)} · γ {fmt(sharp.gamma)}"
+                      f" · weight sensitivity {fmt(sharp.weight_sensitivity)} · loss {loss.name} σ {fmt(loss.sigma)} "
+                      f"τ {fmt(loss.tau)} → gradient Lipschitz σα + τA² = {fmt(loss.gradient_lipschitz)}, "
+                      f"safe step {fmt(loss.safe_step)}")
+    else:
+        console.print(f"[bold]sharpness[/] [yellow]not certified[/]: {sharp.reason}", highlight=False)
+    for stream in analysis.streams:
+        if len(stream.alphas) >= 2 and all(map(math.isfinite, stream.alphas)):
+            steps = " → ".join(v if isinstance(v, str) else fmt(v, 3) for v in _ends(stream.alphas))
+            console.print(f"  residual stream of {stream.depth} merges: α per block {steps}", highlight=False)
+
+
+def _ends(values: tuple[float, ...], keep: int = 3) -> list[Any]:
+    return list(values) if len(values) <= 2 * keep else [*values[:keep], "…", *values[-keep:]]
 
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Op", "Layer", "Merge", "Stream", "Network", "MassGroup", "Analysis", "Finding", "ModelInfo"]
+__all__ = ["Op", "Layer", "Merge", "Stream", "Network", "MassGroup", "Sharpness", "LossBound", "Analysis", "Finding", "ModelInfo"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class Op:
     smooth: bool = True
     curvature: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    sharpness: tuple[float, float, float] | None = None  # (α, β, γ) of this op's output, sharpness.py
+    weight_sensitivity: float = 0.0  # A: ||D_w v[Δw]|| per unit modular norm
 
     @property
     def sensitivity(self) -> float:
@@ -100,10 +102,36 @@ class Stream:
     """A residual stream: a chain of merges, each one's skip input being the previous merge's output."""
 
     merges: tuple[str, ...]  # op names of the merges in order
+    alphas: tuple[float, ...] = ()  # α of the stream after each merge: how sharpness grows per block
 
     @property
     def depth(self) -> int:
         return len(self.merges)
+
+
+@dataclass(frozen=True)
+class Sharpness:
+    """The network's (α, β, γ) and first-order bounds, theory.md §e (sharpness.py for the DAG rules)."""
+
+    alpha: float
+    beta: float
+    gamma: float
+    weight_sensitivity: float  # A = sup ||D_w f[Δw]|| over ||Δw||_M <= 1 (1 for a well-normed network)
+    certified: bool
+    reason: str  # why not certified: the first op without a second-order bound, with its location
+    nominal: bool  # computed with Modula's nominal constants (--profile modula)
+
+
+@dataclass(frozen=True)
+class LossBound:
+    """Loss smoothness (σ, τ) and the Lipschitz constant of the loss gradient in the modular norm."""
+
+    name: str
+    sigma: float
+    tau: float
+    norm: str
+    gradient_lipschitz: float  # σα + τA²
+    safe_step: float  # 1 / (σα + τA²), in modular-norm units
 
 
 @dataclass(frozen=True)
@@ -120,6 +148,8 @@ class Network:
     modular_norm_at_init: float = math.nan
     tied_weights: tuple[tuple[str, ...], ...] = ()  # parameter names that are one tensor
     mass_groups: tuple["MassGroup", ...] = ()  # shares by role, then by top-level block
+    sharpness: Sharpness | None = None
+    loss: LossBound | None = None
 
 
 @dataclass(frozen=True)

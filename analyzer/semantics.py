@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
@@ -73,6 +73,10 @@ class Semantics:
     fdim: int | None = -1  # -1: same as the first data input
     smooth: bool = True
     curvature: float = 0.0  # max |phi''| of an elementwise op (sharpness, theory.md §e.4)
+    # Bound on the second derivative w.r.t. the data inputs, ||D²f[u, v]|| <= hessian ||u|| ||v|| (sum norm over the
+    # inputs, RMS units): 0 for ops linear in their data, None where no bound is derived — sharpness then names
+    # this op as the reason it is not certified. Unknown is the default so that nothing passes silently.
+    hessian: float | None = None
     label: str = ""
     tags: tuple[str, ...] = ()  # e.g. "normalization", "product", "attention", "layout"
     info: dict[str, Any] = field(default_factory=dict)
@@ -125,6 +129,18 @@ def register(*spellings: Any) -> Callable[[Entry], Entry]:
     return decorate
 
 
+def linear(semantics: Semantics) -> Semantics:
+    """Mark an op as linear in its data inputs (second derivative 0, theory.md §e.4)."""
+    return replace(semantics, hessian=0.0)
+
+
+def feature_width(op: OpView) -> int:
+    """The size of the feature axis of the first data input (channels for images)."""
+    shape = op.in_shape(0) if op.inputs else op.out_shape()
+    fdim = op.bounds[0].fdim if op.bounds and op.bounds[0].fdim is not None else -1
+    return int(shape[fdim]) if shape else 1
+
+
 def bond(*spellings: Any, certified: float, modula: float | None = None, source: str, smooth: bool = True,
          curvature: float = 0.0, sup: float | None = None, label: str = "") -> None:
     """Register a weightless elementwise op with a fixed Lipschitz constant."""
@@ -136,8 +152,10 @@ def bond(*spellings: Any, certified: float, modula: float | None = None, source:
         upper = None
         if sup is not None:
             upper = min(sup, constant * op.bounds[0].upper) if op.bounds else sup
+        # In RMS norms ||phi''(x) ⊙ a ⊙ b|| <= max|phi''| ||a||_inf ||b|| <= max|phi''| sqrt(d) ||a|| ||b|| (§e.4).
+        hessian = curvature * math.sqrt(feature_width(op)) if smooth else None
         return Semantics("bond", (constant,) * n, source, nominal=(nominal,) * n, smooth=smooth,
-                         curvature=curvature, sup=sup, upper=upper, label=label)
+                         curvature=curvature, sup=sup, upper=upper, label=label, hessian=hessian)
 
     register(*spellings)(entry)
 
@@ -222,8 +240,8 @@ def _mul(op: OpView) -> Semantics:
     kind, value, source = factor
     if kind == "gain":
         return _gain(op, value, source)
-    return Semantics("bond", (abs(value),), f"scalar multiple |c| = {abs(value):.4g}", label=f"× {value:.4g}",
-                     tags=("scalar",), info={"factor": value})
+    return linear(Semantics("bond", (abs(value),), f"scalar multiple |c| = {abs(value):.4g}", label=f"× {value:.4g}",
+                     tags=("scalar",), info={"factor": value}))
 
 
 @register(operator.truediv, torch.div, torch.true_divide, "div", "true_divide", operator.itruediv, "div_")
@@ -233,14 +251,14 @@ def _div(op: OpView) -> Semantics:
         if _is_number(divisor):
             if divisor == 0:
                 return Semantics("bond", (INF,), "division by zero", certified=False, reason="divides by 0")
-            return Semantics("bond", (1 / abs(divisor),), f"scalar multiple 1/|c| = {1 / abs(divisor):.4g}",
-                             label=f"÷ {divisor:.4g}", tags=("scalar",), info={"factor": 1 / divisor})
+            return linear(Semantics("bond", (1 / abs(divisor),), f"scalar multiple 1/|c| = {1 / abs(divisor):.4g}",
+                             label=f"÷ {divisor:.4g}", tags=("scalar",), info={"factor": 1 / divisor}))
         value = op.constant_value(1, "other")
         if value is not None:
             smallest = float(value.abs().min())
             if smallest > 0:
-                return Semantics("bond", (1 / smallest,), "division by a constant tensor: 1 / min|c|",
-                                 tags=("scalar",))
+                return linear(Semantics("bond", (1 / smallest,), "division by a constant tensor: 1 / min|c|",
+                                 tags=("scalar",)))
     return Semantics("bond", (INF,) * max(1, len(op.inputs)), "division by an activation",
                      certified=False, reason="division by an activation is not Lipschitz without a lower bound "
                      "on the divisor (write the normalization in a recognised form)")
@@ -254,12 +272,12 @@ def _add(op: OpView) -> Semantics:
     alpha = alpha if _is_number(alpha) else 1
     if n >= 2:
         lipschitz = (1.0, abs(alpha)) if n == 2 else (1.0,) * n
-        return Semantics("bond", lipschitz, "Add: triangle inequality (sum norm on the pair), §d.1",
-                         tags=("merge",), label="add")
+        return linear(Semantics("bond", lipschitz, "Add: triangle inequality (sum norm on the pair), §d.1",
+                         tags=("merge",), label="add"))
     shift = _shift_rms(op)
     upper = op.bounds[0].upper + shift if op.bounds else None
-    return Semantics("bond", (1.0,), "adding a constant does not change the Lipschitz constant",
-                     upper=upper, label="+ const")
+    return linear(Semantics("bond", (1.0,), "adding a constant does not change the Lipschitz constant",
+                     upper=upper, label="+ const"))
 
 
 def _shift_rms(op: OpView) -> float:
@@ -301,7 +319,7 @@ def _gain(op: OpView, param: str, source: str) -> Semantics:
     largest, origin = op.weights.abs_max(param)
     shape = tuple(getattr(op.weights, "shape")(param))
     atom = AtomSpec("Gain", param, shape, largest, origin, params=(param,))
-    return Semantics("atom", (largest,), "diagonal gain: ||diag w|| = max|w|, §d.2", atom=atom, label="gain")
+    return linear(Semantics("atom", (largest,), "diagonal gain: ||diag w|| = max|w|, §d.2", atom=atom, label="gain"))
 
 
 def _sup(bound: Bounds, width: int) -> float:
@@ -317,24 +335,25 @@ def _product(op: OpView) -> Semantics:
     via_rms = a.sup is None and b.sup is None
     reason = ("product of two activations: bounded only through ||x||_inf <= sqrt(d) ||x||_RMS"
               if via_rms else "")
+    # D²(a ⊙ b)[(a1, b1), (a2, b2)] = a1 ⊙ b2 + a2 ⊙ b1, and ||a1 ⊙ b2|| <= sqrt(d) ||a1|| ||b2|| in RMS norms.
     return Semantics("bond", (sup_b, sup_a), "elementwise product: ||b||_inf and ||a||_inf, §d.2",
                      upper=min(sup_a * b.upper, sup_b * a.upper), reason=reason, tags=("product",),
-                     smooth=True, curvature=1.0, label="a ⊙ b")
+                     smooth=True, curvature=1.0, label="a ⊙ b", hessian=math.sqrt(width))
 
 
 # ---------------------------------------------------------------------------------------------------- reductions
 @register(torch.mean, "mean")
 def _mean(op: OpView) -> Semantics:
-    return Semantics("bond", (1.0,), "mean: Jensen, ||mean x|| <= ||x||, §d.1", fdim=_reduced_fdim(op),
-                     label="mean")
+    return linear(Semantics("bond", (1.0,), "mean: Jensen, ||mean x|| <= ||x||, §d.1", fdim=_reduced_fdim(op),
+                     label="mean"))
 
 
 @register(torch.sum, "sum")
 def _sum(op: OpView) -> Semantics:
     in_shape, out_shape = op.in_shape(0), op.out_shape()
     count = max(1, math.prod(in_shape) // max(1, math.prod(out_shape)))
-    return Semantics("bond", (float(count),), f"sum over {count} entries = {count} x mean, §d.2",
-                     fdim=_reduced_fdim(op), label="sum")
+    return linear(Semantics("bond", (float(count),), f"sum over {count} entries = {count} x mean, §d.2",
+                     fdim=_reduced_fdim(op), label="sum"))
 
 
 def _reduced_fdim(op: OpView) -> int:
@@ -420,7 +439,7 @@ def _reshape(op: OpView) -> Semantics:
     constant, fdim, why = layout_lipschitz(op.in_shape(0), _first_fdim(op), op.out_shape())
     if op.profile == "modula":
         constant = 1.0
-    return Semantics("bond", (constant,), f"layout: {why}", fdim=fdim, tags=("layout",), label="reshape")
+    return linear(Semantics("bond", (constant,), f"layout: {why}", fdim=fdim, tags=("layout",), label="reshape"))
 
 
 @register("transpose", torch.transpose, "permute", torch.permute, "movedim", torch.movedim, "t", "swapaxes")
@@ -430,8 +449,8 @@ def _permute(op: OpView) -> Semantics:
     fdim = _first_fdim(op)
     new = order.index(fdim) if order is not None else ndim - 1
     constant = 1.0 if order is not None or op.profile == "modula" else math.sqrt(op.in_shape(0)[fdim])
-    return Semantics("bond", (constant,), "layout: axes permuted, feature vectors unchanged", fdim=new,
-                     tags=("layout",), label="permute")
+    return linear(Semantics("bond", (constant,), "layout: axes permuted, feature vectors unchanged", fdim=new,
+                     tags=("layout",), label="permute"))
 
 
 def _permutation(op: OpView, ndim: int) -> list[int] | None:
@@ -456,29 +475,29 @@ def _expand(op: OpView) -> Semantics:
     shift = len(op.out_shape()) - len(op.in_shape(0))
     same_width = op.out_shape()[_first_fdim(op) + shift] == op.in_shape(0)[_first_fdim(op)]
     constant = 1.0 if same_width else math.sqrt(op.in_shape(0)[_first_fdim(op)] or 1)
-    return Semantics("bond", (constant,), "broadcast copies positions", fdim=_first_fdim(op) + shift,
-                     tags=("layout",))
+    return linear(Semantics("bond", (constant,), "broadcast copies positions", fdim=_first_fdim(op) + shift,
+                     tags=("layout",)))
 
 
 @register(operator.getitem)
 def _getitem(op: OpView) -> Semantics:
     source = op.inputs[0].meta.get("value") if op.inputs else None
     if isinstance(source, (tuple, list)):
-        return Semantics("bond", (1.0,), "element of a tuple (pieces bounded at the split)", tags=("layout",))
+        return linear(Semantics("bond", (1.0,), "element of a tuple (pieces bounded at the split)", tags=("layout",)))
     in_shape, out_shape = op.in_shape(0), op.out_shape()
     fdim = _first_fdim(op)
     if fdim == len(in_shape) - 1 and out_shape and out_shape[-1] == in_shape[-1] and not _indexes_last(op):
-        return Semantics("bond", (1.0,), "selects positions, feature vectors unchanged", fdim=len(out_shape) - 1,
-                         tags=("layout",))
+        return linear(Semantics("bond", (1.0,), "selects positions, feature vectors unchanged", fdim=len(out_shape) - 1,
+                         tags=("layout",)))
     if fdim == len(in_shape) - 1 and out_shape and out_shape[-1] < in_shape[-1] and len(out_shape) == len(in_shape):
-        return Semantics("bond", (math.sqrt(in_shape[-1] / max(1, out_shape[-1])),),
-                         "slice of the feature axis: sqrt(F/f)", fdim=len(out_shape) - 1, tags=("layout",))
+        return linear(Semantics("bond", (math.sqrt(in_shape[-1] / max(1, out_shape[-1])),),
+                         "slice of the feature axis: sqrt(F/f)", fdim=len(out_shape) - 1, tags=("layout",)))
     if fdim != len(in_shape) - 1 and len(out_shape) == len(in_shape) and out_shape[fdim] == in_shape[fdim]:
-        return Semantics("bond", (1.0,), "selects positions, feature vectors unchanged", fdim=fdim,
-                         tags=("layout",))
+        return linear(Semantics("bond", (1.0,), "selects positions, feature vectors unchanged", fdim=fdim,
+                         tags=("layout",)))
     width = in_shape[fdim] if in_shape else 1
-    return Semantics("bond", (math.sqrt(width),), "indexing not understood: sqrt(F) bound",
-                     fdim=max(0, len(out_shape) - 1), tags=("layout",))
+    return linear(Semantics("bond", (math.sqrt(width),), "indexing not understood: sqrt(F) bound",
+                     fdim=max(0, len(out_shape) - 1), tags=("layout",)))
 
 
 def _indexes_last(op: OpView) -> bool:
@@ -499,24 +518,24 @@ def _split(op: OpView) -> Semantics:
     widths = [p.shape[fdim] for p in pieces if isinstance(p, torch.Tensor) and p.dim() == len(in_shape)]
     if widths and min(widths) < in_shape[fdim] and op.profile != "modula":
         constant = math.sqrt(in_shape[fdim] / min(widths))
-        return Semantics("bond", (constant,), "split of the feature axis: a piece carries sqrt(F/f), §d.2",
-                         fdim=fdim, tags=("layout",))
+        return linear(Semantics("bond", (constant,), "split of the feature axis: a piece carries sqrt(F/f), §d.2",
+                         fdim=fdim, tags=("layout",)))
     drop = 1 if widths == [] and pieces else 0  # unbind removes the axis
-    return Semantics("bond", (1.0,), "split into positions", fdim=fdim - drop if fdim > 0 else fdim,
-                     tags=("layout",))
+    return linear(Semantics("bond", (1.0,), "split into positions", fdim=fdim - drop if fdim > 0 else fdim,
+                     tags=("layout",)))
 
 
 @register(torch.cat, torch.concat, torch.concatenate, torch.stack)
 def _cat(op: OpView) -> Semantics:
-    return Semantics("bond", (1.0,) * len(op.inputs), "cat: RMS of the union <= max of the parts, §d.2",
-                     tags=("layout",), label="cat")
+    return linear(Semantics("bond", (1.0,) * len(op.inputs), "cat: RMS of the union <= max of the parts, §d.2",
+                     tags=("layout",), label="cat"))
 
 
 # ----------------------------------------------------------------------------------------------------- pooling
 @register(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, F.adaptive_avg_pool1d,
           F.adaptive_avg_pool2d, F.avg_pool1d, F.avg_pool2d)
 def _avg_pool(op: OpView) -> Semantics:
-    return Semantics("bond", (1.0,), "average pooling: a mean over pixels, §d.1", fdim=1, label="avgpool")
+    return linear(Semantics("bond", (1.0,), "average pooling: a mean over pixels, §d.1", fdim=1, label="avgpool"))
 
 
 @register(nn.MaxPool1d, nn.MaxPool2d, F.max_pool1d, F.max_pool2d, nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d)
@@ -549,10 +568,10 @@ def _linear_atom(op: OpView, weight: str, bias: str | None, transposed: bool = F
     if fdim != len(op.in_shape(0)) - 1:  # mixes positions (token-mixing MLP): max-row l1 norm, §d.2
         row_l1, origin = op.weights.max_row_l1(weight)
         constant = scale * row_l1
-        return Semantics("atom", (constant,), "Linear over a position axis: ||W||_inf->inf", atom=atom, fdim=fdim,
-                         upper=constant * op.bounds[0].upper + bias_rms, label="Linear (positions)")
-    return Semantics("atom", (norm,), "Linear: |c| sqrt(in/out) ||W||_*, §c.2", atom=atom,
-                     upper=norm * op.bounds[0].upper + bias_rms if op.bounds else None, label="Linear")
+        return linear(Semantics("atom", (constant,), "Linear over a position axis: ||W||_inf->inf", atom=atom, fdim=fdim,
+                         upper=constant * op.bounds[0].upper + bias_rms, label="Linear (positions)"))
+    return linear(Semantics("atom", (norm,), "Linear: |c| sqrt(in/out) ||W||_*, §c.2", atom=atom,
+                     upper=norm * op.bounds[0].upper + bias_rms if op.bounds else None, label="Linear"))
 
 
 @register(nn.Linear, F.linear)
@@ -586,7 +605,7 @@ def _matmul(op: OpView) -> Semantics:
         if value is not None and value.dim() == 2:
             norm = float(torch.linalg.matrix_norm(value.double(), ord=2))
             fan_in, fan_out = value.shape
-            return Semantics("bond", (norm * math.sqrt(fan_in / fan_out),), "constant matrix: ||M||_RMS->RMS")
+            return linear(Semantics("bond", (norm * math.sqrt(fan_in / fan_out),), "constant matrix: ||M||_RMS->RMS"))
         return _bilinear_unknown(op, "matmul with a constant of unknown value")
     # Two activations: |(AB)_i| <= k ||A_i||_RMS max_l ||B_l||_RMS (theory.md §d.2, matmul of activations).
     a, b = op.bounds
@@ -610,8 +629,8 @@ def _conv_atom(op: OpView, weight: str, bias: str | None, groups: int) -> Semant
     bias_rms = op.weights.rms(bias)[0] * scale if bias else 0.0
     kind = "Conv1d" if len(shape) == 3 else "Conv2d"
     atom = AtomSpec(kind, weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p), bias_rms)
-    return Semantics("atom", (norm,), "Conv: |c| k^2 sqrt(in/out) max_ij ||W_ij||_*, §c.2", atom=atom, fdim=1,
-                     upper=norm * op.bounds[0].upper + bias_rms, label=kind)
+    return linear(Semantics("atom", (norm,), "Conv: |c| k^2 sqrt(in/out) max_ij ||W_ij||_*, §c.2", atom=atom, fdim=1,
+                     upper=norm * op.bounds[0].upper + bias_rms, label=kind))
 
 
 @register(nn.Conv1d, nn.Conv2d)
@@ -634,8 +653,8 @@ def _embedding_atom(op: OpView, weight: str) -> Semantics:
     scale = abs(op.scale)
     shape = tuple(op.weights.shape(weight))
     atom = AtomSpec("Embedding", weight, shape, scale * largest, origin, op.scale, (weight,))
-    return Semantics("atom", (scale * largest,), "Embedding: |c| max row RMS (l1 -> RMS), §c.2", atom=atom,
-                     upper=scale * largest, lower=scale * smallest, fdim=len(op.out_shape()) - 1, label="Embedding")
+    return linear(Semantics("atom", (scale * largest,), "Embedding: |c| max row RMS (l1 -> RMS), §c.2", atom=atom,
+                     upper=scale * largest, lower=scale * smallest, fdim=len(op.out_shape()) - 1, label="Embedding"))
 
 
 @register(nn.Embedding)
@@ -684,7 +703,17 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
                      design=(w_max,), nominal=(w_max,), certified=certified, reason=reason, atom=atom,
                      upper=w_max + b_rms, lower=max(0.0, lower - b_rms), tags=("normalization",),
                      curvature=2 / math.sqrt(3) / max(floor, 1e-12) ** 2, label=label,
+                     hessian=_normalization_hessian(w_max, floor, op.profile, certified),
                      info={"eps": eps, "floor": floor, "assumption": assumption})
+
+
+def _normalization_hessian(w_max: float, floor: float, profile: str, certified: bool) -> float | None:
+    """||D²(w ⊙ n(x))|| <= ||w||_inf (2/sqrt3) / r² in RMS units, r² = (input RMS floor)² + eps (theory.md §e.4:
+    x ↦ √d x/||x̃|| with x̃ = (x, √(d eps)) is the sphere map after an isometric embedding). Modula's profile
+    assumes input RMS >= 1."""
+    if profile == "modula":
+        return w_max * 2 / math.sqrt(3)
+    return w_max * 2 / math.sqrt(3) / floor ** 2 if certified and floor > 0 else None
 
 
 @register(nn.LayerNorm)
@@ -729,10 +758,10 @@ def _group_norm(op: OpView) -> Semantics:
 def _batch_norm(op: OpView) -> Semantics:
     # Eval mode: a per-channel affine map with slope |gamma_c| / sqrt(running_var_c + eps), §d.2.
     slope, origin = op.weights.batch_norm(op.node.target, op.module.eps)
-    return Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps), §d.2",
+    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps), §d.2",
                      upper=INF if origin == "unknown" else None, fdim=1, certified=origin != "unknown",
                      reason="" if origin != "unknown" else "running statistics unknown", label="BatchNorm",
-                     info={"origin": origin})
+                     info={"origin": origin}))
 
 
 # ------------------------------------------------------------------------------------------------- attention

@@ -1,0 +1,168 @@
+"""Sharpness (α, β, γ) and the loss-gradient Lipschitz bound on the fx graph (theory.md §e).
+
+Definitions (§e.1). With ‖Δw‖_M ≤ 1 in the network's modular norm (atom i perturbed by at most its target t_i in
+its own norm) and network inputs perturbed by ‖Δx‖ ≤ 1, for every tensor v of the graph we bound
+
+    A(v) ≥ ‖D_w v[Δw]‖            S(v) ≥ ‖D_x v[Δx]‖                      (first order)
+    α(v) ≥ ‖D²_ww v[Δw, Δ̃w]‖     β(v) ≥ ‖D²_wx v[Δw, Δx]‖     γ(v) ≥ ‖D²_xx v[Δx, Δ̃x]‖
+
+in the max-over-positions RMS norm of v. The triple at the output is the network's sharpness.
+
+Generalisation from trees to DAGs [derivation]. Modula's recursion (§e.2–§e.3) composes modules in their own
+normalised norms. On a DAG we instead push the chain rule forward through the graph, in absolute units fixed by
+the network's modular norm; the triangle inequality handles fan-out and merges, so the bounds hold for any DAG:
+
+* op y = f(u_1..u_k) with Lipschitz c_j w.r.t. u_j and ‖D²f[a, b]‖ ≤ κ ‖a‖ ‖b‖ (sum norm on the inputs):
+      A(y) = Σ c_j A_j                     S(y) = Σ c_j S_j
+      α(y) = κ (Σ A_j)² + Σ c_j α_j
+      β(y) = κ (Σ A_j)(Σ S_j) + Σ c_j β_j
+      γ(y) = κ (Σ S_j)² + Σ c_j γ_j
+  (D²y = D²f[Du, Dũ] + Σ_j ∂_j f D²u_j). Linear ops have κ = 0 (`Semantics.hessian`).
+* atom y = W x, effective operator norm N, target t, input bound R = ‖x‖ (the forward pass's upper bound):
+      A(y) = t R + N A(x)     α(y) = 2 t A(x) + N α(x)     β(y) = t S(x) + N β(x)     γ(y) = N γ(x)
+  (D_w y = ΔW x + W D_w x; D²_ww y = ΔW D_w x[Δ̃w] + Δ̃W D_w x[Δw] + W D²_ww x). An embedding reads a one-hot
+  (R = 1, no input derivative).
+* normalization y = w ⊙ n(x) (+ b): n has Lipschitz 1/r and ‖D²n‖ ≤ (2/√3)/r², r² = floor² + eps; the gain
+  enters through ‖Δw ⊙ n(x)‖ ≤ t ‖n(x)‖ ≤ t:
+      A(y) = t + c A(x)    α(y) = 2 t A(x)/r + κ A(x)² + c α(x)    β(y) = t S(x)/r + κ A(x) S(x) + c β(x)
+  with c = ‖w‖_∞/r and κ = ‖w‖_∞ (2/√3)/r².
+
+On a chain with R = 1 these reproduce the composition rule of §e.2 exactly (Linear∘Linear with masses 1:1 gives
+α = 1/2, β = 1), and on a stack of (1 − 1/L)x + (1/L)f(x) blocks they reproduce the closed forms of §e.6 —
+tests/test_sharpness.py checks both. Two deliberate differences from the paper's statement [derivation,
+numerically checked]: (1) the atoms' input bound R is the certified forward bound, not the assumption ‖x‖ ≤ 1,
+so no "inputs stay in the unit ball" precondition is needed; (2) the loss term is τ A² with A the network's
+first-order weight bound (the paper's τ assumes a well-normed network, A ≤ 1). The triple is local: it holds at
+the analysed weights (in the modula profile, with nominal constants, it is the paper's uniform constant). Biases
+are not atoms (as in Modula): they are held fixed.
+
+Loss smoothness (σ, τ), §e.5, in the RMS norm of the output over its d features (averaging over positions keeps
+the constants): cross-entropy σ = √(2d), τ = d/2; square loss ½‖y − t‖²_RMS with ‖t‖_RMS ≤ 1: σ = ‖y‖ + 1, τ = 1.
+The gradient of the loss is then (σα + τA²)-Lipschitz in the modular norm, and a normalized step of size
+η = 1/(σα + τA²) is safe by the descent lemma.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .result import Layer
+
+__all__ = ["Triple", "propagate", "loss_constants", "INF"]
+
+INF = math.inf
+
+
+def _times(a: float, b: float) -> float:
+    """a·b with 0·∞ = 0: a path that carries no perturbation stays at zero even through an unbounded op."""
+    return 0.0 if a == 0 or b == 0 else a * b
+
+
+@dataclass
+class Triple:
+    """First- and second-order bounds of one tensor (module docstring)."""
+
+    A: float = 0.0
+    S: float = 0.0
+    alpha: float = 0.0
+    beta: float = 0.0
+    gamma: float = 0.0
+    blocker: Any = None  # the first op on a path here whose second-order bound is not derived
+
+    @property
+    def certified(self) -> bool:
+        return self.blocker is None and all(math.isfinite(x) for x in (self.alpha, self.beta, self.gamma))
+
+
+def _second_order(kappa: float | None, As: float, Ss: float) -> tuple[float, float, float]:
+    """κ-terms of α, β, γ; an underived κ costs nothing where no perturbation arrives."""
+    k = INF if kappa is None else kappa
+    return _times(k, _times(As, As)), _times(k, _times(As, Ss)), _times(k, _times(Ss, Ss))
+
+
+def _bond(record: Any, inputs: list[Triple]) -> Triple:
+    sem = record.semantics
+    c = record.lipschitz
+    As = sum(_times(cj, t.A) for cj, t in zip(c, inputs))
+    Ss = sum(_times(cj, t.S) for cj, t in zip(c, inputs))
+    raw_A, raw_S = sum(t.A for t in inputs), sum(t.S for t in inputs)
+    ka, kb, kg = _second_order(sem.hessian if sem is not None else None, raw_A, raw_S)
+    out = Triple(A=As, S=Ss,
+                 alpha=ka + sum(_times(cj, t.alpha) for cj, t in zip(c, inputs)),
+                 beta=kb + sum(_times(cj, t.beta) for cj, t in zip(c, inputs)),
+                 gamma=kg + sum(_times(cj, t.gamma) for cj, t in zip(c, inputs)))
+    out.blocker = next((t.blocker for t in inputs if t.blocker is not None), None)
+    if out.blocker is None and (sem is None or sem.hessian is None) and (raw_A > 0 or raw_S > 0):
+        out.blocker = record
+    return out
+
+
+def _atom(record: Any, inputs: list[Triple], target: float, profile: str) -> Triple:
+    x = inputs[0] if inputs else Triple()
+    source = record.inputs[0].bounds if record.inputs else None
+    discrete = source is None or source.discrete
+    N = record.lipschitz[0] if record.lipschitz else 0.0
+    R = 1.0 if discrete or profile == "modula" else source.upper  # an embedding reads a one-hot
+    out = Triple(A=_times(target, R) + _times(N, x.A), S=_times(N, x.S),
+                 alpha=_times(2 * target, x.A) + _times(N, x.alpha),
+                 beta=_times(target, x.S) + _times(N, x.beta), gamma=_times(N, x.gamma), blocker=x.blocker)
+    return out
+
+
+def _normalization(record: Any, inputs: list[Triple], target: float, profile: str) -> Triple:
+    x = inputs[0]
+    sem = record.semantics
+    c = record.lipschitz[0] if record.lipschitz else INF
+    floor = 1.0 if profile == "modula" else sem.info.get("floor", 0.0)
+    inv_r = 1 / floor if floor > 0 else INF
+    ka, kb, kg = _second_order(sem.hessian, x.A, x.S)
+    out = Triple(A=target + _times(c, x.A), S=_times(c, x.S),
+                 alpha=_times(2 * target, _times(inv_r, x.A)) + ka + _times(c, x.alpha),
+                 beta=_times(target, _times(inv_r, x.S)) + kb + _times(c, x.beta),
+                 gamma=kg + _times(c, x.gamma), blocker=x.blocker)
+    if out.blocker is None and sem.hessian is None and (x.A > 0 or x.S > 0):
+        out.blocker = record
+    return out
+
+
+def propagate(records: list[Any], layers: Iterable[Layer], profile: str) -> dict[int, Triple]:
+    """The triple of every record (by id), in topological order."""
+    targets = {layer.op: (layer.target_norm if layer.mass > 0 and math.isfinite(layer.target_norm) else 0.0)
+               for layer in layers}
+    triples: dict[int, Triple] = {}
+    for record in records:
+        inputs = [triples[id(i)] for i in record.inputs]
+        if record.kind == "input":
+            triples[id(record)] = Triple(S=0.0 if record.bounds.discrete else 1.0)
+        elif record.kind == "output":
+            triples[id(record)] = _sum(inputs)
+        elif record.kind == "atom" and "normalization" in record.semantics.tags:
+            triples[id(record)] = _normalization(record, inputs, targets.get(record.node.name, 0.0), profile)
+        elif record.kind == "atom" and len(record.inputs) <= 1:
+            triples[id(record)] = _atom(record, inputs, targets.get(record.node.name, 0.0), profile)
+        elif record.kind == "bond" and record.semantics is not None and "normalization" in record.semantics.tags:
+            triples[id(record)] = _normalization(record, inputs, 0.0, profile)
+        elif record.kind == "constant":
+            triples[id(record)] = Triple()
+        else:  # bonds, unknown ops (hessian None), atoms with several data inputs
+            triples[id(record)] = _bond(record, inputs)
+    return triples
+
+
+def _sum(parts: list[Triple]) -> Triple:
+    out = Triple(A=sum(t.A for t in parts), S=sum(t.S for t in parts), alpha=sum(t.alpha for t in parts),
+                 beta=sum(t.beta for t in parts), gamma=sum(t.gamma for t in parts))
+    out.blocker = next((t.blocker for t in parts if t.blocker is not None), None)
+    return out
+
+
+def loss_constants(loss: str, width: int, output_upper: float) -> tuple[float, float, str]:
+    """(σ, τ, the norm they are stated in) for the loss on outputs with `width` features."""
+    if loss == "mse":
+        return output_upper + 1.0, 1.0, "½‖y − t‖²_RMS with ‖t‖_RMS ≤ 1, in the output's RMS norm"
+    if loss == "xent":
+        return math.sqrt(2 * width), width / 2, (f"cross-entropy over d = {width} classes in the RMS norm of the "
+                                                 "logits (σ = √(2d), τ = d/2: these grow with d, theory.md §e.5)")
+    raise ValueError(f"unknown loss {loss!r}")
