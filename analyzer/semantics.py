@@ -214,8 +214,11 @@ def _softmax(op: OpView) -> Semantics:
     # Jacobian diag p - p p^T: u^T J u = Var_p(u) <= 1/2 (l2), and each row has l1 norm 2p(1-p) <= 1/2 (§d.2).
     width = op.out_shape()[-1] if op.out_shape() else 1
     constant = 1.0 if op.profile == "modula" else 0.5
+    # D²p[a, b]_j = p_j((a_j - ā)(b_j - b̄) - Cov_p(a, b)): its l1 norm is <= 3 max|a| max|b| <= 3n ||a|| ||b||
+    # in RMS units, and ||.||_RMS <= ||.||_1 / sqrt(n): 3 sqrt(n).
     return Semantics("bond", (constant,), "softmax: ||diag p - pp^T|| <= 1/2, §d.2", nominal=(1.0,),
-                     curvature=1.0, sup=1.0, upper=1.0 / math.sqrt(max(width, 1)) if width else 1.0)
+                     curvature=1.0, sup=1.0, upper=1.0 / math.sqrt(max(width, 1)) if width else 1.0,
+                     hessian=3 * math.sqrt(max(width, 1)))
 
 
 @register(nn.LogSoftmax, F.log_softmax, torch.log_softmax, "log_softmax")
@@ -781,9 +784,25 @@ def attention(op: OpView, scale: float | None, label: str = "attention") -> Sema
         lipschitz = (aligned * k.upper * v.upper, aligned * q.upper * v.upper, 1.0)
     return Semantics("bond", lipschitz, "attention: (c d ||k|| ||v||, c d ||q|| ||v||, 1), §d.1",
                      design=(aligned, aligned, 1.0), nominal=(1.0, 1.0, 1.0), upper=v.upper, curvature=aligned,
+                     hessian=attention_hessian(aligned, q.upper, k.upper, v.upper, op.profile),
                      tags=("attention",), label=label,
                      info={"scale": c, "head_dim": d, "aligned_logit": aligned * q.upper * k.upper,
                            "default_scale": scale is None})
+
+
+def attention_hessian(cd: float, q: float, k: float, v: float, profile: str) -> float:
+    """||D²o[Δ, Δ̃]|| <= κ ||Δ|| ||Δ̃|| for o = softmax(c q kᵀ) v, sum norm over (q, k, v), max-position RMS.
+
+    With s = c q kᵀ, |Δs_tj| <= c d (||Δq|| K + Q ||Δk||) <= c d M ||Δ|| (M = max(Q, K)), and o = E_p[v]:
+      logits twice:  E_p[(a - ā)(b - b̄)(v - v̄)] <= 2 max|a| max|b| V     -> 2 V (c d M)²
+      logits bilinear in (q, k): D²s = c (Δq Δ̃kᵀ + Δ̃q Δkᵀ), through Dp  -> V c d
+      logits and values: Σ_j (Dp Δs)_j Δ̃v_j <= max|Δs| ||Δ̃v||, twice   -> c d M
+    [derivation; checked against nested jvp in tests/test_sharpness.py]. Modula's profile takes Q = K = V = 1.
+    """
+    if profile == "modula":
+        q = k = v = 1.0
+    m = max(q, k)
+    return 2 * v * (cd * m) ** 2 + v * cd + cd * m
 
 
 @register(F.scaled_dot_product_attention)

@@ -303,13 +303,84 @@ def test_non_smooth_and_underived_ops_are_named():
     relu = modnorm.analyze(Chain(Scaled(8, 6), torch.relu, Scaled(4, 8)), torch.randn(2, 6)).network.sharpness
     assert not relu.certified and "non-smooth" in relu.reason and "relu" in relu.reason.lower()
 
-    class Attention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q, self.k, self.v = Scaled(8, 8), Scaled(8, 8), Scaled(8, 8)
+    maxpool = Chain(Scaled(8, 6), lambda x: F.max_pool1d(x.unsqueeze(1), 2).squeeze(1), Scaled(4, 4))
+    sharp = modnorm.analyze(maxpool, torch.randn(2, 6)).network.sharpness
+    assert not sharp.certified and "non-smooth" in sharp.reason
 
-        def forward(self, x):
-            return F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x), scale=1 / 8)
 
-    sharp = modnorm.analyze(Attention(), torch.randn(1, 4, 8)).network.sharpness
-    assert not sharp.certified and "sdpa" in sharp.reason and "test_sharpness.py" in sharp.reason
+class OneBlockAttention(nn.Module):
+    """Single-head causal attention with Modula's 1/d logit scale, between well-normed projections."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (Scaled(width, width) for _ in range(4))
+        self.width = width
+
+    def forward(self, x):
+        heads = F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x), is_causal=True,
+                                               scale=1 / self.width)
+        return self.o(heads)
+
+
+class SoftmaxReadout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = Scaled(8, 6), Scaled(4, 8)
+
+    def forward(self, x):
+        return self.out(torch.softmax(self.fc(x), dim=-1))
+
+
+SMOOTH_MODELS["attention-1/d"] = lambda: OneBlockAttention()
+SMOOTH_MODELS["softmax"] = lambda: SoftmaxReadout()
+
+
+@pytest.mark.parametrize("name", ["attention-1/d", "softmax"])
+def test_attention_and_softmax_second_derivatives(name):
+    torch.manual_seed(2)
+    model = SMOOTH_MODELS[name]().double().eval()
+    shape = (1, 5, 8) if name.startswith("attention") else (3, 6)
+    x = torch.randn(*shape, dtype=torch.float64)
+    x = 0.9 * x / rms_max(x)
+    analysis = modnorm.analyze(model, x, mass="uniform")
+    sharp = analysis.network.sharpness
+    assert sharp.certified, sharp.reason
+    measure = Measure(model, x, analysis)
+    measured = (measure.alpha(), measure.beta(), measure.gamma())
+    bound = (sharp.alpha, sharp.beta, sharp.gamma)
+    print(f"{name}: measured {measured} bound {bound}")
+    for m, b in zip(measured, bound):
+        assert 0 < m <= b * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("scale_kind, magnitude", [("1/d", 1.0), ("1/sqrt(d)", 1.0), ("1/sqrt(d)", 3.0)])
+def test_attention_hessian_bounds_the_op_alone(scale_kind, magnitude):
+    """The attention entry's second-order constant against nested jvp on the op itself, with q, k, v of RMS up to
+    `magnitude` (aligned logits large) and directions improved by gradient ascent."""
+    from modnorm.semantics import attention_hessian
+
+    torch.manual_seed(3)
+    T, d = 6, 8
+    c = 1 / d if scale_kind == "1/d" else 1 / math.sqrt(d)
+    q, k, v = (magnitude * torch.randn(T, d, dtype=torch.float64) for _ in range(3))
+    q, k, v = (magnitude * t / rms_max(t) for t in (q, k, v))
+    kappa = attention_hessian(c * d, magnitude, magnitude, magnitude, "certified")
+    attend = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=c, is_causal=True)  # noqa: E731
+
+    def second(direction):
+        inner = lambda *p: jvp(attend, p, direction)[1]  # noqa: E731
+        return rms_max(jvp(inner, (q, k, v), direction)[1])
+
+    def unit(parts):
+        total = sum(rms_max(p) for p in parts)
+        return tuple(p / total for p in parts)
+
+    best = 0.0
+    for _ in range(4):
+        direction = unit(tuple(torch.randn_like(t) for t in (q, k, v)))
+        for _ in range(10):
+            best = max(best, float(second(direction)))
+            g = grad(lambda *dd: second(dd), argnums=(0, 1, 2))(*direction)
+            direction = unit(tuple(p + 0.3 * gp / (gp.norm() + 1e-30) * p.norm() for p, gp in zip(direction, g)))
+    print(f"attention {scale_kind} |q|={magnitude}: measured {best:.4g} bound {kappa:.4g}")
+    assert 0 < best <= kappa
