@@ -23,7 +23,7 @@ from torch import nn
 from . import norms, semantics, sharpness
 from .errors import ModnormError
 from .patterns import Fused, find_patterns
-from .result import Analysis, Layer, LossBound, MassGroup, Merge, ModelInfo, Network, Op, Sharpness, Stream
+from .result import Analysis, BlockSharpness, Layer, LossBound, MassGroup, Merge, ModelInfo, Network, Op, Sharpness, Stream
 from .semantics import INF, Bounds, Semantics, linear
 from .tracing import TracedModel, call_site, node_location
 
@@ -679,7 +679,8 @@ def analyze_traced(traced: TracedModel, options: Options = Options(), user_file:
     ops = tuple(_op(r, ctx, triples[id(r)]) for r in records)
     sharp, loss = _sharpness(records, triples, ctx)
     network = replace(_network(records, layers, total_mass, ctx), tied_weights=_tied(root),
-                      mass_groups=_mass_groups(layers), sharpness=sharp, loss=loss)
+                      mass_groups=_mass_groups(layers), sharpness=sharp, loss=loss,
+                      block_sharpness=_block_sharpness(records, layers, ctx))
     parameters = sum(p.numel() for p in root.parameters())
     info = ModelInfo(user_file, entry, traced.tracer, device, parameters, len(records), tuple(traced.attempts))
     return Analysis(info, options.profile, options.mass, options.hidden_mass, tuple(layers), ops, tuple(merges),
@@ -721,6 +722,20 @@ def _sharpness(records: list[_Record], triples: dict, ctx: _Context) -> tuple[Sh
     lipschitz = _times(sigma, t.alpha) + _times(tau, t.A * t.A) if t.certified else math.inf
     step = 1 / lipschitz if lipschitz > 0 else math.inf
     return sharp, LossBound(ctx.options.loss, sigma, tau, norm, lipschitz, step)
+
+
+def _block_sharpness(records: list[_Record], layers: list[Layer], ctx: _Context) -> tuple[BlockSharpness, ...]:
+    """Each top-level block (`blocks.3`, `transformer.h.0`) with atoms, in its own norm (sharpness.submodule)."""
+    modules = dict(ctx.root.named_modules())
+    blocks = dict.fromkeys(_block_of(layer.name) for layer in layers if layer.mass > 0)
+    out = []
+    for name in blocks:
+        if name not in modules or name == "":
+            continue
+        t = sharpness.submodule(records, layers, name, ctx.options.profile)
+        if t is not None:
+            out.append(BlockSharpness(name, t.alpha, t.beta, t.gamma, t.A, t.S, t.certified))
+    return tuple(out)
 
 
 def _output_width(output: _Record) -> int:

@@ -89,6 +89,7 @@ def check(
                                                 help="full | concise | json | json-lines | sarif | github | junit."),
     output_file: Optional[Path] = typer.Option(None, "--output-file", "-o", help="Write the report to this file."),
     statistics: bool = typer.Option(False, "--statistics", help="Print `count  code  name` per rule instead."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Full report: sharpness columns and per-block table."),
     color: str = typer.Option("auto", help="auto | always | never (NO_COLOR and FORCE_COLOR are honoured)."),
     config: Optional[Path] = typer.Option(None, help="Read [tool.modnorm] from this pyproject.toml."),
     isolated: bool = typer.Option(False, help="Ignore every configuration file."),
@@ -131,7 +132,7 @@ def check(
     except Exception as exc:  # noqa: BLE001 - every failure becomes one paragraph and exit 2
         _fail(_explain(exc))
         return
-    _emit(results, settings, statistics, output_file, color)
+    _emit(results, settings, statistics, output_file, color, verbose)
     worst = max((_SEVERITY_RANK[f.severity] for r in results for f in r.findings), default=-1)
     raise typer.Exit(EXIT_FINDINGS if worst >= _SEVERITY_RANK[settings.fail_on] and not exit_zero else EXIT_CLEAN)
 
@@ -249,7 +250,8 @@ def _console(color: str, file: Any = None) -> Any:
                    highlight=False, soft_wrap=False)
 
 
-def _emit(results: list[Any], settings: Any, statistics: bool, output_file: Path | None, color: str) -> None:
+def _emit(results: list[Any], settings: Any, statistics: bool, output_file: Path | None, color: str,
+          verbose: bool = False) -> None:
     import io
 
     from . import formats
@@ -262,7 +264,7 @@ def _emit(results: list[Any], settings: Any, statistics: bool, output_file: Path
         buffer = io.StringIO() if output_file else None
         console = _console("never" if output_file else color, buffer)
         for result in results:
-            render_full(result.analysis, result.findings, console, suppressed=result.suppressed)
+            render_full(result.analysis, result.findings, console, suppressed=result.suppressed, verbose=verbose)
         text = buffer.getvalue() if buffer is not None else None
     else:
         text = formats.render(output_format, results, settings.root)

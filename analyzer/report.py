@@ -74,6 +74,10 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None) -> 
             "sharpness": _sharpness_dict(net.sharpness),
             "loss": _loss_dict(net.loss),
             "gradient_lipschitz": _number(net.loss.gradient_lipschitz) if net.loss else None,
+            "block_sharpness": [{"name": b.name, "alpha": _number(b.alpha), "beta": _number(b.beta),
+                                 "gamma": _number(b.gamma), "weight_sensitivity": _number(b.weight_sensitivity),
+                                 "input_sensitivity": _number(b.input_sensitivity), "certified": b.certified}
+                                for b in net.block_sharpness],
             "mass_groups": {
                 by: [{"name": g.name, "atoms": g.atoms, "mass": g.mass, "share": g.share}
                      for g in net.mass_groups if g.by == by]
@@ -129,7 +133,7 @@ def _collapse(layers: tuple[Layer, ...]) -> list[tuple[Layer, str, int]]:
 
 
 def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None, console: Any = None,
-                suppressed: int = 0) -> None:
+                suppressed: int = 0, verbose: bool = False) -> None:
     """Print the per-layer table, the network summary and the findings with rich."""
     from rich.console import Console
     from rich.table import Table
@@ -143,21 +147,43 @@ def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
                             ("mass share", "right"), ("sens.", "right"), ("S_down", "right"),
                             ("target", "right"), ("norm@init", "right"), ("line", "left")):
         table.add_column(column, justify=justify, no_wrap=column in ("layer", "shape", "line"))
+    if verbose:  # the sharpness of the network up to each atom's output, in the network's modular norm
+        for column in ("α", "β", "γ"):
+            table.add_column(column, justify="right")
     for layer, name, count in _collapse(analysis.layers):
         label = f"{name} ×{count}" if count > 1 else name
         source = "m" if layer.norm_source == "measured" else "p"
         where = f"{_short(layer.file)}:{layer.line}" if layer.file else ""
         style = None if layer.certified else "yellow"
+        extra = [fmt(v, 3) for v in analysis.op(layer.op).sharpness or ()] if verbose else []
         table.add_row(label, layer.kind, "×".join(map(str, layer.shape)), layer.role, fmt(layer.mass_share),
                       fmt(layer.sensitivity), fmt(layer.downstream_sensitivity), fmt(layer.target_norm),
-                      f"{fmt(layer.norm_at_init)} {source}", where, style=style)
+                      f"{fmt(layer.norm_at_init)} {source}", where, *extra, style=style)
     console.print(table)
+    if verbose:
+        _render_block_sharpness(analysis, console)
     _render_mass_groups(analysis, console)
     _render_summary(analysis, console)
     _render_findings(findings, console)
     if suppressed:
         console.print(f"[dim]{suppressed} finding{'s' if suppressed != 1 else ''} suppressed by "
                       f"`# modnorm: ignore` comments[/]")
+
+
+def _render_block_sharpness(analysis: Analysis, console: Any) -> None:
+    """Each top-level block's (α, β, γ) in its own modular norm (`--verbose`)."""
+    from rich.table import Table
+
+    blocks = analysis.network.block_sharpness
+    if not blocks:
+        return
+    table = Table(title="sharpness per block (own norm)", title_justify="left", header_style="bold", box=None)
+    for column in ("block", "α", "β", "γ", "weight sens.", "input sens."):
+        table.add_column(column, justify="left" if column == "block" else "right")
+    for b in blocks:
+        table.add_row(b.name, fmt(b.alpha), fmt(b.beta), fmt(b.gamma), fmt(b.weight_sensitivity),
+                      fmt(b.input_sensitivity), style=None if b.certified else "yellow")
+    console.print(table)
 
 
 def _render_mass_groups(analysis: Analysis, console: Any, blocks_shown: int = 6) -> None:

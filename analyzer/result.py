@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Op", "Layer", "Merge", "Stream", "Network", "MassGroup", "Sharpness", "LossBound", "Analysis", "Finding", "ModelInfo"]
+__all__ = ["Op", "Layer", "Merge", "Stream", "Network", "MassGroup", "Sharpness", "BlockSharpness", "LossBound", "Analysis", "Finding", "ModelInfo"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,19 @@ class Sharpness:
 
 
 @dataclass(frozen=True)
+class BlockSharpness:
+    """A top-level block's (α, β, γ) in its own modular norm, and its first-order bounds."""
+
+    name: str
+    alpha: float
+    beta: float
+    gamma: float
+    weight_sensitivity: float
+    input_sensitivity: float
+    certified: bool
+
+
+@dataclass(frozen=True)
 class LossBound:
     """Loss smoothness (σ, τ) and the Lipschitz constant of the loss gradient in the modular norm."""
 
@@ -150,6 +163,7 @@ class Network:
     mass_groups: tuple["MassGroup", ...] = ()  # shares by role, then by top-level block
     sharpness: Sharpness | None = None
     loss: LossBound | None = None
+    block_sharpness: tuple[BlockSharpness, ...] = ()
 
 
 @dataclass(frozen=True)

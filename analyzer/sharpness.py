@@ -128,12 +128,44 @@ def _normalization(record: Any, inputs: list[Triple], target: float, profile: st
 
 
 def propagate(records: list[Any], layers: Iterable[Layer], profile: str) -> dict[int, Triple]:
-    """The triple of every record (by id), in topological order."""
+    """The triple of every record (by id), in topological order, in the network's modular norm."""
     targets = {layer.op: (layer.target_norm if layer.mass > 0 and math.isfinite(layer.target_norm) else 0.0)
                for layer in layers}
+    return _propagate(records, targets, profile)
+
+
+def submodule(records: list[Any], layers: Iterable[Layer], prefix: str, profile: str) -> Triple | None:
+    """The triple of the submodule at `prefix` in its own modular norm (the paper's per-module quantity).
+
+    Its inputs are the tensors it reads from outside (unit perturbations), its output the sum over the tensors
+    it hands to the outside; its atoms keep their masses, and their targets are recomputed inside the submodule:
+    t_i = (m_i / M_sub) / S_down,sub(i) with the design constants, as Modula's normalize() would on the module alone.
+    """
+    inside = [r for r in records if r.kind not in ("input", "output")
+              and (r.module == prefix or r.module.startswith(prefix + "."))]
+    ids = {id(r) for r in inside}
+    exits = {id(i) for r in records if id(r) not in ids for i in r.inputs if id(i) in ids}
+    if not inside or not exits:
+        return None
+    down = {id(r): (1.0 if id(r) in exits else 0.0) for r in inside}
+    for r in reversed(inside):
+        for i, d in zip(r.inputs, r.design):
+            if id(i) in ids:
+                down[id(i)] += _times(down[id(r)], d)
+    masses = {layer.op: layer.mass for layer in layers}
+    total = sum(masses.get(r.node.name, 0.0) for r in inside if r.kind == "atom")
+    if total <= 0:
+        return None
+    targets = {r.node.name: (masses.get(r.node.name, 0.0) / total) / down[id(r)]
+               for r in inside if r.kind == "atom" and down[id(r)] > 0}
+    triples = _propagate(inside, targets, profile, outside=lambda i: Triple(S=0.0 if i.bounds.discrete else 1.0))
+    return _sum([triples[id(r)] for r in inside if id(r) in exits])
+
+
+def _propagate(records: list[Any], targets: dict[str, float], profile: str, outside: Any = None) -> dict[int, Triple]:
     triples: dict[int, Triple] = {}
     for record in records:
-        inputs = [triples[id(i)] for i in record.inputs]
+        inputs = [triples[id(i)] if id(i) in triples else outside(i) for i in record.inputs]
         if record.kind == "input":
             triples[id(record)] = Triple(S=0.0 if record.bounds.discrete else 1.0)
         elif record.kind == "output":

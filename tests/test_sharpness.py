@@ -384,3 +384,37 @@ def test_attention_hessian_bounds_the_op_alone(scale_kind, magnitude):
             direction = unit(tuple(p + 0.3 * gp / (gp.norm() + 1e-30) * p.norm() for p, gp in zip(direction, g)))
     print(f"attention {scale_kind} |q|={magnitude}: measured {best:.4g} bound {kappa:.4g}")
     assert 0 < best <= kappa
+
+
+def test_block_sharpness_is_the_block_alone_in_its_own_norm():
+    """A block made of one Linear and tanh, read alone with its own mass: (κ, 1 + κ, κ) as for tanh ∘ Linear
+    (§e.2 with μ1 = 1); the network around it does not change it."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = orthogonal_linear(8, 8)
+
+        def forward(self, x):
+            return torch.tanh(self.fc(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.blocks, self.out = orthogonal_linear(8, 6), nn.ModuleList([Block(), Block()]), \
+                orthogonal_linear(4, 8)
+
+        def forward(self, x):
+            x = self.inp(x)
+            for block in self.blocks:
+                x = 0.5 * x + 0.5 * block(x)
+            return self.out(x)
+
+    kappa = TANH_CURVATURE * math.sqrt(8)
+    analysis = modnorm.analyze(Net(), torch.randn(2, 6), profile="modula")
+    blocks = {b.name: b for b in analysis.network.block_sharpness}
+    assert set(blocks) == {"inp", "blocks.0", "blocks.1", "out"}
+    for name in ("blocks.0", "blocks.1"):
+        b = blocks[name]
+        assert (b.alpha, b.beta, b.gamma) == pytest.approx((kappa, 1 + kappa, kappa), rel=1e-6)
+    assert (blocks["inp"].alpha, blocks["inp"].beta) == pytest.approx((0.0, 1.0))
