@@ -20,6 +20,23 @@ class CheckResult:
     analysis: Analysis
     findings: tuple[Finding, ...]  # after per-module ignores and inline suppressions, MN001 included
     suppressed: int = 0
+    sweep: Any = None  # modnorm.sweep.Sweep when the check swept sizes (analysis is then the last size)
+
+
+def check_sweep(target: str, settings: Settings, axes: Any, *, input_shape: tuple[int, ...] | None = None,
+                input_dtype: str | None = None, kwargs: dict[str, Any] | None = None) -> CheckResult:
+    """Every grid point analysed; the findings of the last (largest) size plus the MN4xx sweep findings."""
+    from . import suppression, sweep as sweeping
+    from modnorm.rules import run_sweep_rules, sort_findings
+
+    result, last = sweeping.run(target, settings, axes, input_shape=input_shape, input_dtype=input_dtype,
+                                kwargs=kwargs)
+    selection = selection_of(settings)
+    file = last.analysis.model.file
+    extra = [_located(f, file, last.analysis.model.entry_line) for f in run_sweep_rules(result, selection)]
+    kept, suppressed = suppression.apply(extra, [file, *(f.file for f in extra if f.file)], selection.enabled, None)
+    return CheckResult(target, last.analysis, sort_findings([*last.findings, *kept]), last.suppressed + suppressed,
+                       sweep=result)
 
 
 def _located(finding: Finding, file: str, line: int | None) -> Finding:
@@ -50,6 +67,7 @@ def check_model(target: str, settings: Settings, *, input_shape: tuple[int, ...]
     options = Options(profile=settings.profile, mass=settings.mass, hidden_mass=settings.hidden_mass,
                       mass_of=settings.mass_of, norm_input_rms=settings.norm_input_rms, loss=settings.loss)
     analysis = analyze_traced(traced, options, user_file=loaded.file, entry=loaded.entry, device=loaded.device)
+    analysis = replace(analysis, model=replace(analysis.model, entry_line=loaded.entry_line))
     selection = selection_of(settings)
     findings = tuple(_located(f, loaded.file, loaded.entry_line) for f in run_rules(analysis, selection))
     unused_rule = all_rules()["MN001"]()

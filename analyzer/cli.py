@@ -90,6 +90,10 @@ def check(
     output_file: Optional[Path] = typer.Option(None, "--output-file", "-o", help="Write the report to this file."),
     statistics: bool = typer.Option(False, "--statistics", help="Print `count  code  name` per rule instead."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Full report: sharpness columns and per-block table."),
+    sweep: List[str] = typer.Option([], "--sweep", help="NAME=V1,V2,...: build the factory at each value (several "
+                                    "--sweep give a grid) and fit how every quantity scales."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a picture (.png, .svg or .html): the sweep, or "
+                                        "the per-layer profile of one model. Needs modnorm[plot]."),
     color: str = typer.Option("auto", help="auto | always | never (NO_COLOR and FORCE_COLOR are honoured)."),
     config: Optional[Path] = typer.Option(None, help="Read [tool.modnorm] from this pyproject.toml."),
     isolated: bool = typer.Option(False, help="Ignore every configuration file."),
@@ -125,8 +129,14 @@ def check(
                              extend_select=_split_codes(extend_select) or None, fail_on=fail_on)
         settings = _with_rule_options(settings, rule_option)
         _validate(settings, color)
-        results = [_run(target, settings, _parse_shape(input_shape), input_dtype, _parse_kwargs(kwargs))
-                   for target in _targets(targets, settings)]
+        shape, factory_kwargs = _parse_shape(input_shape), _parse_kwargs(kwargs)
+        if sweep:
+            results = [_run_sweep(_targets(targets, settings), settings, sweep, shape, input_dtype, factory_kwargs)]
+        else:
+            results = [_run(target, settings, shape, input_dtype, factory_kwargs)
+                       for target in _targets(targets, settings)]
+        if plot is not None:
+            _plot(results, plot)
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one paragraph and exit 2
@@ -234,6 +244,29 @@ def _run(target: str, settings: Any, input_shape: tuple[int, ...] | None, input_
         raise
 
 
+def _run_sweep(targets: list[str], settings: Any, items: list[str], input_shape: Any, input_dtype: str | None,
+               kwargs: dict[str, Any]) -> Any:
+    from .check import check_sweep
+    from .errors import ModnormError
+    from .sweep import parse_sweep
+
+    if len(targets) != 1:
+        raise ModnormError(f"--sweep takes one model, not {len(targets)}", "pass a single path.py:factory")
+    return check_sweep(targets[0], settings, parse_sweep(items), input_shape=input_shape, input_dtype=input_dtype,
+                       kwargs=kwargs)
+
+
+def _plot(results: list[Any], path: Path) -> None:
+    from .plot import plot_layers, plot_sweep
+
+    result = results[0]
+    if result.sweep is not None:
+        plot_sweep(result.sweep, path)
+    else:
+        plot_layers(result.analysis, path)
+    typer.echo(f"modnorm: wrote {path}", err=True)
+
+
 def _console(color: str, file: Any = None) -> Any:
     import os
 
@@ -264,6 +297,10 @@ def _emit(results: list[Any], settings: Any, statistics: bool, output_file: Path
         buffer = io.StringIO() if output_file else None
         console = _console("never" if output_file else color, buffer)
         for result in results:
+            if result.sweep is not None:
+                from .report import render_sweep
+
+                render_sweep(result.sweep, console)
             render_full(result.analysis, result.findings, console, suppressed=result.suppressed, verbose=verbose)
         text = buffer.getvalue() if buffer is not None else None
     else:

@@ -62,8 +62,20 @@ def concise(results: Sequence[Any], root: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------- json
 def json_report(results: Sequence[Any], root: str | None = None) -> str:
     """One model: the `modnorm/1` document. Several (from `models = [...]`): a JSON array of them."""
-    documents = [to_dict(r.analysis, r.findings) | {"target": r.target} for r in results]
+    documents = [to_dict(r.analysis, r.findings) | {"target": r.target} | _sweep_dict(r.sweep) for r in results]
     return json.dumps(documents[0] if len(documents) == 1 else documents, indent=2)
+
+
+def _sweep_dict(sweep: Any) -> dict[str, Any]:
+    if sweep is None:
+        return {}
+    number = lambda x: x if isinstance(x, (int, float)) and x == x and abs(x) != float("inf") else None  # noqa: E731
+    return {"sweep": {
+        "axes": [{"name": a.name, "values": list(a.values), "depth": a.is_depth} for a in sweep.axes],
+        "points": [dict(p) for p in sweep.points],
+        "series": [{"role": s.role, "quantity": s.quantity, "values": [number(v) for v in s.values],
+                    "exponents": {k: number(v) for k, v in s.exponents.items()}, "spread": number(s.spread),
+                    "should_be_flat": s.should_be_flat} for s in sweep.series]}}
 
 
 def json_lines(results: Sequence[Any], root: str | None = None) -> str:

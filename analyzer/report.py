@@ -199,7 +199,7 @@ def _render_mass_groups(analysis: Analysis, console: Any, blocks_shown: int = 6)
     for g in (g for g in groups if g.by == "role"):
         table.add_row(f"role {g.name}", str(g.atoms), fmt(g.mass), f"{g.share:.1%}")
     blocks = [g for g in groups if g.by == "block"]
-    if len(blocks) > blocks_shown:
+    if len(blocks) > blocks_shown + 1:
         head, tail = blocks[: blocks_shown - 2], blocks[-2:]
         hidden = blocks[len(head):-2]
         rows = head + [None] + tail
@@ -281,3 +281,35 @@ def _render_findings(findings: tuple[Finding, ...], console: Any) -> None:
                       f"[dim]\\[{f.module or '<model>'}][/] {f.message}", highlight=False)
         if f.fix:
             console.print(f"         [dim]fix:[/] {f.fix}", highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------------- sweeps
+_QUANTITY_LABELS = {"norm_at_init": "norm@init", "sensitivity": "sens.", "design_downstream_sensitivity": "S_down",
+                   "target_norm": "target", "design_sensitivity": "design sens.", "alpha": "α",
+                   "gradient_lipschitz": "grad. Lipschitz", "attention_logit_bound": "attn logit bound"}
+SWEEP_ROWS = ("norm_at_init", "sensitivity", "design_downstream_sensitivity", "target_norm")
+
+
+def render_sweep(sweep: Any, console: Any, threshold: float = 0.25) -> None:
+    """The coordinate-check table: one row per role and quantity, one column per size, then the exponents."""
+    from rich.table import Table
+
+    names = " × ".join(a.name for a in sweep.axes)
+    table = Table(title=f"scale sweep over {names} (p: quantity ∝ size^p)", title_justify="left",
+                  header_style="bold")
+    table.add_column("role", no_wrap=True)
+    table.add_column("quantity", no_wrap=True)
+    for point in sweep.points:
+        table.add_column("×".join(str(v) for v in point.values()), justify="right")
+    for axis in sweep.axes:
+        table.add_column(f"p({axis.name})", justify="right")
+    table.add_column("spread", justify="right")
+    for series in sweep.series:
+        if series.role != "network" and series.quantity not in SWEEP_ROWS:
+            continue
+        drifting = series.should_be_flat and any(abs(p) > threshold for p in series.exponents.values() if p == p)
+        table.add_row(series.role, _QUANTITY_LABELS.get(series.quantity, series.quantity),
+                      *(fmt(v, 3) for v in series.values),
+                      *(f"{p:+.2f}" if p == p else "–" for p in series.exponents.values()), fmt(series.spread, 3),
+                      style="yellow" if drifting else None)
+    console.print(table)

@@ -186,6 +186,7 @@ class ModelInfo:
     parameters: int
     nodes: int
     tracer_attempts: tuple[str, ...] = ()
+    entry_line: int | None = None  # where the entry (factory, class or instance) is defined in the file
 
 
 @dataclass(frozen=True)

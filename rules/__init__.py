@@ -2,7 +2,7 @@
 
 A rule reads only an `Analysis` (never fx or torch), so it is testable on hand-built analyses. Codes are `MN`
 plus three digits whose hundreds are a family: MN0xx the linter itself (suppressions), MN1xx well-normed atoms, MN2xx depth and residual streams,
-MN3xx attention, MN4xx width/depth drift (sweeps), MN5xx mass and targets, MN6xx normalization and nominal
+MN3xx attention, MN4xx width/depth drift (sweeps, `check_sweep`), MN5xx mass and targets, MN6xx normalization and nominal
 constants, MN9xx could not certify.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Iterable, Iterator
 
 from modnorm.result import Analysis, Finding, Layer
 
-__all__ = ["Rule", "RuleSelection", "all_rules", "run_rules", "sort_findings", "SEVERITIES"]
+__all__ = ["Rule", "RuleSelection", "all_rules", "run_rules", "run_sweep_rules", "sort_findings", "SEVERITIES"]
 
 SEVERITIES = ("info", "warning", "error")
 _CODE = re.compile(r"^MN\d{3}$")
@@ -50,6 +50,10 @@ class Rule:
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         raise NotImplementedError
+
+    def check_sweep(self, sweep: Any) -> Iterator[Finding]:
+        """Rules on a scale sweep (modnorm.sweep.Sweep) override this; the others see single analyses only."""
+        return iter(())
 
     def finding(self, message: str, *, fix: str = "", module: str = "", file: str | None = None,
                 line: int | None = None, op: str = "", severity: str | None = None,
@@ -113,6 +117,16 @@ def run_rules(analysis: Analysis, selection: RuleSelection = RuleSelection()) ->
         if selection.enabled(code):
             rule = rule_class(**selection.options.get(code, {}))
             findings.extend(f for f in rule.check(analysis) if not selection.ignored_in(f.code, f.module))
+    return sort_findings(findings)
+
+
+def run_sweep_rules(sweep: Any, selection: RuleSelection = RuleSelection()) -> tuple[Finding, ...]:
+    """The MN4xx rules (and any rule with check_sweep) on a sweep."""
+    findings: list[Finding] = []
+    for code, rule_class in all_rules().items():
+        if selection.enabled(code):
+            rule = rule_class(**selection.options.get(code, {}))
+            findings.extend(f for f in rule.check_sweep(sweep) if not selection.ignored_in(f.code, f.module))
     return sort_findings(findings)
 
 
