@@ -130,6 +130,7 @@ def check(
         settings = _with_rule_options(settings, rule_option)
         _validate(settings, color)
         shape, factory_kwargs = _parse_shape(input_shape), _parse_kwargs(kwargs)
+        sweep = list(sweep) or list(settings.sweep)
         if sweep:
             results = [_run_sweep(_targets(targets, settings), settings, sweep, shape, input_dtype, factory_kwargs)]
         else:

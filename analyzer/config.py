@@ -13,6 +13,7 @@ directory for a bare `modnorm check`); `--config PATH` names one explicitly and 
     hidden-mass = 5
     loss = "xent"
     per-module-ignores = { "blocks.*.attn" = ["MN301"] }
+    sweep = { width = [128, 256, 512], depth = [2, 4, 8] }   # --sweep from the file
 
     [tool.modnorm.mass]          # module-path globs; matching atoms share the total, as Modula's tare
     "blocks.*" = 5
@@ -62,6 +63,7 @@ class Settings:
     device: str = "auto"
     max_params: int = 100_000_000
     output_format: str | None = None
+    sweep: tuple[str, ...] = ()  # "NAME=V1,V2" items, as --sweep takes them
     config_file: str | None = None
     root: str | None = None  # the directory paths in the report are made relative to
 
@@ -111,6 +113,12 @@ def _ignore_table(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple((glob, _codes(codes)) for glob, codes in value.items())
 
 
+def _sweep_table(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, dict) or not all(isinstance(v, list) and v for v in value.values()):
+        raise TypeError('a table of factory keywords to lists of sizes, e.g. { width = [128, 256, 512] }')
+    return tuple(f"{name}={','.join(str(x) for x in values)}" for name, values in value.items())
+
+
 def _rule_options(value: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise TypeError("a table of rule codes to tables of options, e.g. [tool.modnorm.rules.MN204]")
@@ -134,6 +142,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "device": ("device", _choice("auto", "meta", "cpu")),
     "max-params": ("max_params", _integer),
     "output-format": ("output_format", _choice(*OUTPUT_FORMATS)),
+    "sweep": ("sweep", _sweep_table),
 }
 
 

@@ -185,3 +185,8 @@ def test_pre_commit_hook_runs_the_configured_models():
     fields = dict(line.strip().lstrip("- ").split(": ", 1) for line in text.splitlines() if ": " in line)
     assert fields["id"] == "modnorm" and fields["entry"] == "modnorm check"
     assert fields["pass_filenames"] == "false" and fields["language"] == "python"
+
+
+def test_no_color_and_force_color_are_honoured():
+    assert "\x1b[" in run(GPT, "--exit-zero", env={"FORCE_COLOR": "1"}).stdout
+    assert "\x1b[" not in run(GPT, "--exit-zero", "--color", "never", env={"FORCE_COLOR": "1"}).stdout

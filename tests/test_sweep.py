@@ -122,3 +122,30 @@ def test_bad_sweep_is_exit_two(bad):
 def test_unknown_plot_suffix_is_exit_two(tmp_path):
     result = runner.invoke(app, ["check", str(ROOT / "fixtures/clean_mlp.py"), "--plot", str(tmp_path / "x.jpg")])
     assert result.exit_code == 2 and ".png" in result.stderr
+
+
+def test_sweep_from_pyproject(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text('[tool.modnorm]\nselect = ["MN4"]\nsweep = { n_embd = [32, 64] }\n')
+    (tmp_path / "gpt.py").write_text((ROOT / "fixtures/nanogpt.py").read_text())
+    monkeypatch.chdir(tmp_path)
+    report = json.loads(runner.invoke(app, ["check", "gpt.py", "-f", "json", "--exit-zero"]).stdout)
+    assert [a["name"] for a in report["sweep"]["axes"]] == ["n_embd"]
+    assert {f["code"] for f in report["findings"]} == {"MN401", "MN403"}
+    (tmp_path / "pyproject.toml").write_text('[tool.modnorm]\nsweep = { n_embd = 64 }\n')
+    result = runner.invoke(app, ["check", "gpt.py"])
+    assert result.exit_code == 2 and "`sweep` must be a table" in result.stderr
+
+
+def test_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    result = runner.invoke(app, ["check", str(ROOT / "fixtures/clean_mlp.py"), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 2 and 'pip install "modnorm[plot]"' in result.stderr
