@@ -21,10 +21,13 @@ __all__ = ["__version__", "analyze", "Options", "Analysis"]
 
 
 def analyze(model: Any, example_inputs: Any, options: "Options | None" = None, *, file: str | None = None,
-            entry: str | None = None, leaf_types: tuple[type, ...] = (), **option_fields: Any) -> "Analysis":
+            entry: str | None = None, leaf_types: tuple[type, ...] = (), init_laws: dict[str, Any] | None = None,
+            **option_fields: Any) -> "Analysis":
     """Trace `model` with `example_inputs` (a tensor or tuple) and run the modular-norm calculus.
 
-    Keyword arguments not listed are fields of `Options` (profile, mass, hidden_mass, mass_of, norm_input_rms).
+    Keyword arguments not listed are fields of `Options` (profile, mass, hidden_mass, mass_of, norm_input_rms,
+    loss). For a model built on the meta device, pass `init_laws` recorded with `modnorm.initlaw.record_init()`
+    so that its norms are predicted from the init it really uses.
     """
     from .calculus import Options, analyze_traced
     from .tracing import trace
@@ -38,7 +41,7 @@ def analyze(model: Any, example_inputs: Any, options: "Options | None" = None, *
     finally:
         model.train(was_training)
     device = "meta" if any(p.is_meta for p in model.parameters()) else "cpu"
-    return analyze_traced(traced, options, user_file=file, entry=entry, device=device)
+    return analyze_traced(traced, options, user_file=file, entry=entry, device=device, init_laws=init_laws)
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import norms, semantics, sharpness
+from . import initlaw, norms, semantics, sharpness
 from .errors import ModnormError
 from .patterns import Fused, find_patterns
 from .result import Analysis, BlockSharpness, Layer, LossBound, MassGroup, Merge, ModelInfo, Network, Op, Sharpness, Stream
@@ -66,9 +66,19 @@ _DEFAULT_BIAS_LAW = ("uniform_fan_in",)
 class WeightStore:
     """Norms of parameters: measured on real weights, predicted from the init law on the meta device."""
 
-    def __init__(self, root: nn.Module) -> None:
+    def __init__(self, root: nn.Module, laws: dict[str, Any] | None = None) -> None:
         self.root = root
+        self.laws = laws or {}  # recorded init laws of meta parameters (initlaw.py)
         self._cache: dict[tuple, tuple] = {}
+
+    def _law(self, name: str) -> tuple[Any, str]:
+        """The recorded init law of a meta tensor, or None with the reason the default law is used."""
+        law = self.laws.get(name)
+        if law is not None and law.known:
+            return law, f"predicted from {law.source}"
+        if law is not None:
+            return None, f"predicted from the default init ({law.source}: not understood)"
+        return None, "predicted from the default init"
 
     def tensor(self, name: str) -> torch.Tensor:
         obj: Any = self.root
@@ -107,8 +117,13 @@ class WeightStore:
             if not w.is_meta:
                 return norms.spectral_norm(w.detach()).upper, "measured"
             rows, cols = w.shape[0], math.prod(w.shape[1:])
+            law, source = self._law(name)
+            if transpose:
+                rows, cols = cols, rows
+            if law is not None:
+                return initlaw.spectral(law, rows, cols), source
             std = self._law_std(name)
-            return std * (math.sqrt(rows) + math.sqrt(cols)), "predicted"
+            return std * (math.sqrt(rows) + math.sqrt(cols)), source
         return self._cached(("spectral", name), compute)
 
     def conv(self, name: str, groups: int) -> tuple[float, str]:
@@ -119,8 +134,11 @@ class WeightStore:
                 grouped = w.detach().reshape(groups, c_out // groups, c_in_g, -1)
                 slices = grouped.permute(0, 3, 1, 2).reshape(-1, c_out // groups, c_in_g)
                 return norms.conv_kernel_norm(slices.permute(1, 2, 0)).upper, "measured"
+            law, source = self._law(name)
+            if law is not None and law.kind != "orthogonal":  # an orthogonal conv init is orthogonal as a whole
+                return initlaw.spectral(law, c_out // groups, c_in_g) * 1.05, source
             std = self._law_std(name)
-            return std * (math.sqrt(c_out // groups) + math.sqrt(c_in_g)) * 1.05, "predicted"
+            return std * (math.sqrt(c_out // groups) + math.sqrt(c_in_g)) * 1.05, source
         return self._cached(("conv", name, groups), compute)
 
     def row_rms(self, name: str) -> tuple[float, float, str]:
@@ -130,8 +148,11 @@ class WeightStore:
                 rms = w.detach().double().pow(2).mean(1).sqrt()
                 return float(rms.max()), float(rms.min()), "measured"
             n, d = w.shape
+            law, source = self._law(name)
+            if law is not None:
+                return initlaw.row_rms(law, n, d), 0.0, source
             std = self._law_std(name)
-            return std * (1 + math.sqrt(math.log(max(n, 2)) / d)), 0.0, "predicted"
+            return std * (1 + math.sqrt(math.log(max(n, 2)) / d)), 0.0, source
         return self._cached(("row_rms", name), compute)
 
     def abs_max(self, name: str) -> tuple[float, str]:
@@ -139,28 +160,37 @@ class WeightStore:
             w = self.tensor(name)
             if not w.is_meta:
                 return float(w.detach().abs().max()) if w.numel() else 0.0, "measured"
+            law, source = self._law(name)
+            if law is not None and not math.isnan(initlaw.abs_max(law, w.numel())):
+                return initlaw.abs_max(law, w.numel()), source
             if w.dim() == 1:  # normalization gains initialise to ones
-                return 1.0, "predicted"
-            return math.sqrt(3) * self._law_std(name), "predicted"
+                return 1.0, source
+            return math.sqrt(3) * self._law_std(name), source
         return self._cached(("abs_max", name), compute)
 
     def abs_min(self, name: str) -> tuple[float, str]:
         w = self.tensor(name)
         if not w.is_meta:
             return float(w.detach().abs().min()) if w.numel() else 0.0, "measured"
-        return (1.0 if w.dim() == 1 else 0.0), "predicted"
+        law, source = self._law(name)
+        if law is not None and law.kind == "constant":
+            return abs(law.mean), source
+        return (1.0 if w.dim() == 1 and law is None else 0.0), source
 
     def rms(self, name: str) -> tuple[float, str]:
         def compute() -> tuple[float, str]:
             w = self.tensor(name)
             if not w.is_meta:
                 return float(w.detach().double().pow(2).mean().sqrt()) if w.numel() else 0.0, "measured"
+            law, source = self._law(name)
+            if law is not None and not math.isnan(initlaw.rms(law)):
+                return initlaw.rms(law), source
             owner = self._owner(name)
             if isinstance(owner, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
-                return 0.0, "predicted"
+                return 0.0, source
             weight = getattr(owner, "weight", None)
             fan_in = math.prod(weight.shape[1:]) if weight is not None and weight.dim() > 1 else w.shape[0]
-            return 1.0 / math.sqrt(3 * fan_in), "predicted"
+            return 1.0 / math.sqrt(3 * fan_in), source
         return self._cached(("rms", name), compute)
 
     def max_row_l1(self, name: str) -> tuple[float, str]:
@@ -664,10 +694,13 @@ def _merges(records: list[_Record], ctx: _Context) -> tuple[list[Merge], list[St
 
 # ----------------------------------------------------------------------------------------------- entry point
 def analyze_traced(traced: TracedModel, options: Options = Options(), user_file: str | None = None,
-                   entry: str | None = None, device: str = "meta") -> Analysis:
-    """Run the calculus on a traced model and return the plain `Analysis`."""
+                   entry: str | None = None, device: str = "meta", init_laws: dict[str, Any] | None = None) -> Analysis:
+    """Run the calculus on a traced model and return the plain `Analysis`.
+
+    `init_laws` (from `initlaw.record_init` around a meta build) predicts the norms of meta parameters.
+    """
     root = traced.root
-    ctx = _Context(root, WeightStore(root), options, user_file,
+    ctx = _Context(root, WeightStore(root, init_laws), options, user_file,
                    {name for name, _ in root.named_parameters(remove_duplicate=False)})
     records = _forward(traced, ctx)
     _backward(records)

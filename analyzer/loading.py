@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .errors import ModnormError, frame_of_exception
+from .initlaw import laws_of, record_init
 
 __all__ = ["LoadedModel", "load", "parse_target", "count_parameters"]
 
@@ -29,6 +30,7 @@ class LoadedModel:
     device: str  # "cpu" | "meta"
     parameters: int
     entry_line: int | None = None  # where the entry is defined: findings with no line of their own point here
+    init_laws: dict[str, Any] | None = None  # how the meta build initialised each parameter (initlaw.py)
 
 
 def parse_target(target: str) -> tuple[Path, str | None]:
@@ -171,11 +173,13 @@ def load(target: str, *, device: str = "auto", max_params: int = DEFAULT_MAX_PAR
     module = _import(path)
     entry_name, entry = _find_entry(module, path, name)
     kwargs = kwargs or {}
+    laws = None
     if isinstance(entry, nn.Module):
         model, built_on = entry, ("meta" if any(p.is_meta for p in entry.parameters()) else "cpu")
     else:
-        with torch.device("meta"):
+        with torch.device("meta"), record_init() as recorder:
             model = _build(entry, entry_name, path, kwargs)
+        laws = laws_of(model, recorder)
         built_on = "meta"
         parameters = count_parameters(model)
         if device == "cpu" or (device == "auto" and parameters <= max_params):
@@ -185,7 +189,7 @@ def load(target: str, *, device: str = "auto", max_params: int = DEFAULT_MAX_PAR
     model.eval()
     inputs = _example_inputs(module, model, path, input_shape, input_dtype)
     return LoadedModel(model, inputs, str(path), entry_name, built_on, count_parameters(model),
-                       _definition_line(module, entry_name))
+                       _definition_line(module, entry_name), laws if built_on == "meta" else None)
 
 
 def _definition_line(module: Any, name: str) -> int | None:
