@@ -120,12 +120,14 @@ def _norm(original: Any) -> Any:
 def _modified(self: torch.Tensor, *args: Any, **kwargs: Any) -> Law | None:
     rec = _recorder()
     old = rec.laws.get(id(self)) if rec else None
-    if old is None:
-        return None
-    source = args[0] if args else None
-    if isinstance(source, torch.Tensor) and id(source) in rec.laws:
+    return None if old is None else Law("modified", source=f"{old.source}, then modified in place")
+
+
+def _copied(self: torch.Tensor, source: Any = None, *args: Any, **kwargs: Any) -> Law | None:
+    rec = _recorder()
+    if rec is not None and isinstance(source, torch.Tensor) and id(source) in rec.laws:
         return rec.laws[id(source)]
-    return Law("modified", source=f"{old.source}, then modified in place")
+    return _modified(self)
 
 
 _METHODS = {
@@ -142,7 +144,7 @@ _METHODS = {
     "__iadd__": _modified,
     "sub_": _modified,
     "__isub__": _modified,
-    "copy_": _modified,
+    "copy_": _copied,
 }
 
 
