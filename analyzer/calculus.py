@@ -66,9 +66,10 @@ _DEFAULT_BIAS_LAW = ("uniform_fan_in",)
 class WeightStore:
     """Norms of parameters: measured on real weights, predicted from the init law on the meta device."""
 
-    def __init__(self, root: nn.Module, laws: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: nn.Module, laws: dict[str, Any] | None = None, checkpoint: Any = None) -> None:
         self.root = root
         self.laws = laws or {}  # recorded init laws of meta parameters (initlaw.py)
+        self.checkpoint = checkpoint  # (weights.Checkpoint, model name -> stored name) for --weights PATH
         self._cache: dict[tuple, tuple] = {}
 
     def _law(self, name: str) -> tuple[Any, str]:
@@ -81,9 +82,14 @@ class WeightStore:
         return None, "predicted from the default init"
 
     def tensor(self, name: str) -> torch.Tensor:
+        """The parameter or buffer `name`; from the checkpoint when the model is on meta (read now, not kept)."""
         obj: Any = self.root
         for part in name.split("."):
             obj = getattr(obj, part)
+        if self.checkpoint is not None and isinstance(obj, torch.Tensor) and obj.is_meta:
+            stored, names = self.checkpoint
+            if name in names:
+                return stored.load(names[name]).to(torch.float64 if obj.is_floating_point() else obj.dtype)
         return obj
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -202,10 +208,10 @@ class WeightStore:
 
     def batch_norm(self, prefix: str, eps: float) -> tuple[float, str]:
         module = self.root.get_submodule(prefix)
-        var = module.running_var
+        var = self.tensor(f"{prefix}.running_var") if module.running_var is not None else None
         if var is None or var.is_meta:
             return 1.0 / math.sqrt(1.0 + eps), "predicted"
-        gamma = module.weight.detach().abs() if module.weight is not None else torch.ones_like(var)
+        gamma = self.tensor(f"{prefix}.weight").detach().abs() if module.weight is not None else torch.ones_like(var)
         return float((gamma / (var + eps).sqrt()).max()), "measured"
 
 
@@ -694,13 +700,14 @@ def _merges(records: list[_Record], ctx: _Context) -> tuple[list[Merge], list[St
 
 # ----------------------------------------------------------------------------------------------- entry point
 def analyze_traced(traced: TracedModel, options: Options = Options(), user_file: str | None = None,
-                   entry: str | None = None, device: str = "meta", init_laws: dict[str, Any] | None = None) -> Analysis:
+                   entry: str | None = None, device: str = "meta", init_laws: dict[str, Any] | None = None,
+                   checkpoint: Any = None) -> Analysis:
     """Run the calculus on a traced model and return the plain `Analysis`.
 
     `init_laws` (from `initlaw.record_init` around a meta build) predicts the norms of meta parameters.
     """
     root = traced.root
-    ctx = _Context(root, WeightStore(root, init_laws), options, user_file,
+    ctx = _Context(root, WeightStore(root, init_laws, checkpoint), options, user_file,
                    {name for name, _ in root.named_parameters(remove_duplicate=False)})
     records = _forward(traced, ctx)
     _backward(records)

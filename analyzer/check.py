@@ -62,12 +62,14 @@ def check_model(target: str, settings: Settings, *, input_shape: tuple[int, ...]
     from modnorm.rules import all_rules, run_rules, sort_findings
 
     loaded = load(target, device=settings.device, max_params=settings.max_params, input_shape=input_shape,
-                  input_dtype=input_dtype, kwargs=kwargs or {})
+                  input_dtype=input_dtype, kwargs=kwargs or {}, weights=settings.weights)
     traced = trace(loaded.model, loaded.inputs, user_file=loaded.file)
     options = Options(profile=settings.profile, mass=settings.mass, hidden_mass=settings.hidden_mass,
                       mass_of=settings.mass_of, norm_input_rms=settings.norm_input_rms, loss=settings.loss)
     analysis = analyze_traced(traced, options, user_file=loaded.file, entry=loaded.entry, device=loaded.device,
-                              init_laws=loaded.init_laws)
+                              init_laws=loaded.init_laws, checkpoint=loaded.checkpoint)
+    if loaded.checkpoint is not None:
+        analysis = replace(analysis, model=replace(analysis.model, weights=str(settings.weights)))
     analysis = replace(analysis, model=replace(analysis.model, entry_line=loaded.entry_line))
     selection = selection_of(settings)
     findings = tuple(_located(f, loaded.file, loaded.entry_line) for f in run_rules(analysis, selection))

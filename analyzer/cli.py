@@ -103,6 +103,9 @@ def check(
     mass_of: List[str] = typer.Option([], "--mass-of", help="GLOB=VALUE: the matching atoms share VALUE."),
     loss: Optional[str] = typer.Option(None, help="xent | mse: the loss for the gradient Lipschitz bound."),
     device: Optional[str] = typer.Option(None, help="auto | meta | cpu: where to build the model."),
+    weights: Optional[str] = typer.Option(None, help="init (the model's own init, default) or a checkpoint to "
+                                          "audit: .safetensors, or a tensor state dict (.pt/.pth/.bin) loaded "
+                                          "with torch.load(weights_only=True)."),
     max_params: Optional[int] = typer.Option(None, help="With --device auto, build on CPU up to this many "
                                                         "parameters (default 1e8)."),
     input_shape: Optional[str] = typer.Option(None, help="Example input shape, e.g. 4,128."),
@@ -124,7 +127,7 @@ def check(
     try:
         settings = _settings(targets, config, isolated, output_format=output_format, profile=profile, mass=mass,
                              hidden_mass=hidden_mass, mass_of=_parse_mass_of(mass_of) or None, loss=loss,
-                             device=device, max_params=max_params, norm_input_rms=norm_input_rms,
+                             device=device, max_params=max_params, norm_input_rms=norm_input_rms, weights=weights,
                              select=_split_codes(select) or None, ignore=_split_codes(ignore) or None,
                              extend_select=_split_codes(extend_select) or None, fail_on=fail_on)
         settings = _with_rule_options(settings, rule_option)

@@ -64,6 +64,7 @@ class Settings:
     max_params: int = 100_000_000
     output_format: str | None = None
     sweep: tuple[str, ...] = ()  # "NAME=V1,V2" items, as --sweep takes them
+    weights: str | None = None  # "init" or a checkpoint path (--weights)
     config_file: str | None = None
     root: str | None = None  # the directory paths in the report are made relative to
 

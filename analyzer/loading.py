@@ -31,6 +31,7 @@ class LoadedModel:
     parameters: int
     entry_line: int | None = None  # where the entry is defined: findings with no line of their own point here
     init_laws: dict[str, Any] | None = None  # how the meta build initialised each parameter (initlaw.py)
+    checkpoint: Any = None  # (weights.Checkpoint, model name -> stored name) for --weights PATH
 
 
 def parse_target(target: str) -> tuple[Path, str | None]:
@@ -167,8 +168,15 @@ def _example_inputs(module: Any, model: nn.Module, path: Path, shape: tuple[int,
 
 def load(target: str, *, device: str = "auto", max_params: int = DEFAULT_MAX_PARAMS,
          input_shape: tuple[int, ...] | None = None, input_dtype: str | None = None,
-         kwargs: dict[str, Any] | None = None, seed: int = 0) -> LoadedModel:
-    """Import `target`, build the model on meta, and again on CPU when it is small (or `device="cpu"`)."""
+         kwargs: dict[str, Any] | None = None, seed: int = 0, weights: str | None = None) -> LoadedModel:
+    """Import `target`, build the model on meta, and again on CPU when it is small (or `device="cpu"`).
+
+    With `weights` (a checkpoint path; "init" means the model's own init) the model stays on meta and its
+    tensors are read from the checkpoint one at a time, after the shapes are checked against it.
+    """
+    from_checkpoint = weights not in (None, "init")
+    if from_checkpoint:
+        device = "meta"
     path, name = parse_target(target)
     module = _import(path)
     entry_name, entry = _find_entry(module, path, name)
@@ -187,9 +195,19 @@ def load(target: str, *, device: str = "auto", max_params: int = DEFAULT_MAX_PAR
             model = _build(entry, entry_name, path, kwargs)
             built_on = "cpu"
     model.eval()
+    checkpoint = None
+    if from_checkpoint:
+        from .weights import check_shapes, open_checkpoint
+
+        if built_on != "meta":
+            raise ModnormError("--weights needs a factory or class (the model is built on meta and filled from "
+                               "the checkpoint), not a module instance", "point at build_model() or the class",
+                               path)
+        opened = open_checkpoint(weights)
+        checkpoint = (opened, check_shapes(opened, model))
     inputs = _example_inputs(module, model, path, input_shape, input_dtype)
     return LoadedModel(model, inputs, str(path), entry_name, built_on, count_parameters(model),
-                       _definition_line(module, entry_name), laws if built_on == "meta" else None)
+                       _definition_line(module, entry_name), laws if built_on == "meta" else None, checkpoint)
 
 
 def _definition_line(module: Any, name: str) -> int | None:

@@ -60,7 +60,8 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None) -> 
         "schema": SCHEMA,
         "model": {"file": analysis.model.file, "entry": analysis.model.entry, "tracer": analysis.model.tracer,
                   "tracer_attempts": list(analysis.model.tracer_attempts), "device": analysis.model.device,
-                  "parameters": analysis.model.parameters, "nodes": analysis.model.nodes},
+                  "parameters": analysis.model.parameters, "nodes": analysis.model.nodes,
+                  "weights": analysis.model.weights},
         "profile": analysis.profile,
         "mass_scheme": analysis.mass_scheme,
         "hidden_mass": analysis.hidden_mass,
@@ -225,6 +226,12 @@ def _short(path: str | None) -> str:
         return path
 
 
+def _weights_label(model: Any) -> str:
+    if model.weights != "init":
+        return f"{_short(model.weights)} (m = measured, one tensor at a time)"
+    return "cpu (m = measured)" if model.device == "cpu" else "meta (p = predicted from the recorded init)"
+
+
 def _render_summary(analysis: Analysis, console: Any) -> None:
     net, model = analysis.network, analysis.model
     status = "[green]certified[/]" if net.certified else "[yellow]not certified[/]"
@@ -233,7 +240,7 @@ def _render_summary(analysis: Analysis, console: Any) -> None:
         f"design sensitivity {fmt(net.design_sensitivity)} · modular norm at init {fmt(net.modular_norm_at_init)}")
     console.print(
         f"profile {analysis.profile} · masses {analysis.mass_scheme} (hidden {fmt(analysis.hidden_mass)}) · "
-        f"tracer {model.tracer} · weights {model.device} ({'m = measured' if model.device == 'cpu' else 'p = predicted from the init law'}) · "
+        f"tracer {model.tracer} · weights {_weights_label(model)} · "
         f"{model.parameters:,} parameters · {model.nodes} ops · eval mode")
     _render_sharpness(analysis, console)
     for reason in net.uncertified_reasons[:8]:

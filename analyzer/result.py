@@ -187,6 +187,7 @@ class ModelInfo:
     nodes: int
     tracer_attempts: tuple[str, ...] = ()
     entry_line: int | None = None  # where the entry (factory, class or instance) is defined in the file
+    weights: str = "init"  # "init" (the model's own initialisation) or the checkpoint audited (--weights)
 
 
 @dataclass(frozen=True)
