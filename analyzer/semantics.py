@@ -142,16 +142,22 @@ def feature_width(op: OpView) -> int:
 
 
 def bond(*spellings: Any, certified: float, modula: float | None = None, source: str, smooth: bool = True,
-         curvature: float = 0.0, sup: float | None = None, label: str = "") -> None:
-    """Register a weightless elementwise op with a fixed Lipschitz constant."""
+         curvature: float = 0.0, sup: float | None = None, label: str = "", at_zero: float = 0.0) -> None:
+    """Register a weightless elementwise op with a fixed Lipschitz constant.
+
+    `at_zero` is |φ(0)|: the output RMS is at most |φ(0)| + L·(input RMS), capped by `sup` (found by the
+    property tests: sigmoid(0) = 1/2 and softplus(0) = log 2 are not 0).
+    """
 
     def entry(op: OpView) -> Semantics:
         nominal = certified if modula is None else modula
         constant = nominal if op.profile == "modula" else certified
         n = max(1, len(op.inputs))
         upper = None
+        if op.bounds:
+            upper = at_zero + constant * op.bounds[0].upper
         if sup is not None:
-            upper = min(sup, constant * op.bounds[0].upper) if op.bounds else sup
+            upper = min(sup, upper) if upper is not None else sup
         # In RMS norms ||phi''(x) ⊙ a ⊙ b|| <= max|phi''| ||a||_inf ||b|| <= max|phi''| sqrt(d) ||a|| ||b|| (§e.4).
         hessian = curvature * math.sqrt(feature_width(op)) if smooth else None
         return Semantics("bond", (constant,) * n, source, nominal=(nominal,) * n, smooth=smooth,
@@ -181,12 +187,13 @@ bond(nn.GELU, F.gelu, "gelu", certified=GELU_SLOPE, modula=1 / SQRT2, curvature=
 bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0998, §d.2")
 bond(nn.Tanh, torch.tanh, F.tanh, "tanh", certified=1.0, curvature=0.7698, sup=1.0,
      source="tanh: max tanh' = 1, §d.2")
-bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.0962, sup=1.0,
+bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.0962, sup=1.0, at_zero=0.5,
      source="sigmoid: max sigma' = 1/4, §d.2")
 bond(nn.Hardtanh, F.hardtanh, nn.ReLU6, F.relu6, certified=1.0, smooth=False, sup=6.0, source="clip: 1-Lipschitz")
 bond(nn.Hardswish, F.hardswish, certified=1.5, smooth=False, source="hardswish: max slope (2x+3)/6 = 1.5 at x=3")
-bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6, smooth=False, sup=1.0, source="hardsigmoid: slope 1/6")
-bond(nn.Softplus, F.softplus, certified=1.0, curvature=0.25, source="softplus: slope < 1")
+bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6, smooth=False, sup=1.0, at_zero=0.5,
+     source="hardsigmoid: slope 1/6")
+bond(nn.Softplus, F.softplus, certified=1.0, curvature=0.25, at_zero=math.log(2), source="softplus: slope < 1")
 bond(nn.Mish, F.mish, certified=1.089, curvature=0.6, source="mish: max slope 1.089")
 bond(nn.ELU, F.elu, certified=1.0, smooth=False, source="ELU(alpha=1): slope <= 1")
 bond(torch.abs, "abs", operator.abs, certified=1.0, smooth=False, source="abs: Jacobian diag(sign x), §d.1")
