@@ -90,6 +90,7 @@ def check(
     output_file: Optional[Path] = typer.Option(None, "--output-file", "-o", help="Write the report to this file."),
     statistics: bool = typer.Option(False, "--statistics", help="Print `count  code  name` per rule instead."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Full report: sharpness columns and per-block table."),
+    with_probe: bool = typer.Option(False, "--probe", help="Also measure the bounds on real weights (modnorm probe)."),
     sweep: List[str] = typer.Option([], "--sweep", help="NAME=V1,V2,...: build the factory at each value (several "
                                     "--sweep give a grid) and fit how every quantity scales."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a picture (.png, .svg or .html): the sweep, or "
@@ -147,6 +148,10 @@ def check(
         _fail(_explain(exc))
         return
     _emit(results, settings, statistics, output_file, color, verbose)
+    violated = with_probe and _probe_all(results, settings, _parse_shape(input_shape), input_dtype,
+                                         _parse_kwargs(kwargs), color)
+    if violated:
+        raise typer.Exit(EXIT_FINDINGS)
     worst = max((_SEVERITY_RANK[f.severity] for r in results for f in r.findings), default=-1)
     raise typer.Exit(EXIT_FINDINGS if worst >= _SEVERITY_RANK[settings.fail_on] and not exit_zero else EXIT_CLEAN)
 
@@ -317,6 +322,106 @@ def _emit(results: list[Any], settings: Any, statistics: bool, output_file: Path
         output_file.write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
     elif text:
         typer.echo(text)
+
+
+@app.command("probe")
+def probe_command(
+    target: str = typer.Argument(..., help="Model file, optionally with an entry: path.py[:NAME]."),
+    output_format: str = typer.Option("full", "--output-format", "--format", "-f", help="full | json."),
+    weights: Optional[str] = typer.Option(None, help="init (default) or a checkpoint (.safetensors/.pt) to load."),
+    input_shape: Optional[str] = typer.Option(None, help="Example input shape, e.g. 4,128."),
+    input_dtype: Optional[str] = typer.Option(None, help="long | float."),
+    kwargs: List[str] = typer.Option([], "--kwargs", help="NAME=VALUE keyword arguments for the factory."),
+    profile: str = typer.Option("certified", help="certified | modula (nominal bounds may be exceeded)."),
+    trials: int = typer.Option(4, help="Random directions per measurement."),
+) -> None:
+    """Measure on real weights what the calculus bounds: bound, measured, tightness.
+
+    Exit 0 when every measurement is within its bound, 1 when one is not (a modnorm bug: please report it),
+    2 on bad input.
+    """
+    import json
+
+    try:
+        from .config import Settings
+        from .probe import probe
+
+        result = _run(target, Settings(device="cpu", profile=profile), _parse_shape(input_shape), input_dtype,
+                      _parse_kwargs(kwargs))
+        model, inputs = _real_model(target, weights, _parse_shape(input_shape), input_dtype, _parse_kwargs(kwargs))
+        measured = probe(model, inputs, result.analysis, trials=trials)
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        _fail(_explain(exc))
+        return
+    if output_format == "json":
+        typer.echo(json.dumps({"schema": "modnorm-probe/1", "notes": list(measured.notes), "rows": [
+            {"what": r.what, "bound": _finite(r.bound), "measured": r.measured, "tightness": _finite(r.tightness),
+             "kind": r.kind, "violated": r.violated, "op": r.op, "note": r.note} for r in measured.rows]}, indent=2))
+    else:
+        _render_probe(measured, _console("auto"))
+    raise typer.Exit(EXIT_FINDINGS if measured.violations else EXIT_CLEAN)
+
+
+def _probe_all(results: list[Any], settings: Any, input_shape: Any, input_dtype: str | None,
+               kwargs: dict[str, Any], color: str) -> bool:
+    """`check --probe`: the probe table under each report (stderr for machine formats); True on a violation."""
+    from .probe import probe
+
+    violated = False
+    machine = (settings.output_format or "full") != "full"
+    for result in results:
+        try:
+            model, inputs = _real_model(result.target, settings.weights, input_shape, input_dtype, kwargs)
+            measured = probe(model, inputs, result.analysis)
+        except Exception as exc:  # noqa: BLE001
+            _fail(_explain(exc))
+            return True
+        _render_probe(measured, _console(color, sys.stderr) if machine else _console(color))
+        violated = violated or bool(measured.violations)
+    return violated
+
+
+def _finite(x: float) -> float | None:
+    import math
+
+    return x if math.isfinite(x) else None
+
+
+def _real_model(target: str, weights: str | None, input_shape: Any, input_dtype: str | None,
+                kwargs: dict[str, Any]) -> tuple[Any, tuple]:
+    from .loading import load
+
+    loaded = load(target, device="cpu", input_shape=input_shape, input_dtype=input_dtype, kwargs=kwargs)
+    if weights not in (None, "init"):
+        from .weights import check_shapes, open_checkpoint
+
+        checkpoint = open_checkpoint(weights)
+        names = check_shapes(checkpoint, loaded.model)
+        loaded.model.load_state_dict({name: checkpoint.load(stored) for name, stored in names.items()}, strict=False)
+    return loaded.model, loaded.inputs
+
+
+def _render_probe(measured: Any, console: Any) -> None:
+    from rich.table import Table
+
+    from .report import fmt
+
+    table = Table(title="modnorm probe: measured on real weights", title_justify="left", header_style="bold")
+    for column in ("quantity", "bound", "measured", "measured/bound", "how"):
+        table.add_column(column, justify="left" if column in ("quantity", "how") else "right")
+    for r in measured.rows:
+        style = "bold red" if r.violated else ("dim" if r.kind == "compare" else None)
+        table.add_row(r.what, fmt(r.bound), fmt(r.measured), fmt(r.tightness, 3), r.note, style=style)
+    console.print(table)
+    for note in measured.notes:
+        console.print(f"[dim]{note}[/]")
+    for r in measured.violations:
+        console.print(f"[bold red]BUG: measured {r.measured:.6g} > bound {r.bound:.6g} for {r.what} (op {r.op}); "
+                      "please report it with the model file[/]")
+    if not measured.violations:
+        console.print("[green]every measurement is within its bound[/]")
 
 
 def rules_markdown() -> str:

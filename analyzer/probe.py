@@ -1,0 +1,231 @@
+"""`modnorm probe`: measure on real weights what the calculus bounds, and print bound, measured and tightness.
+
+Every measurement is a lower estimate of the true supremum (power iteration, random and improved directions), so
+measured ≤ bound must hold; a measurement above its bound is a bug in modnorm and is reported in red with the op.
+
+* input Lipschitz constant of the network (power iteration on JᵀJ with jvp/vjp, max-position RMS norms);
+* the well-normedness inequality ‖D_w f[Δw]‖ ≤ A for updates of modular norm 1 (each atom at its target);
+* per atom, its linearised output change ‖D_{w_i} f[Δw_i]‖ ≤ S_down(i)·R(x_i)·t_i, and its share of the total
+  next to its mass share (Proposition 3, theory.md §e.7);
+* the RMS entering every normalization next to the floor the certified profile assumed;
+* for smooth models, the weight–weight second derivative next to α.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.func import functional_call, jvp, vjp
+
+from .result import Analysis
+
+__all__ = ["Probe", "Row", "probe"]
+
+
+@dataclass(frozen=True)
+class Row:
+    what: str
+    bound: float
+    measured: float
+    note: str = ""
+    op: str = ""
+    kind: str = "bound"  # "bound": measured must stay below; "compare": two figures side by side (shares)
+
+    @property
+    def tightness(self) -> float:
+        return self.measured / self.bound if self.bound and math.isfinite(self.bound) else math.nan
+
+    @property
+    def violated(self) -> bool:
+        return self.kind == "bound" and self.measured > self.bound * (1 + 1e-6) + 1e-12
+
+
+@dataclass(frozen=True)
+class Probe:
+    rows: tuple[Row, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def violations(self) -> tuple[Row, ...]:
+        return tuple(r for r in self.rows if r.violated)
+
+
+def _rms_max(t: torch.Tensor, fdim: int = -1) -> torch.Tensor:
+    return t.movedim(fdim, -1).pow(2).mean(-1).sqrt().max()
+
+
+def _output(y: Any) -> torch.Tensor:
+    """The first floating-point tensor of a model's output (logits of `(logits, loss)`)."""
+    if isinstance(y, torch.Tensor):
+        return y
+    if isinstance(y, (tuple, list)):
+        return next(_output(v) for v in y if _output(v) is not None)
+    if isinstance(y, dict):
+        return next(_output(v) for v in y.values() if _output(v) is not None)
+    return None
+
+
+def _natural_norm(kind: str, weight: torch.Tensor, scale: float) -> float:
+    w = weight.detach().double()
+    if kind == "Linear":
+        return abs(scale) * math.sqrt(w.shape[1] / w.shape[0]) * float(torch.linalg.matrix_norm(w, 2))
+    if kind == "Embedding":
+        return abs(scale) * float(w.pow(2).mean(1).sqrt().max())
+    if kind in ("Conv1d", "Conv2d"):
+        c_out, c_in = w.shape[:2]
+        k = math.prod(w.shape[2:])
+        slices = w.reshape(c_out, c_in, -1).permute(2, 0, 1)
+        return abs(scale) * k * math.sqrt(c_in / c_out) * float(torch.linalg.matrix_norm(slices, 2).max())
+    return float(w.abs().max())
+
+
+def probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, *, trials: int = 4,
+          steps: int = 20, seed: int = 0) -> Probe:
+    """Measure the model at its real weights (it must not be on the meta device)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if any(p.is_meta for p in model.parameters()):
+        from .errors import ModnormError
+
+        raise ModnormError("probe needs real weights, but the model is on the meta device",
+                           "build it on the CPU (it must fit in memory) or pass --weights CHECKPOINT")
+    with sdpa_kernel(SDPBackend.MATH):  # the flash kernel has no forward-mode AD on the CPU; same function
+        return _probe(model, inputs, analysis, trials, steps, seed)
+
+
+def _probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, trials: int, steps: int,
+           seed: int) -> Probe:
+    torch.manual_seed(seed)
+    model = model.double().eval()
+    inputs = tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+    notes: list[str] = []
+    continuous = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+    fdim = 1 if continuous and inputs[continuous[0]].dim() == 4 else -1
+    if continuous:  # the bounds assume inputs in the unit ball of the max-position RMS norm
+        i = continuous[0]
+        size = float(_rms_max(inputs[i], fdim))
+        if size > 1:
+            inputs = tuple(x / size if j == i else x for j, x in enumerate(inputs))
+            notes.append(f"input {i} rescaled by 1/{size:.3g} into the unit ball the bounds assume")
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def run(p: dict[str, torch.Tensor], *xs: Any) -> torch.Tensor:
+        return _output(functional_call(model, p, xs))
+
+    rows: list[Row] = []
+    if continuous:
+        rows.append(_input_lipschitz(run, params, inputs, continuous[0], fdim, analysis, steps, trials))
+    else:
+        notes.append("token-id inputs: no input Lipschitz constant to measure (ids are not perturbed)")
+    atoms = [l for l in analysis.layers if l.mass > 0 and l.weight in params and l.kind != "Gain"]
+    rows += _weight_rows(run, params, inputs, atoms, analysis, trials)
+    rows += _normalization_rows(model, inputs, analysis)
+    if analysis.network.sharpness is not None and analysis.network.sharpness.certified and atoms:
+        rows.append(_alpha_row(run, params, inputs, atoms, analysis, trials))
+    return Probe(tuple(rows), tuple(notes))
+
+
+def _input_lipschitz(run: Callable, params: dict, inputs: tuple, i: int, fdim: int, analysis: Analysis,
+                     steps: int, trials: int) -> Row:
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return run(params, *(x if j == i else v for j, v in enumerate(inputs)))
+
+    best = 0.0
+    for _ in range(trials):
+        v = torch.randn_like(inputs[i])
+        for _ in range(steps):
+            v = v / v.norm()
+            _, jv = jvp(f, (inputs[i],), (v,))
+            best = max(best, float((_rms_max(jv) / _rms_max(v, fdim)).detach()))
+            _, pullback = vjp(f, inputs[i])
+            (v,) = pullback(jv)
+    return Row("network input Lipschitz (sensitivity)", analysis.network.sensitivity, best,
+               "power iteration on JᵀJ")
+
+
+def _direction(atoms: list, params: dict, scale_to_target: bool) -> dict[str, torch.Tensor]:
+    out = {k: torch.zeros_like(v) for k, v in params.items()}
+    for layer in atoms:
+        d = torch.randn_like(params[layer.weight])
+        norm = _natural_norm(layer.kind, d, layer.scale)
+        out[layer.weight] = d * ((layer.target_norm if scale_to_target else 1.0) / norm)
+    return out
+
+
+def _weight_rows(run: Callable, params: dict, inputs: tuple, atoms: list, analysis: Analysis,
+                 trials: int) -> list[Row]:
+    rows = []
+    sharp = analysis.network.sharpness
+    if sharp is not None and atoms and all(math.isfinite(l.target_norm) for l in atoms):
+        best = 0.0
+        for _ in range(trials):
+            d = _direction(atoms, params, True)
+            _, change = jvp(lambda p: run(p, *inputs), (params,), (d,))
+            best = max(best, float(_rms_max(change)))
+        rows.append(Row("update of modular norm 1: output change ≤ A", sharp.weight_sensitivity, best,
+                        "well-normedness (A = 1 for a well-normed network)"))
+    contributions = {}
+    for layer in atoms:
+        source = analysis.op(analysis.op(layer.op).inputs[0]) if analysis.op(layer.op).inputs else None
+        R = 1.0 if source is None or layer.kind == "Embedding" else source.upper
+        best = 0.0
+        for _ in range(trials):
+            d = {k: torch.zeros_like(v) for k, v in params.items()}
+            d[layer.weight] = _direction([layer], params, True)[layer.weight]
+            _, change = jvp(lambda p: run(p, *inputs), (params,), (d,))
+            best = max(best, float(_rms_max(change)))
+        contributions[layer.name] = best
+        bound = layer.downstream_sensitivity * R * layer.target_norm
+        rows.append(Row(f"atom {layer.name}: output change at its target", bound, best,
+                        "‖D_w f[Δw_i]‖ ≤ S_down·R·t_i", op=layer.op))
+    total = sum(contributions.values())
+    if total > 0:
+        for layer in atoms:
+            rows.append(Row(f"atom {layer.name}: share of the output change", layer.mass_share,
+                            contributions[layer.name] / total, "mass share (bound column) vs measured share",
+                            op=layer.op, kind="compare"))
+    return rows
+
+
+def _normalization_rows(model: torch.nn.Module, inputs: tuple, analysis: Analysis) -> list[Row]:
+    """The smallest RMS entering each normalization module, next to the floor the certified bound used."""
+    norm_types = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm)
+    modules = dict(model.named_modules())
+    floors = {op.module: op for op in analysis.ops if "normalization" in op.tags and op.module
+              and isinstance(modules.get(op.module), norm_types)}
+    seen: dict[str, float] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if name in floors:
+            def hook(mod: Any, args: tuple, name: str = name) -> None:
+                x = args[0]
+                rms = x.detach().pow(2).mean(-1).sqrt().min()
+                seen[name] = min(seen.get(name, math.inf), float(rms))
+            hooks.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = []
+    for name, smallest in seen.items():
+        op = floors[name]
+        floor = op.info.get("floor", 0.0)
+        rows.append(Row(f"normalization {name}: input RMS (min over positions)", floor, smallest,
+                        "certified profile assumed RMS ≥ floor; ≥ 1 is Modula's assumption", op=op.name,
+                        kind="compare"))
+    return rows
+
+
+def _alpha_row(run: Callable, params: dict, inputs: tuple, atoms: list, analysis: Analysis, trials: int) -> Row:
+    best = 0.0
+    for _ in range(trials):
+        d1, d2 = _direction(atoms, params, True), _direction(atoms, params, True)
+        inner = lambda p: jvp(lambda q: run(q, *inputs), (p,), (d2,))[1]  # noqa: E731
+        second = jvp(inner, (params,), (d1,))[1]
+        best = max(best, float(_rms_max(second)))
+    return Row("sharpness α: ‖D²_ww f[Δw, Δ̃w]‖", analysis.network.sharpness.alpha, best, "nested jvp")
