@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .calculus import Options
     from .result import Analysis
 
-__all__ = ["__version__", "analyze", "Options", "Analysis"]
+__all__ = ["__version__", "analyze", "register", "Semantics", "Options", "Analysis"]
 
 
 def analyze(model: Any, example_inputs: Any, options: "Options | None" = None, *, file: str | None = None,
@@ -51,4 +51,7 @@ def __getattr__(name: str) -> Any:
     if name == "Analysis":
         from .result import Analysis
         return Analysis
+    if name in ("register", "Semantics", "AtomSpec", "linear", "bond"):
+        from . import semantics
+        return getattr(semantics, name)
     raise AttributeError(name)

@@ -70,6 +70,7 @@ class WeightStore:
         self.root = root
         self.laws = laws or {}  # recorded init laws of meta parameters (initlaw.py)
         self.checkpoint = checkpoint  # (weights.Checkpoint, model name -> stored name) for --weights PATH
+        self.graph_module: nn.Module | None = None  # where torch.export keeps lifted constants
         self._cache: dict[tuple, tuple] = {}
 
     def _law(self, name: str) -> tuple[Any, str]:
@@ -82,10 +83,18 @@ class WeightStore:
         return None, "predicted from the default init"
 
     def tensor(self, name: str) -> torch.Tensor:
-        """The parameter or buffer `name`; from the checkpoint when the model is on meta (read now, not kept)."""
+        """The parameter or buffer `name`; from the checkpoint when the model is on meta (read now, not kept).
+        Constants that torch.export lifted live on the graph module, not on the model."""
         obj: Any = self.root
-        for part in name.split("."):
-            obj = getattr(obj, part)
+        try:
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            if self.graph_module is None:
+                raise
+            obj = self.graph_module
+            for part in name.split("."):
+                obj = getattr(obj, part)
         if self.checkpoint is not None and isinstance(obj, torch.Tensor) and obj.is_meta:
             stored, names = self.checkpoint
             if name in names:
@@ -249,6 +258,9 @@ class _View:
         if isinstance(arg, fx.Node) and arg.op == "get_attr":
             value = self.weights.tensor(arg.target)
             return None if not isinstance(value, torch.Tensor) or value.is_meta else value.detach()
+        if isinstance(arg, fx.Node) and arg not in self.inputs:  # a folded constant (torch.export route)
+            value = arg.meta.get("value")
+            return value.detach() if isinstance(value, torch.Tensor) and not value.is_meta else None
         return None
 
     @property
@@ -301,6 +313,8 @@ def _readable_target(node: fx.Node, root: nn.Module, fused: Fused | None) -> str
         return type(root.get_submodule(node.target)).__name__
     if node.op == "call_method":
         return f"method {node.target}"
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        return str(node.target)  # aten.linear.default (torch.export fallback)
     if node.op == "call_function":
         module = getattr(node.target, "__module__", None) or ""
         return f"{module}.{getattr(node.target, '__name__', node.target)}".lstrip(".")
@@ -457,7 +471,8 @@ def _may_be_atom(node: fx.Node, group: Fused | None, root: nn.Module) -> bool:
     base = group.info["atom"] if group is not None and group.kind == "scaled_atom" else node
     if base.op == "call_module":
         return isinstance(root.get_submodule(base.target), nn.Embedding)
-    return base.op == "call_function" and base.target is torch.nn.functional.embedding
+    return base.op == "call_function" and (base.target is torch.nn.functional.embedding
+                                           or base.target is torch.ops.aten.embedding.default)
 
 
 def _backward(records: list[_Record]) -> None:
@@ -707,7 +722,9 @@ def analyze_traced(traced: TracedModel, options: Options = Options(), user_file:
     `init_laws` (from `initlaw.record_init` around a meta build) predicts the norms of meta parameters.
     """
     root = traced.root
-    ctx = _Context(root, WeightStore(root, init_laws, checkpoint), options, user_file,
+    store = WeightStore(root, init_laws, checkpoint)
+    store.graph_module = traced.graph_module
+    ctx = _Context(root, store, options, user_file,
                    {name for name, _ in root.named_parameters(remove_duplicate=False)})
     records = _forward(traced, ctx)
     _backward(records)

@@ -39,6 +39,18 @@ def check_sweep(target: str, settings: Settings, axes: Any, *, input_shape: tupl
                        sweep=result)
 
 
+def _leaf_types(model: Any, names: tuple[str, ...], file: str) -> tuple[type, ...]:
+    """The module classes named by --leaf (traced as one call_module node, looked up in the registry)."""
+    from .errors import ModnormError
+
+    classes = {type(m).__name__: type(m) for m in model.modules()}
+    missing = [n for n in names if n not in classes]
+    if missing:
+        raise ModnormError(f"--leaf names {', '.join(missing)}, which the model does not use",
+                           f"module classes in this model: {', '.join(sorted(classes))}", file)
+    return tuple(classes[n] for n in names)
+
+
 def _located(finding: Finding, file: str, line: int | None) -> Finding:
     """A finding the graph could not place (e.g. inside nn.Sequential) points at the model's entry."""
     if finding.file and finding.line:
@@ -63,7 +75,8 @@ def check_model(target: str, settings: Settings, *, input_shape: tuple[int, ...]
 
     loaded = load(target, device=settings.device, max_params=settings.max_params, input_shape=input_shape,
                   input_dtype=input_dtype, kwargs=kwargs or {}, weights=settings.weights)
-    traced = trace(loaded.model, loaded.inputs, user_file=loaded.file)
+    traced = trace(loaded.model, loaded.inputs, user_file=loaded.file, tracer=settings.tracer,
+                   leaf_types=_leaf_types(loaded.model, settings.leaf, loaded.file))
     options = Options(profile=settings.profile, mass=settings.mass, hidden_mass=settings.hidden_mass,
                       mass_of=settings.mass_of, norm_input_rms=settings.norm_input_rms, loss=settings.loss)
     analysis = analyze_traced(traced, options, user_file=loaded.file, entry=loaded.entry, device=loaded.device,

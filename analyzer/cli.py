@@ -104,6 +104,9 @@ def check(
     mass_of: List[str] = typer.Option([], "--mass-of", help="GLOB=VALUE: the matching atoms share VALUE."),
     loss: Optional[str] = typer.Option(None, help="xent | mse: the loss for the gradient Lipschitz bound."),
     device: Optional[str] = typer.Option(None, help="auto | meta | cpu: where to build the model."),
+    tracer: Optional[str] = typer.Option(None, help="auto (shape-aware fx, then torch.export) | fx | export."),
+    leaf: List[str] = typer.Option([], "--leaf", help="Module class traced as one op (register its semantics "
+                                   "with modnorm.register in the model file)."),
     weights: Optional[str] = typer.Option(None, help="init (the model's own init, default) or a checkpoint to "
                                           "audit: .safetensors, or a tensor state dict (.pt/.pth/.bin) loaded "
                                           "with torch.load(weights_only=True)."),
@@ -129,6 +132,7 @@ def check(
         settings = _settings(targets, config, isolated, output_format=output_format, profile=profile, mass=mass,
                              hidden_mass=hidden_mass, mass_of=_parse_mass_of(mass_of) or None, loss=loss,
                              device=device, max_params=max_params, norm_input_rms=norm_input_rms, weights=weights,
+                             tracer=tracer, leaf=tuple(leaf) or None,
                              select=_split_codes(select) or None, ignore=_split_codes(ignore) or None,
                              extend_select=_split_codes(extend_select) or None, fail_on=fail_on)
         settings = _with_rule_options(settings, rule_option)
@@ -199,7 +203,8 @@ def _validate(settings: Any, color: str) -> None:
     choices = {"output format": (settings.output_format, (None, *OUTPUT_FORMATS)),
                "fail-on": (settings.fail_on, tuple(_SEVERITY_RANK)), "profile": (settings.profile, ("certified", "modula")),
                "mass": (settings.mass, ("roles", "uniform")), "loss": (settings.loss, ("xent", "mse")),
-               "device": (settings.device, ("auto", "meta", "cpu")), "color": (color, ("auto", "always", "never"))}
+               "device": (settings.device, ("auto", "meta", "cpu")), "color": (color, ("auto", "always", "never")),
+               "tracer": (settings.tracer, ("auto", "fx", "export"))}
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             _fail(f"unknown --{name.replace(' ', '-')} `{value}`; use {', '.join(a for a in allowed if a)}")

@@ -65,6 +65,8 @@ class Settings:
     output_format: str | None = None
     sweep: tuple[str, ...] = ()  # "NAME=V1,V2" items, as --sweep takes them
     weights: str | None = None  # "init" or a checkpoint path (--weights)
+    tracer: str = "auto"  # "auto" (fx, then torch.export) | "fx" | "export"
+    leaf: tuple[str, ...] = ()  # module class names traced as one op (their semantics registered by the user)
     config_file: str | None = None
     root: str | None = None  # the directory paths in the report are made relative to
 
@@ -144,6 +146,8 @@ KEYS: dict[str, tuple[str, Any]] = {
     "max-params": ("max_params", _integer),
     "output-format": ("output_format", _choice(*OUTPUT_FORMATS)),
     "sweep": ("sweep", _sweep_table),
+    "tracer": ("tracer", _choice("auto", "fx", "export")),
+    "leaf": ("leaf", _strings),
 }
 
 

@@ -39,9 +39,16 @@ def _name(node: Any) -> str:
         return ""
     if node.op == "call_method":
         return node.target
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        name = node.target.overloadpacket.__name__  # aten ops of the torch.export fallback
+        return _ATEN_NAMES.get(name, name)
     if node.op == "call_function":
         return getattr(node.target, "__name__", str(node.target))
     return ""
+
+
+_ATEN_NAMES = {"div": "truediv", "_softmax": "softmax", "alias": "clone"}
+_ATEN_ATOMS = ("linear", "conv1d", "conv2d", "embedding", "addmm")
 
 
 def _is(node: Any, *names: str) -> bool:
@@ -226,7 +233,11 @@ def _is_atom_node(node: fx.Node, root: torch.nn.Module) -> bool:
         return isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Embedding))
     if node.op == "call_function" and node.target in (F.linear, F.conv1d, F.conv2d, F.embedding, torch.addmm):
         return True
-    if node.op == "call_function" and node.target in (operator.matmul, torch.matmul):
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        if node.target.overloadpacket.__name__ in _ATEN_ATOMS:
+            return True
+    if node.op == "call_function" and (node.target in (operator.matmul, torch.matmul)
+                                       or _name(node) == "matmul"):
         return len(node.args) == 2 and isinstance(node.args[1], fx.Node) and node.args[1].op == "get_attr"
     return False
 

@@ -167,16 +167,39 @@ def bond(*spellings: Any, certified: float, modula: float | None = None, source:
 
 
 def lookup(key: Any) -> Entry | None:
-    """The entry for a module class (MRO walked), a function object or a method name."""
+    """The entry for a module class (MRO walked), a function object, a method name, or an aten op (from the
+    torch.export fallback: the op itself if registered, else its alias below)."""
     if isinstance(key, type):
         for klass in key.__mro__:
             if klass in REGISTRY:
                 return REGISTRY[klass]
         return None
+    if isinstance(key, torch._ops.OpOverload):
+        return REGISTRY.get(key) or REGISTRY.get(key.overloadpacket) or REGISTRY.get(ATEN_ALIASES.get(
+            key.overloadpacket.__name__, ""))
     try:
         return REGISTRY.get(key)
     except TypeError:  # unhashable target
         return None
+
+
+# aten op (torch.export graphs) -> the spelling whose entry reads the same arguments in the same order.
+ATEN_ALIASES: dict[str, Any] = {
+    "linear": "aten:linear", "layer_norm": "aten:layer_norm", "rms_norm": "aten:rms_norm",
+    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv, "neg": operator.neg,
+    "matmul": torch.matmul, "mm": torch.mm, "bmm": torch.bmm, "addmm": torch.addmm,
+    "gelu": F.gelu, "relu": F.relu, "silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+    "softplus": F.softplus, "abs": torch.abs, "softmax": "softmax", "_softmax": "softmax",
+    "log_softmax": "log_softmax", "mean": torch.mean, "sum": torch.sum, "cat": torch.cat,
+    "split": "split", "split_with_sizes": "split", "chunk": "chunk", "unbind": "unbind",
+    "view": "view", "_unsafe_view": "view", "reshape": "reshape", "flatten": "flatten", "permute": "permute",
+    "transpose": "transpose", "t": "t", "unsqueeze": "unsqueeze", "squeeze": "squeeze", "expand": "expand",
+    "contiguous": "contiguous", "clone": "clone", "alias": "clone", "dropout": F.dropout, "_to_copy": "to",
+    "conv1d": F.conv1d, "conv2d": F.conv2d, "scaled_dot_product_attention": F.scaled_dot_product_attention,
+    "adaptive_avg_pool1d": F.adaptive_avg_pool1d, "adaptive_avg_pool2d": F.adaptive_avg_pool2d,
+    "avg_pool2d": F.avg_pool2d, "max_pool2d": F.max_pool2d, "embedding": "aten:embedding", "slice": "aten:slice",
+    "select": "aten:slice", "_assert_tensor_metadata": torch._assert, "batch_norm": "aten:batch_norm",
+}
 
 
 # ----------------------------------------------------------------------------------------------- elementwise bonds
@@ -464,7 +487,10 @@ def _permute(op: OpView) -> Semantics:
 
 
 def _permutation(op: OpView, ndim: int) -> list[int] | None:
-    name = op.node.target if isinstance(op.node.target, str) else getattr(op.node.target, "__name__", "")
+    target = op.node.target
+    if isinstance(target, torch._ops.OpOverload):  # aten.transpose.int (torch.export fallback)
+        target = target.overloadpacket
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
     order = list(range(ndim))
     if name in ("transpose", "swapaxes"):
         a, b = op.arg(1, "dim0"), op.arg(2, "dim1")
@@ -815,3 +841,60 @@ def attention_hessian(cd: float, q: float, k: float, v: float, profile: str) -> 
 @register(F.scaled_dot_product_attention)
 def _sdpa(op: OpView) -> Semantics:
     return attention(op, op.arg(6, "scale"), "sdpa")
+
+
+# ------------------------------------------------------------------------------- aten spellings (torch.export)
+@register("aten:linear")
+def _aten_linear(op: OpView) -> Semantics:
+    return REGISTRY[F.linear](op)
+
+
+@register("aten:layer_norm")
+def _aten_layer_norm(op: OpView) -> Semantics:  # (input, normalized_shape, weight, bias, eps, cudnn_enable)
+    return normalization(op, op.param_name(2, "weight"), op.param_name(3, "bias"), op.arg(4, "eps", 1e-5), True,
+                         "LayerNorm")
+
+
+@register("aten:rms_norm")
+def _aten_rms_norm(op: OpView) -> Semantics:  # (input, normalized_shape, weight, eps)
+    eps = op.arg(3, "eps")
+    return normalization(op, op.param_name(2, "weight"), None,
+                         eps if eps is not None else torch.finfo(torch.float32).eps, False, "RMSNorm")
+
+
+@register("aten:embedding")
+def _aten_embedding(op: OpView) -> Semantics:  # aten.embedding(weight, indices): the weight comes first
+    weight = op.param_name(0, "weight")
+    if weight is None:
+        return _bilinear_unknown(op, "embedding lookup in a tensor that is not a parameter")
+    return _embedding_atom(op, weight)
+
+
+@register("aten:slice")
+def _aten_slice(op: OpView) -> Semantics:
+    """aten.slice / aten.select: positions keep their feature vectors; a slice of the feature axis carries
+    sqrt(F/f) (the same rules as indexing)."""
+    in_shape, out_shape = op.in_shape(0), op.out_shape()
+    fdim = _first_fdim(op)
+    dim = op.arg(1, "dim", 0)
+    dim = dim + len(in_shape) if isinstance(dim, int) and dim < 0 else dim
+    if dim != fdim:
+        new = fdim - (1 if len(out_shape) < len(in_shape) and dim < fdim else 0)
+        return linear(Semantics("bond", (1.0,), "selects positions, feature vectors unchanged", fdim=new,
+                                tags=("layout",)))
+    if len(out_shape) == len(in_shape):
+        return linear(Semantics("bond", (math.sqrt(in_shape[fdim] / max(1, out_shape[fdim])),),
+                                "slice of the feature axis: sqrt(F/f)", fdim=fdim, tags=("layout",)))
+    return linear(Semantics("bond", (math.sqrt(in_shape[fdim]),), "selects one feature: sqrt(F)",
+                            fdim=max(0, len(out_shape) - 1), tags=("layout",)))
+
+
+@register("aten:batch_norm")
+def _aten_batch_norm(op: OpView) -> Semantics:
+    """aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn), eval."""
+    weight = op.param_name(1, "weight") or op.param_name(4, "running_var")
+    if weight is None:
+        return _bilinear_unknown(op, "batch norm whose statistics are not buffers")
+    slope, origin = op.weights.batch_norm(weight.rsplit(".", 1)[0], op.arg(7, "eps", 1e-5))
+    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps), §d.2",
+                            fdim=1, label="BatchNorm", info={"origin": origin}))

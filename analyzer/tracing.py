@@ -301,9 +301,98 @@ def _concrete_args(model: nn.Module, n_inputs: int) -> dict[str, Any] | None:
     return concrete or None
 
 
+TRACERS = ("auto", "fx", "export")
+
+
 def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
-          leaf_types: tuple[type, ...] = ()) -> TracedModel:
-    """Trace `model` with the shape-aware tracer; on failure raise a ModnormError naming the construct."""
+          leaf_types: tuple[type, ...] = (), tracer: str = "auto") -> TracedModel:
+    """Trace `model`: the shape-aware fx tracer first; if it fails, `torch.export` (non-strict, on meta), each
+    attempt recorded. `tracer="fx"` or `"export"` forces one route. Raises a ModnormError naming the construct
+    that stopped the first route (with what the fallback said) when every route fails."""
+    if tracer == "export":
+        return trace_export(model, example_inputs, user_file, attempts=[])
+    try:
+        return trace_fx(model, example_inputs, user_file, leaf_types)
+    except ModnormError as first:
+        if tracer == "fx":
+            raise
+        attempt = f"fx_values: failed ({first.problem[:160]})"
+        try:
+            return trace_export(model, example_inputs, user_file, attempts=[attempt])
+        except ModnormError as second:
+            raise ModnormError(f"{first.problem}; the torch.export fallback failed too ({second.problem[:200]})",
+                               first.remedy, first.file, first.line) from None
+
+
+def trace_export(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
+                 attempts: list[str] | None = None) -> TracedModel:
+    """The slower fallback: torch.export.export(strict=False) gives an aten-level graph whose nodes keep their
+    module path (nn_module_stack) and source line (stack_trace); the registry reads aten ops via aliases."""
+    import contextlib
+    import io
+    import logging
+
+    try:  # export logs graph dumps on failure: the user gets one paragraph instead
+        logging.disable(logging.CRITICAL)
+        with contextlib.redirect_stderr(io.StringIO()):
+            exported = torch.export.export(model, tuple(example_inputs), strict=False)
+    except Exception as exc:  # noqa: BLE001 - explained to the user
+        frame = frame_of_exception(exc, user_file)
+        file, line, source = frame if frame else (user_file, None, "")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModnormError(f"torch.export cannot trace {f'{chr(34)}{source}{chr(34)}' if source else 'the model'}: "
+                           f"{type(exc).__name__}: {first[:300]}",
+                           "rewrite the construct with torch operations or mark its module as a leaf", file,
+                           line) from exc
+    finally:
+        logging.disable(logging.NOTSET)
+    graph_module = exported.module()
+    for node in list(graph_module.graph.nodes):  # export's input-guard call carries no data
+        if node.op == "call_module" and str(node.target).startswith("_guards") and not node.users:
+            graph_module.graph.erase_node(node)
+    for node in graph_module.graph.nodes:
+        if "val" in node.meta:
+            node.meta["value"] = _as_meta(node.meta["val"])
+    _fold_constants(graph_module)
+    inputs = [n.name for n in graph_module.graph.nodes if n.op == "placeholder"]
+    return TracedModel(graph_module, model, "export", [*(attempts or []), "export: ok"], inputs)
+
+
+def _fold_constants(graph_module: fx.GraphModule) -> None:
+    """Evaluate what depends only on real (non-meta) buffers, e.g. `self.cos[:T]`, so the registry can read the
+    constant's values as it does on the fx route (where the tracer computes them)."""
+    real: dict[fx.Node, Any] = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "get_attr":
+            value = graph_module
+            for part in str(node.target).split("."):
+                value = getattr(value, part, None)
+            if isinstance(value, torch.Tensor) and not value.is_meta:
+                real[node] = value.detach()
+        elif node.op == "call_function" and node.all_input_nodes and all(n in real for n in node.all_input_nodes):
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: real[n])
+            try:
+                with torch.no_grad():
+                    real[node] = node.target(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - folding is an optimisation; the op stays symbolic
+                continue
+            node.meta["value"] = real[node]
+
+
+def _as_meta(value: Any) -> Any:
+    """FakeTensors and symbolic sizes of an export graph as plain meta tensors and ints."""
+    if isinstance(value, torch.Tensor):
+        return torch.empty(tuple(int(d) for d in value.shape), dtype=value.dtype, device="meta")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_meta(v) for v in value)
+    if isinstance(value, torch.SymInt):
+        return int(value)
+    return value
+
+
+def trace_fx(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
+             leaf_types: tuple[type, ...] = ()) -> TracedModel:
+    """The shape-aware fx tracer (first route)."""
     tracer = ShapeTracer(example_inputs, leaf_types)
     try:
         graph = tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
