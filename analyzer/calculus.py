@@ -11,6 +11,7 @@ t_i = (m_i / M) / S_down(i) and their term in the modular norm ||w||_M = max_i |
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import operator
 from dataclasses import dataclass, field, replace
@@ -71,6 +72,8 @@ class WeightStore:
         self.laws = laws or {}  # recorded init laws of meta parameters (initlaw.py)
         self.checkpoint = checkpoint  # (weights.Checkpoint, model name -> stored name) for --weights PATH
         self.graph_module: nn.Module | None = None  # where torch.export keeps lifted constants
+        self.predicted: dict[str, float] = {}  # the init-law prediction of a measured tensor's norm
+        self.measured: dict[str, float] = {}
         self._cache: dict[tuple, tuple] = {}
 
     def _law(self, name: str) -> tuple[Any, str]:
@@ -129,10 +132,14 @@ class WeightStore:
     def spectral(self, name: str, transpose: bool = False) -> tuple[float, str]:
         def compute() -> tuple[float, str]:
             w = self.tensor(name)
-            if not w.is_meta:
-                return norms.spectral_norm(w.detach()).upper, "measured"
             rows, cols = w.shape[0], math.prod(w.shape[1:])
             law, source = self._law(name)
+            if not w.is_meta:
+                measured = norms.spectral_norm(w.detach()).upper
+                if law is not None:  # both exist: keep the prediction for "predicted vs measured"
+                    self.predicted[name] = initlaw.spectral(law, *((cols, rows) if transpose else (rows, cols)))
+                    self.measured[name] = measured
+                return measured, "measured"
             if transpose:
                 rows, cols = cols, rows
             if law is not None:
@@ -159,11 +166,13 @@ class WeightStore:
     def row_rms(self, name: str) -> tuple[float, float, str]:
         def compute() -> tuple[float, float, str]:
             w = self.tensor(name)
-            if not w.is_meta:
-                rms = w.detach().double().pow(2).mean(1).sqrt()
-                return float(rms.max()), float(rms.min()), "measured"
             n, d = w.shape
             law, source = self._law(name)
+            if not w.is_meta:
+                rms = w.detach().double().pow(2).mean(1).sqrt()
+                if law is not None:
+                    self.predicted[name], self.measured[name] = initlaw.row_rms(law, n, d), float(rms.max())
+                return float(rms.max()), float(rms.min()), "measured"
             if law is not None:
                 return initlaw.row_rms(law, n, d), 0.0, source
             std = self._law_std(name)
@@ -563,8 +572,19 @@ def _layers(records: list[_Record], ctx: _Context) -> tuple[list[Layer], float]:
             downstream_sensitivity=a.down, design_downstream_sensitivity=a.design_down, target_norm=target,
             norm_at_init=spec.norm, norm_source=spec.norm_source, scale=spec.scale,
             certified=a.semantics.certified, op=a.node.name, weight=spec.weight, params=spec.params,
-            file=file, line=line, module_type=module_type, defined_at=_definition(ctx.root, owner)))
+            file=file, line=line, module_type=module_type, defined_at=_definition(ctx.root, owner),
+            predicted_norm=_predicted_norm(ctx.weights, spec)))
     return layers, total
+
+
+def _predicted_norm(weights: WeightStore, spec: Any) -> float | None:
+    """The norm the recorded init law predicts for a measured atom (same formula, the law's σ in place of the
+    measured one)."""
+    measured = weights.measured.get(spec.weight)
+    predicted = weights.predicted.get(spec.weight)
+    if measured is None or predicted is None or spec.norm_source != "measured" or measured == 0:
+        return None
+    return spec.norm * predicted / measured
 
 
 def _definition(root: nn.Module, path: str) -> tuple[str, int] | None:
@@ -594,7 +614,9 @@ def _definition(root: nn.Module, path: str) -> tuple[str, int] | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def _assignment(owner: type, pattern: str) -> tuple[str, int] | None:
+    """The first line of `owner.__init__` matching `pattern` (cached: one parse per class, not per layer)."""
     import inspect
     import re
 
@@ -784,12 +806,23 @@ def _sharpness(records: list[_Record], triples: dict, ctx: _Context) -> tuple[Sh
 def _block_sharpness(records: list[_Record], layers: list[Layer], ctx: _Context) -> tuple[BlockSharpness, ...]:
     """Each top-level block (`blocks.3`, `transformer.h.0`) with atoms, in its own norm (sharpness.submodule)."""
     modules = dict(ctx.root.named_modules())
-    blocks = dict.fromkeys(_block_of(layer.name) for layer in layers if layer.mass > 0)
+    blocks = [b for b in dict.fromkeys(_block_of(layer.name) for layer in layers if layer.mass > 0)
+              if b in modules and b != ""]
+    members: dict[str, list[_Record]] = {b: [] for b in blocks}
+    users: dict[int, list[_Record]] = {}
+    for r in records:  # one pass: each record to the block whose path prefixes its module path
+        for i in r.inputs:
+            users.setdefault(id(i), []).append(r)
+        if r.kind in ("input", "output"):
+            continue
+        parts = r.module.split(".")
+        for end in range(len(parts), 0, -1):
+            if ".".join(parts[:end]) in members:
+                members[".".join(parts[:end])].append(r)
+                break
     out = []
     for name in blocks:
-        if name not in modules or name == "":
-            continue
-        t = sharpness.submodule(records, layers, name, ctx.options.profile)
+        t = sharpness.submodule(records, layers, name, ctx.options.profile, members[name], users)
         if t is not None:
             out.append(BlockSharpness(name, t.alpha, t.beta, t.gamma, t.A, t.S, t.certified))
     return tuple(out)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import traceback
 from pathlib import Path
 
-__all__ = ["ModnormError", "user_frame", "frame_of_exception"]
+__all__ = ["ModnormError", "user_frame", "frame_of_exception", "resolved"]
 
 _INTERNAL = re.compile(r"(site-packages|dist-packages|/torch/|/lib/python3\.\d+/|[/\\]modnorm[/\\]|[/\\]analyzer[/\\])")
 
@@ -31,9 +32,15 @@ class ModnormError(Exception):
         return " ".join(text.split())
 
 
+@functools.lru_cache(maxsize=4096)
+def resolved(path: str) -> str:
+    """`path` made absolute with symlinks resolved (cached: stack traces repeat a few files thousands of times)."""
+    return str(Path(path).resolve())
+
+
 def _is_user_file(filename: str, user_file: str | None) -> bool:
     if user_file is not None:
-        return Path(filename).resolve() == Path(user_file).resolve()
+        return resolved(filename) == resolved(user_file)
     return not _INTERNAL.search(filename) and not filename.startswith("<")
 
 

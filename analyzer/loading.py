@@ -207,7 +207,7 @@ def load(target: str, *, device: str = "auto", max_params: int = DEFAULT_MAX_PAR
         checkpoint = (opened, check_shapes(opened, model))
     inputs = _example_inputs(module, model, path, input_shape, input_dtype)
     return LoadedModel(model, inputs, str(path), entry_name, built_on, count_parameters(model),
-                       _definition_line(module, entry_name), laws if built_on == "meta" else None, checkpoint)
+                       _definition_line(module, entry_name), laws, checkpoint)
 
 
 def _definition_line(module: Any, name: str) -> int | None:

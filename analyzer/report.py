@@ -43,6 +43,7 @@ def _layer_dict(layer: Layer) -> dict[str, Any]:
         "norm_source": layer.norm_source, "scale": layer.scale, "certified": layer.certified,
         "weight": layer.weight, "file": layer.file, "line": layer.line,
         "defined_at": {"file": layer.defined_at[0], "line": layer.defined_at[1]} if layer.defined_at else None,
+        "predicted_norm": _number(layer.predicted_norm) if layer.predicted_norm is not None else None,
     }
 
 
@@ -148,15 +149,16 @@ def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
                             ("mass share", "right"), ("sens.", "right"), ("S_down", "right"),
                             ("target", "right"), ("norm@init", "right"), ("line", "left")):
         table.add_column(column, justify=justify, no_wrap=column in ("layer", "shape", "line"))
-    if verbose:  # the sharpness of the network up to each atom's output, in the network's modular norm
-        for column in ("α", "β", "γ"):
+    if verbose:  # the init law's prediction, and the sharpness of the network up to each atom's output
+        for column in ("predicted", "α", "β", "γ"):
             table.add_column(column, justify="right")
     for layer, name, count in _collapse(analysis.layers):
         label = f"{name} ×{count}" if count > 1 else name
         source = "m" if layer.norm_source == "measured" else "p"
         where = f"{_short(layer.file)}:{layer.line}" if layer.file else ""
         style = None if layer.certified else "yellow"
-        extra = [fmt(v, 3) for v in analysis.op(layer.op).sharpness or ()] if verbose else []
+        extra = ([fmt(layer.predicted_norm, 3) if layer.predicted_norm is not None else "",
+                  *(fmt(v, 3) for v in analysis.op(layer.op).sharpness or ())] if verbose else [])
         table.add_row(label, layer.kind, "×".join(map(str, layer.shape)), layer.role, fmt(layer.mass_share),
                       fmt(layer.sensitivity), fmt(layer.downstream_sensitivity), fmt(layer.target_norm),
                       f"{fmt(layer.norm_at_init)} {source}", where, *extra, style=style)

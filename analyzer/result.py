@@ -66,6 +66,7 @@ class Layer:
     line: int | None
     module_type: str = ""
     defined_at: tuple[str, int] | None = None  # where the module is created (`self.fc = nn.Linear(...)`)
+    predicted_norm: float | None = None  # measured atoms: what the recorded init law predicted
 
     @property
     def weighted_norm(self) -> float:

@@ -134,17 +134,22 @@ def propagate(records: list[Any], layers: Iterable[Layer], profile: str) -> dict
     return _propagate(records, targets, profile)
 
 
-def submodule(records: list[Any], layers: Iterable[Layer], prefix: str, profile: str) -> Triple | None:
+def submodule(records: list[Any], layers: Iterable[Layer], prefix: str, profile: str,
+              inside: list[Any] | None = None, users: dict[int, list[Any]] | None = None) -> Triple | None:
     """The triple of the submodule at `prefix` in its own modular norm (the paper's per-module quantity).
 
     Its inputs are the tensors it reads from outside (unit perturbations), its output the sum over the tensors
     it hands to the outside; its atoms keep their masses, and their targets are recomputed inside the submodule:
     t_i = (m_i / M_sub) / S_down,sub(i) with the design constants, as Modula's normalize() would on the module alone.
     """
-    inside = [r for r in records if r.kind not in ("input", "output")
-              and (r.module == prefix or r.module.startswith(prefix + "."))]
+    if inside is None:  # callers with many blocks pass the grouping and the users (one pass for all blocks)
+        inside = [r for r in records if r.kind not in ("input", "output")
+                  and (r.module == prefix or r.module.startswith(prefix + "."))]
     ids = {id(r) for r in inside}
-    exits = {id(i) for r in records if id(r) not in ids for i in r.inputs if id(i) in ids}
+    if users is None:
+        exits = {id(i) for r in records if id(r) not in ids for i in r.inputs if id(i) in ids}
+    else:
+        exits = {id(r) for r in inside if any(id(u) not in ids for u in users.get(id(r), ()))}
     if not inside or not exits:
         return None
     down = {id(r): (1.0 if id(r) in exits else 0.0) for r in inside}

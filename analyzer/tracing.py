@@ -10,6 +10,7 @@ resolved without data and is reported with the user's line.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import traceback
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import ModnormError, frame_of_exception, user_frame
+from .errors import ModnormError, frame_of_exception, resolved, user_frame
 
 __all__ = ["TracedModel", "trace", "to_meta", "node_value", "node_location"]
 
@@ -59,24 +60,31 @@ def node_location(node: fx.Node, user_file: str | None = None) -> tuple[str | No
     return location
 
 
+@functools.lru_cache(maxsize=None)
+def _class_span(klass: type) -> tuple[str, int, int] | None:
+    """(file, first line, last line) of a class's source; cached: inspect parses the whole file each time."""
+    import inspect
+
+    try:
+        lines, start = inspect.getsourcelines(klass)
+        file = inspect.getsourcefile(klass)
+    except (OSError, TypeError):
+        return None
+    return (str(Path(file).resolve()), start, start + len(lines) - 1) if file else None
+
+
 def call_site(node: fx.Node, module: Any, user_file: str | None = None) -> tuple[str | None, int | None]:
     """Where a user-defined module is called (`self.inp(x)` in its parent's forward), rather than the op inside
     its own forward: the innermost user frame outside the module's class body. Torch's own modules have no
     user frames inside, so this equals `node_location` for them."""
-    import inspect
 
     if not node.stack_trace or module is None:
         return node_location(node, user_file)
-    try:
-        lines, start = inspect.getsourcelines(type(module))
-        file = inspect.getsourcefile(type(module))
-    except (OSError, TypeError):
+    inside = _class_span(type(module))
+    if inside is None:
         return node_location(node, user_file)
-    if file is None:
-        return node_location(node, user_file)
-    inside = (str(Path(file).resolve()), start, start + len(lines) - 1)
     frames = [f for f in _parse_frames(node.stack_trace)
-              if not (str(Path(f[0]).resolve()) == inside[0] and inside[1] <= f[1] <= inside[2])]
+              if not (resolved(f[0]) == inside[0] and inside[1] <= f[1] <= inside[2])]
     found = user_frame(traceback.StackSummary.from_list(frames), user_file)
     return (found[0], found[1]) if found else node_location(node, user_file)
 

@@ -88,3 +88,19 @@ def test_gaussian_spectral_prediction(rows, cols):
     w = 0.02 * torch.randn(rows, cols, dtype=torch.float64)
     exact = float(torch.linalg.matrix_norm(w, 2))
     assert spectral(Law("normal", 0.0, 0.02), rows, cols) == pytest.approx(exact, rel=0.05)
+
+
+def test_report_shows_predicted_next_to_measured():
+    """A CPU-built model is measured; the law recorded in its meta build gives the prediction beside it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from modnorm.cli import app
+
+    result = CliRunner().invoke(app, ["check", str(ROOT / "fixtures/nanogpt.py"), "--kwargs", "n_embd=256",
+                                      "--kwargs", "n_head=4", "-f", "json", "--exit-zero"])
+    layers = [l for l in json.loads(result.stdout)["layers"] if l["kind"] in ("Linear", "Embedding")]
+    assert layers and all(l["norm_source"] == "measured" and l["predicted_norm"] is not None for l in layers)
+    for layer in layers:
+        assert layer["predicted_norm"] == pytest.approx(layer["norm_at_init"], rel=0.10), layer["name"]
