@@ -22,7 +22,7 @@ import torch.fx as fx
 from torch import nn
 
 from . import initlaw, norms, semantics, sharpness
-from .errors import ModnormError
+from .errors import ModnormError, short_path
 from .patterns import Fused, find_patterns
 from .result import Analysis, BlockSharpness, Layer, LossBound, MassGroup, Merge, ModelInfo, Network, Op, Sharpness, Stream
 from .semantics import INF, Bounds, Semantics, linear
@@ -787,7 +787,7 @@ def _sharpness(records: list[_Record], triples: dict, ctx: _Context) -> tuple[Sh
     if t.blocker is not None:
         blocker = t.blocker
         file, line = node_location(blocker.node, ctx.user_file)
-        where = f" at {_short_path(file)}:{line}" if file else ""
+        where = f" at {short_path(file)}:{line}" if file else ""
         sem = blocker.semantics
         why = "non-smooth" if sem is not None and not sem.smooth else \
             (sem.reason if sem is not None and sem.reason else "no second-order bound derived")
@@ -835,17 +835,6 @@ def _output_width(output: _Record) -> int:
             fdim = record.bounds.fdim if record.bounds.fdim is not None else -1
             return int(value.shape[fdim])
     return 1
-
-
-def _short_path(path: str | None) -> str:
-    from pathlib import Path
-
-    if not path:
-        return ""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return path
 
 
 def _op(record: _Record, ctx: _Context, triple: Any = None) -> Op:

@@ -14,6 +14,8 @@ directory for a bare `modnorm check`); `--config PATH` names one explicitly and 
     loss = "xent"
     per-module-ignores = { "blocks.*.attn" = ["MN301"] }
     sweep = { width = [128, 256, 512], depth = [2, 4, 8] }   # --sweep from the file
+    leaf-modules = ["MyGatedUnit"]   # --leaf: traced as one op, semantics registered with modnorm.register
+    tracer = "auto"                  # or "fx", "export"
 
     [tool.modnorm.mass]          # module-path globs; matching atoms share the total, as Modula's tare
     "blocks.*" = 5
@@ -147,7 +149,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "output-format": ("output_format", _choice(*OUTPUT_FORMATS)),
     "sweep": ("sweep", _sweep_table),
     "tracer": ("tracer", _choice("auto", "fx", "export")),
-    "leaf": ("leaf", _strings),
+    "leaf-modules": ("leaf", _strings),
 }
 
 

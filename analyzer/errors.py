@@ -7,7 +7,7 @@ import re
 import traceback
 from pathlib import Path
 
-__all__ = ["ModnormError", "user_frame", "frame_of_exception", "resolved"]
+__all__ = ["ModnormError", "user_frame", "frame_of_exception", "resolved", "short_path"]
 
 _INTERNAL = re.compile(r"(site-packages|dist-packages|/torch/|/lib/python3\.\d+/|[/\\]modnorm[/\\]|[/\\]analyzer[/\\])")
 
@@ -58,3 +58,13 @@ def frame_of_exception(exc: BaseException, user_file: str | None = None) -> tupl
     if isinstance(exc, SyntaxError) and exc.filename:
         return exc.filename, exc.lineno or 0, (exc.text or "").strip()
     return user_frame(traceback.extract_tb(exc.__traceback__), user_file)
+
+
+def short_path(path: str | None) -> str:
+    """`path` relative to the working directory when inside it (for messages and reports)."""
+    if not path:
+        return ""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path

@@ -8,6 +8,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
+from .errors import short_path as _short
 from .result import Analysis, Finding, Layer
 
 __all__ = ["to_json", "to_dict", "render_full", "fmt", "SCHEMA"]
@@ -215,17 +216,6 @@ def _render_mass_groups(analysis: Analysis, console: Any, blocks_shown: int = 6)
         else:
             table.add_row(f"block {g.name}", str(g.atoms), fmt(g.mass), f"{g.share:.1%}")
     console.print(table)
-
-
-def _short(path: str | None) -> str:
-    if not path:
-        return ""
-    from pathlib import Path
-
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return path
 
 
 def _weights_label(model: Any) -> str:

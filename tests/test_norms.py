@@ -52,7 +52,7 @@ def test_fast_path_on_a_moderate_matrix_is_within_the_stated_error():
     estimate = spectral_norm(w, method="fast")
     truth = exact(w)
     assert abs(estimate.value - truth) / truth < 1e-3
-    assert estimate.lower <= truth <= estimate.upper and estimate.upper / truth < 1.006  # √(1/(1-ε)) = 1.005
+    assert estimate.lower <= truth <= estimate.upper and estimate.upper / truth < 1.011  # √(1/(1-ε)) = 1.0102
     assert "lanczos" in estimate.method
 
 

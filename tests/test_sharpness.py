@@ -9,6 +9,7 @@ Three kinds of evidence, none of them the code's own output:
 """
 
 import math
+import sys
 
 import pytest
 import torch
@@ -17,6 +18,10 @@ from torch import nn
 from torch.func import functional_call, grad, jvp
 
 import modnorm
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "fixtures"))
+from _modula_atoms import Linear as Scaled  # noqa: E402  (Modula's Linear: natural norm exactly 1)
 
 TANH_CURVATURE = 0.7698  # max |tanh''| = 4/(3√3)
 
@@ -25,18 +30,6 @@ def orthogonal_linear(fan_out, fan_in, bias=False):
     layer = nn.Linear(fan_in, fan_out, bias=bias)
     nn.init.orthogonal_(layer.weight)
     return layer
-
-
-class Scaled(nn.Module):
-    """Modula's Linear: orthogonal weight times sqrt(fan_out / fan_in), natural norm exactly 1."""
-
-    def __init__(self, fan_out, fan_in):
-        super().__init__()
-        self.weight = nn.Parameter(nn.init.orthogonal_(torch.empty(fan_out, fan_in)))
-        self.scale = math.sqrt(fan_out / fan_in)
-
-    def forward(self, x):
-        return F.linear(x, self.weight) * self.scale
 
 
 class Chain(nn.Module):
