@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from modnorm.norms import conv_kernel_norm, lanczos_steps, spectral_norm, spectral_norms_batched
+from modnorm.norms import conv_kernel_norm, failure_probability, lanczos_steps, spectral_norm, spectral_norms_batched
 
 
 def exact(w):
@@ -67,12 +67,46 @@ def test_conv_kernel_norm_is_the_max_over_positions():
     assert conv_kernel_norm(w).value == pytest.approx(max(exact(w[:, :, p]) for p in range(9)), rel=1e-12)
 
 
-def test_lanczos_steps_follow_the_probability_bound():
-    """1.648 √n e^{−√ε(2k−1)} ≤ δ at the chosen k and not at k − 1."""
-    n, eps, delta = 8192, 1e-2, 1e-6
-    k = lanczos_steps(n, eps, delta)
-    bound = lambda steps: 1.648 * math.sqrt(n) * math.exp(-math.sqrt(eps) * (2 * steps - 1))  # noqa: E731
-    assert bound(k) <= delta < bound(k - 1)
+def test_lanczos_steps_are_the_fewest_that_meet_delta():
+    n, eps, delta, block = 8192, 1e-2, 1e-6, 4
+    k = lanczos_steps(n, eps, delta, block)
+    assert failure_probability(n, k, eps, block) <= delta < failure_probability(n, k - 1, eps, block)
+
+
+@pytest.mark.parametrize("n", [10, 300, 8192])
+@pytest.mark.parametrize("steps", [3, 10, 40])
+def test_single_vector_bound_is_at_most_kuczynski_wozniakowski(n, steps):
+    """Independent source: Kuczyński & Woźniakowski (1992) Thm 4.2(a), P ≤ 1.648 √n e^{−√ε (2k − 1)}."""
+    eps = 0.02
+    published = 1.648 * math.sqrt(n) * math.exp(-math.sqrt(eps) * (2 * steps - 1))
+    assert failure_probability(n, steps, eps, 1) <= min(published, 1.0) * (1 + 1e-9)
+
+
+def test_failure_probability_bounds_the_observed_failure_rate():
+    """Monte Carlo: Krylov runs on a crowded spectrum (λ₁ = 1, the rest just below 1 − ε) from random starts
+    miss (1 − ε) λ₁ no more often than δ(n, k, b, ε) says (plus 4 standard errors of sampling)."""
+    n, eps, steps, block, trials = 40, 0.05, 3, 1, 2000
+    g = torch.Generator().manual_seed(7)
+    spectrum = torch.cat([torch.ones(1), torch.linspace(0.0, 1 - eps - 1e-3, n - 1)]).double()
+    misses = 0
+    for _ in range(trials):
+        x = torch.randn(n, block, generator=g, dtype=torch.float64)
+        krylov = torch.cat([spectrum[:, None] ** j * x for j in range(steps)], 1)
+        q = torch.linalg.qr(krylov).Q
+        theta = float(torch.linalg.eigvalsh(q.T @ (spectrum[:, None] * q))[-1])
+        misses += theta < 1 - eps
+    rate, bound = misses / trials, failure_probability(n, steps, eps, block)
+    assert 0 < rate <= bound + 4 * math.sqrt(bound * (1 - bound) / trials)
+
+
+def test_fast_upper_is_tight_and_says_how_it_holds():
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(600, 2500, generator=g) / 50
+    estimate = spectral_norm(w, method="fast", rtol=0.01, delta=1e-9, block=8)
+    truth = exact(w)
+    assert estimate.lower <= truth <= estimate.upper <= truth * 1.01 * (1 + 1e-4)
+    assert estimate.confidence == pytest.approx(1 - 1e-9) and "probability" in estimate.method
+    assert spectral_norm(w, method="exact").confidence == 1.0
 
 
 @settings(max_examples=40, deadline=None)

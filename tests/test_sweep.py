@@ -86,6 +86,7 @@ def test_nanogpt_drifts_with_width_and_grows_with_depth():
 
 
 def test_sweep_json_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
     picture = tmp_path / "sweep.png"
     result = runner.invoke(app, ["check", str(ROOT / "fixtures/sweep_nanogpt.py"), "--sweep", "n_embd=32,64",
                                  "--sweep", "n_layer=2,4", "-f", "json", "--exit-zero", "--plot", str(picture)])
