@@ -26,7 +26,7 @@ from .errors import ModnormError, short_path
 from .patterns import Fused, find_patterns
 from .result import Analysis, BlockSharpness, Layer, LossBound, MassGroup, Merge, ModelInfo, Network, Op, Sharpness, Stream
 from .semantics import INF, Bounds, Semantics, linear
-from .tracing import TracedModel, call_site, node_location
+from .tracing import TracedModel, call_site, is_compiled, node_location
 
 __all__ = ["Options", "analyze_traced", "series", "parallel"]
 
@@ -324,8 +324,12 @@ def _readable_target(node: fx.Node, root: nn.Module, fused: Fused | None) -> str
         return f"method {node.target}"
     if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
         return str(node.target)  # aten.linear.default (torch.export fallback)
+    if node.op == "call_function" and hasattr(node.target, "_modnorm_key"):
+        return node.target.__name__  # MyFunction.apply
     if node.op == "call_function":
         module = getattr(node.target, "__module__", None) or ""
+        if module.startswith("_modnorm_model_"):  # the user's model file, imported under a private name
+            return getattr(node.target, "__name__", str(node.target))
         return f"{module}.{getattr(node.target, '__name__', node.target)}".lstrip(".")
     return node.op
 
@@ -346,7 +350,21 @@ def _data_inputs(node: fx.Node, depends: dict[fx.Node, bool]) -> list[fx.Node]:
 def _registry_key(node: fx.Node, root: nn.Module) -> Any:
     if node.op == "call_module":
         return type(root.get_submodule(node.target))
-    return node.target
+    return getattr(node.target, "_modnorm_key", node.target)  # a custom autograd.Function: its class
+
+
+def _unknown_reason(node: fx.Node, root: nn.Module) -> str:
+    """Why an op has no semantics, and what the user can do about it."""
+    name = _readable_target(node, root, None)
+    key = _registry_key(node, root)
+    if isinstance(key, type) and issubclass(key, torch.autograd.Function):
+        return (f"custom autograd.Function `{key.__name__}` is a leaf and not modelled: its backward is "
+                f"user-defined, so its forward says nothing certain about its gradients; register its semantics "
+                f"with @modnorm.register({key.__name__})")
+    if is_compiled(key) or (node.op == "call_module" and is_compiled(root.get_submodule(node.target))):
+        return (f"`{name}` is wrapped by torch.compile: a leaf, not modelled (register its semantics with "
+                f"@modnorm.register, or analyse the uncompiled function)")
+    return f"op `{name}` is not in modnorm's registry"
 
 
 def _is_discrete(value: Any) -> bool:
@@ -370,7 +388,7 @@ def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[_Record], ctx: _C
         entry = semantics.lookup(_registry_key(base, ctx.root))
         if entry is None:
             return Semantics("unknown", (INF,) * max(1, len(inputs)), "not in the registry", certified=False,
-                             reason=f"op `{_readable_target(base, ctx.root, None)}` is not in modnorm's registry")
+                             reason=_unknown_reason(base, ctx.root))
         return entry(view)
     except ModnormError:
         raise
@@ -762,8 +780,13 @@ def analyze_traced(traced: TracedModel, options: Options = Options(), user_file:
                       block_sharpness=_block_sharpness(records, layers, ctx))
     parameters = sum(p.numel() for p in root.parameters())
     info = ModelInfo(user_file, entry, traced.tracer, device, parameters, len(records), tuple(traced.attempts))
-    return Analysis(info, options.profile, options.mass, options.hidden_mass, tuple(layers), ops, tuple(merges),
-                    tuple(streams), network)
+    analysis = Analysis(info, options.profile, options.mass, options.hidden_mass, tuple(layers), ops,
+                        tuple(merges), tuple(streams), network)
+    if traced.tracer == "modules":
+        from .module_only import withhold_graph_quantities
+
+        analysis = withhold_graph_quantities(analysis, traced.skipped)
+    return analysis
 
 
 def _tied(root: nn.Module) -> tuple[tuple[str, ...], ...]:

@@ -104,7 +104,7 @@ def check(
     mass_of: List[str] = typer.Option([], "--mass-of", help="GLOB=VALUE: the matching atoms share VALUE."),
     loss: Optional[str] = typer.Option(None, help="xent | mse: the loss for the gradient Lipschitz bound."),
     device: Optional[str] = typer.Option(None, help="auto | meta | cpu: where to build the model."),
-    tracer: Optional[str] = typer.Option(None, help="auto (shape-aware fx, then torch.export) | fx | export."),
+    tracer: Optional[str] = typer.Option(None, help="auto (shape-aware fx, then torch.export, then the op log, then modules only) | fx | export | oplog | modules."),
     leaf: List[str] = typer.Option([], "--leaf", help="Module class traced as one op (register its semantics "
                                    "with modnorm.register in the model file)."),
     weights: Optional[str] = typer.Option(None, help="init (the model's own init, default) or a checkpoint to "
@@ -197,14 +197,14 @@ def _with_rule_options(settings: Any, items: list[str]) -> Any:
 
 
 def _validate(settings: Any, color: str) -> None:
-    from .config import OUTPUT_FORMATS
+    from .config import OUTPUT_FORMATS, TRACERS
     from modnorm.rules import all_rules
 
     choices = {"output format": (settings.output_format, (None, *OUTPUT_FORMATS)),
                "fail-on": (settings.fail_on, tuple(_SEVERITY_RANK)), "profile": (settings.profile, ("certified", "modula")),
                "mass": (settings.mass, ("roles", "uniform")), "loss": (settings.loss, ("xent", "mse")),
                "device": (settings.device, ("auto", "meta", "cpu")), "color": (color, ("auto", "always", "never")),
-               "tracer": (settings.tracer, ("auto", "fx", "export"))}
+               "tracer": (settings.tracer, TRACERS)}
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             _fail(f"unknown --{name.replace(' ', '-')} `{value}`; use {', '.join(a for a in allowed if a)}")

@@ -15,7 +15,7 @@ directory for a bare `modnorm check`); `--config PATH` names one explicitly and 
     per-module-ignores = { "blocks.*.attn" = ["MN301"] }
     sweep = { width = [128, 256, 512], depth = [2, 4, 8] }   # --sweep from the file
     leaf-modules = ["MyGatedUnit"]   # --leaf: traced as one op, semantics registered with modnorm.register
-    tracer = "auto"                  # or "fx", "export"
+    tracer = "auto"                  # or "fx", "export", "oplog", "modules"
 
     [tool.modnorm.mass]          # module-path globs; matching atoms share the total, as Modula's tare
     "blocks.*" = 5
@@ -42,6 +42,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = ["Settings", "find_config", "load_config", "settings_from_table", "KEYS"]
 
 SEVERITIES = ("info", "warning", "error")
+TRACERS = ("auto", "fx", "export", "oplog", "modules")  # the routes of tracing.trace, in fallback order
 OUTPUT_FORMATS = ("full", "concise", "json", "json-lines", "sarif", "github", "junit")
 
 
@@ -67,7 +68,7 @@ class Settings:
     output_format: str | None = None
     sweep: tuple[str, ...] = ()  # "NAME=V1,V2" items, as --sweep takes them
     weights: str | None = None  # "init" or a checkpoint path (--weights)
-    tracer: str = "auto"  # "auto" (fx, then torch.export) | "fx" | "export"
+    tracer: str = "auto"  # "auto" (fx, export, oplog, modules in turn) | "fx" | "export" | "oplog" | "modules"
     leaf: tuple[str, ...] = ()  # module class names traced as one op (their semantics registered by the user)
     config_file: str | None = None
     root: str | None = None  # the directory paths in the report are made relative to
@@ -148,7 +149,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "max-params": ("max_params", _integer),
     "output-format": ("output_format", _choice(*OUTPUT_FORMATS)),
     "sweep": ("sweep", _sweep_table),
-    "tracer": ("tracer", _choice("auto", "fx", "export")),
+    "tracer": ("tracer", _choice(*TRACERS)),
     "leaf-modules": ("leaf", _strings),
 }
 

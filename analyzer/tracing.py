@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import ModnormError, frame_of_exception, resolved, user_frame
+from .errors import ModnormError, frame_of_exception, resolved, short_path, user_frame
 
 __all__ = ["TracedModel", "trace", "to_meta", "node_value", "node_location"]
 
@@ -191,6 +191,19 @@ class ShapeTracer(fx.Tracer):
         self._leaf_types = leaf_types
         self._computing = False  # True while a leaf runs on meta: fx's patches must stand aside
 
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        if isinstance(root, nn.Module):  # torch.compile'd functions the model calls become leaves, as fx.wrap does
+            for module in root.modules():
+                scope = getattr(type(module).forward, "__globals__", {})
+                self._autowrap_function_ids.update(id(v) for v in scope.values() if is_compiled(v))
+        with autograd_functions_as_leaves(self._function_leaf):
+            return super().trace(root, concrete_args)
+
+    def _function_leaf(self, function: type, args: tuple, kwargs: dict) -> Any:
+        if self._computing or not _has_proxy((args, kwargs)):
+            return None
+        return self.create_proxy("call_function", function_leaf(function), args, kwargs)
+
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         if self._computing:
             return attr_val
@@ -202,7 +215,7 @@ class ShapeTracer(fx.Tracer):
         return super().call_module(m, forward, args, kwargs)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if self._leaf_types and isinstance(m, self._leaf_types):
+        if self._leaf_types and isinstance(m, self._leaf_types) or is_compiled(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -226,7 +239,7 @@ class ShapeTracer(fx.Tracer):
         kw = to_meta(fx.node.map_aggregate(kwargs, _unwrap))
         try:
             if kind == "call_function":
-                return target(*values, **kw)
+                return getattr(target, "_modnorm_leaf_of", target)(*values, **kw)
             if kind == "call_method":
                 return getattr(values[0], target)(*values[1:], **kw)
             if kind == "call_module":
@@ -257,6 +270,55 @@ class ShapeTracer(fx.Tracer):
             self._computing = computing
 
 
+def _has_proxy(value: Any) -> bool:
+    found = []
+    fx.node.map_aggregate(value, lambda a: found.append(a) if isinstance(a, fx.Proxy) else None)
+    return bool(found)
+
+
+def is_compiled(obj: Any) -> bool:
+    """A torch.compile'd function or module (traced as a leaf and reported as not modelled)."""
+    return callable(obj) and (hasattr(obj, "_torchdynamo_orig_callable") or (
+        isinstance(obj, nn.Module) and type(obj).__name__ == "OptimizedModule" and hasattr(obj, "_orig_mod")))
+
+
+@functools.lru_cache(maxsize=None)
+def function_leaf(function: Any) -> Any:
+    """The call_function target standing for a custom autograd.Function (one per class, so the registry and
+    the user's @modnorm.register(MyFunction, ...) can key on the class): calls `function.apply`."""
+
+    def apply(*args: Any, **kwargs: Any) -> Any:
+        return function.apply(*args, **kwargs)
+
+    apply.__name__ = apply.__qualname__ = f"{function.__name__}.apply"
+    apply.__module__ = function.__module__
+    apply._modnorm_leaf_of = function.apply  # what computes its value
+    apply._modnorm_key = function  # what the registry looks up
+    return apply
+
+
+class autograd_functions_as_leaves:
+    """While active, `MyFunction.apply(...)` calls `on_call(MyFunction, args, kwargs)` first; a non-None result
+    replaces the call (a graph node), else the Function runs as usual. Its forward is not what the backward
+    differentiates, so the calculus must not look inside (semantics: unknown unless the user registers it)."""
+
+    def __init__(self, on_call: Any) -> None:
+        self.on_call = on_call
+
+    def __enter__(self) -> None:
+        original = self.original = torch.autograd.Function.__dict__["apply"]
+        on_call = self.on_call
+
+        def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+            replaced = on_call(cls, args, kwargs)
+            return replaced if replaced is not None else original.__func__(cls, *args, **kwargs)
+
+        torch.autograd.Function.apply = classmethod(apply)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.autograd.Function.apply = self.original
+
+
 def _unwrap(a: Any) -> Any:
     if isinstance(a, fx.Proxy):
         return a.node.meta.get("value")
@@ -266,6 +328,8 @@ def _unwrap(a: Any) -> Any:
 
 
 def _run_on_meta(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    if is_compiled(module):
+        module = module._orig_mod
     tensors = dict(module.named_parameters(recurse=True))
     tensors.update(module.named_buffers(recurse=True))
     # Call forward directly: module.__call__ is patched by the tracer while it traces.
@@ -286,6 +350,7 @@ class TracedModel:
     tracer: str
     attempts: list[str] = field(default_factory=list)
     input_names: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # modules the module-only route could not place
 
     @property
     def graph(self) -> fx.Graph:
@@ -309,27 +374,60 @@ def _concrete_args(model: nn.Module, n_inputs: int) -> dict[str, Any] | None:
     return concrete or None
 
 
-TRACERS = ("auto", "fx", "export")
-
-
 def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
           leaf_types: tuple[type, ...] = (), tracer: str = "auto") -> TracedModel:
-    """Trace `model`: the shape-aware fx tracer first; if it fails, `torch.export` (non-strict, on meta), each
-    attempt recorded. `tracer="fx"` or `"export"` forces one route. Raises a ModnormError naming the construct
-    that stopped the first route (with what the fallback said) when every route fails."""
-    if tracer == "export":
-        return trace_export(model, example_inputs, user_file, attempts=[])
-    try:
-        return trace_fx(model, example_inputs, user_file, leaf_types)
-    except ModnormError as first:
-        if tracer == "fx":
-            raise
-        attempt = f"fx_values: failed ({first.problem[:160]})"
+    """Trace `model` by the first route that gets through, each failure recorded in `attempts` with its file and
+    line: the shape-aware fx tracer, `torch.export` (non-strict, on meta), the op log (oplog.py), and last the
+    module hierarchy alone (module_only.py), which always succeeds and withholds what needs a graph.
+    `tracer="fx" | "export" | "oplog" | "modules"` forces one route and raises its failure."""
+    from .module_only import trace_modules
+    from .oplog import trace_oplog
+
+    routes = {
+        "fx": lambda attempts: trace_fx(model, example_inputs, user_file, leaf_types),
+        "export": lambda attempts: trace_export(model, example_inputs, user_file, attempts),
+        "oplog": lambda attempts: _explained(trace_oplog, "op log", model, example_inputs, user_file,
+                                             leaf_types, attempts),
+    }
+    if tracer in routes:
+        return routes[tracer]([])
+    if tracer == "modules":
+        return trace_modules(model, "forced with --tracer modules", [])
+    attempts: list[str] = []
+    failures: list[ModnormError] = []
+    for name, route in routes.items():
         try:
-            return trace_export(model, example_inputs, user_file, attempts=[attempt])
-        except ModnormError as second:
-            raise ModnormError(f"{first.problem}; the torch.export fallback failed too ({second.problem[:200]})",
-                               first.remedy, first.file, first.line) from None
+            traced = route(list(attempts))
+        except ModnormError as failure:
+            failures.append(failure)
+            where = f" at {short_path(failure.file)}:{failure.line}" if failure.file and failure.line else ""
+            problem = failure.problem if len(failure.problem) <= 400 else failure.problem[:399] + "…"
+            attempts.append(f"{'fx_values' if name == 'fx' else name}: failed{where} ({problem})")
+            continue
+        if attempts:
+            traced.attempts = [*attempts, *traced.attempts[-1:]]
+        return traced
+    first = failures[0]
+    return trace_modules(model, f"every graph route failed; the first stopped at "
+                                f"{short_path(first.file) if first.file else 'the model'}"
+                                f"{f':{first.line}' if first.line else ''}", attempts)
+
+
+def _explained(route: Any, label: str, model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None,
+               leaf_types: tuple[type, ...], attempts: list[str]) -> TracedModel:
+    try:
+        return route(model, example_inputs, user_file, leaf_types, attempts)
+    except ModnormError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - explained to the user
+        frame = frame_of_exception(exc, user_file)
+        file, line, source = frame if frame else (user_file, None, "")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModnormError(f"the {label} cannot run {f'{chr(34)}{source}{chr(34)}' if source else 'the model'}: "
+                           f"{type(exc).__name__}: {first[:300]}",
+                           "a model built on the meta device has no values to branch on: make the branch depend "
+                           "on shapes, mark the module as a leaf (--leaf), or raise --max-params so the model is "
+                           "built on the CPU with real values", file, line) from exc
 
 
 def trace_export(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
@@ -343,7 +441,9 @@ def trace_export(model: nn.Module, example_inputs: tuple[Any, ...], user_file: s
     try:  # export logs graph dumps on failure: the user gets one paragraph instead
         logging.disable(logging.CRITICAL)
         with contextlib.redirect_stderr(io.StringIO()):
-            exported = torch.export.export(model, tuple(example_inputs), strict=False)
+            on_meta = any(p.is_meta for p in model.parameters())
+            inputs = tuple(to_meta(example_inputs)) if on_meta else tuple(example_inputs)
+            exported = torch.export.export(model, inputs, strict=False)
     except Exception as exc:  # noqa: BLE001 - explained to the user
         frame = frame_of_exception(exc, user_file)
         file, line, source = frame if frame else (user_file, None, "")

@@ -46,15 +46,19 @@ def test_auto_falls_back_to_export_and_records_it(monkeypatch):
     assert result["model"]["tracer_attempts"][0].startswith("fx_values: failed (torch.fx cannot trace")
 
 
-def test_both_routes_failing_explains_both(tmp_path, monkeypatch):
+def test_every_graph_route_failing_ends_in_the_module_route(tmp_path):
     model = tmp_path / "m.py"
     model.write_text("import torch\nfrom torch import nn\n\nclass M(nn.Module):\n    def __init__(self):\n"
                      "        super().__init__()\n        self.fc = nn.Linear(4, 4)\n\n    def forward(self, x):\n"
                      "        if x.sum() > 0:\n            return self.fc(x)\n        return x\n\n"
                      "def example_inputs(model):\n    return torch.randn(2, 4)\n")
-    result = runner.invoke(app, ["check", str(model), "--device", "meta"])
-    assert result.exit_code == 2 and "Traceback" not in result.stderr
-    assert "x.sum() > 0" in result.stderr and "torch.export fallback failed too" in result.stderr
+    result = runner.invoke(app, ["check", str(model), "--device", "meta", "-f", "json", "--exit-zero"])
+    assert result.exit_code == 0 and "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"]["tracer"] == "modules"
+    assert all("x.sum() > 0" in a for a in report["model"]["tracer_attempts"][:3])
+    forced = runner.invoke(app, ["check", str(model), "--device", "meta", "--tracer", "fx"])
+    assert forced.exit_code == 2 and "x.sum() > 0" in forced.stderr and "Traceback" not in forced.stderr
 
 
 def test_leaf_module_with_registered_semantics():
