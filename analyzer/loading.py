@@ -178,7 +178,9 @@ def load(target: str, *, device: str = "auto", max_params: int = DEFAULT_MAX_PAR
     if from_checkpoint:
         device = "meta"
     path, name = parse_target(target)
-    module = _import(path)
+    from .hf import hf_module, is_hf_target
+
+    module = hf_module(path) if is_hf_target(path) else _import(path)
     entry_name, entry = _find_entry(module, path, name)
     kwargs = kwargs or {}
     laws = None

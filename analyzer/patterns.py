@@ -72,6 +72,13 @@ def _dims(node: fx.Node, index: int = 1) -> tuple[int, ...] | None:
     return tuple(dim) if isinstance(dim, (list, tuple)) else (dim,)
 
 
+def _uncast(node: Any) -> Any:
+    """`x.to(torch.float32)`, `x.float()`, `x.type_as(y)`: a precision cast is the identity for the calculus."""
+    while _is(node, "to", "float", "double", "type_as", "type") and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node
+
+
 def _mean_square_of(node: Any) -> tuple[fx.Node, tuple | None, str] | None:
     """`mean(x²)` / `x.pow(2).mean()` / `x.square().mean()` / `(x*x).mean()` / `x.var()` → (x, dims, kind)."""
     if _is(node, "var"):
@@ -81,9 +88,9 @@ def _mean_square_of(node: Any) -> tuple[fx.Node, tuple | None, str] | None:
     inner = node.args[0]
     dims = _dims(node)
     if _is(inner, "pow", "__pow__") and _number(inner.args[1]) == 2:
-        return inner.args[0], dims, "ms"
+        return _uncast(inner.args[0]), dims, "ms"
     if _is(inner, "square"):
-        return inner.args[0], dims, "ms"
+        return _uncast(inner.args[0]), dims, "ms"
     if _is(inner, "mul") and len(inner.args) == 2 and inner.args[0] is inner.args[1]:
         return inner.args[0], dims, "ms"
     return None
@@ -133,6 +140,7 @@ def _match_rms(node: fx.Node) -> Fused | None:
     if not found or not isinstance(x, fx.Node):
         return None
     source, dims, kind, eps = found
+    x = _uncast(x) if _uncast(x) is source else x
     centred_source = _mean_subtract_source(x)
     if source is not x and not (kind == "var" and centred_source is source):
         return None

@@ -26,8 +26,8 @@ __all__ = ["Semantics", "AtomSpec", "Bounds", "OpView", "REGISTRY", "lookup", "r
 
 INF = math.inf
 SQRT2 = math.sqrt(2.0)
-GELU_SLOPE = 1.1289  # max gelu' = Phi(sqrt2) + sqrt2 phi(sqrt2), theory.md §d.1 (erf and tanh forms)
-SILU_SLOPE = 1.0998  # max silu', at x ≈ 2.40, theory.md §d.2
+GELU_SLOPE = 1.1290  # max gelu' = Phi(sqrt2) + sqrt2 phi(sqrt2) = 1.128904 (erf), 1.128993 (tanh form), §d.1
+SILU_SLOPE = 1.0999  # max silu' = 1.099839, at x ≈ 2.40, theory.md §d.2 (also x·σ(1.702x), QuickGELU)
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,9 @@ def lookup(key: Any) -> Entry | None:
         for klass in key.__mro__:
             if klass in REGISTRY:
                 return REGISTRY[klass]
+            named = REGISTRY.get(f"{klass.__module__}.{klass.__qualname__}")
+            if named is not None:
+                return named
         return None
     if isinstance(key, torch._ops.OpOverload):
         return REGISTRY.get(key) or REGISTRY.get(key.overloadpacket) or REGISTRY.get(ATEN_ALIASES.get(
@@ -195,6 +198,7 @@ ATEN_ALIASES: dict[str, Any] = {
     "view": "view", "_unsafe_view": "view", "reshape": "reshape", "flatten": "flatten", "permute": "permute",
     "transpose": "transpose", "t": "t", "unsqueeze": "unsqueeze", "squeeze": "squeeze", "expand": "expand",
     "contiguous": "contiguous", "clone": "clone", "alias": "clone", "dropout": F.dropout, "_to_copy": "to",
+    "to": "to", "where": torch.where,
     "conv1d": F.conv1d, "conv2d": F.conv2d, "scaled_dot_product_attention": F.scaled_dot_product_attention,
     "adaptive_avg_pool1d": F.adaptive_avg_pool1d, "adaptive_avg_pool2d": F.adaptive_avg_pool2d,
     "avg_pool2d": F.avg_pool2d, "max_pool2d": F.max_pool2d, "embedding": "aten:embedding", "slice": "aten:slice",
@@ -206,24 +210,50 @@ ATEN_ALIASES: dict[str, Any] = {
 bond(nn.ReLU, F.relu, torch.relu, "relu", "relu_", F.relu_, torch.relu_, certified=1.0, modula=1 / SQRT2,
      smooth=False, source="ReLU: Jacobian diag(1[x>0]) has norm 1 (Modula's 1/sqrt2 is typical-case), §d.1")
 bond(nn.GELU, F.gelu, "gelu", certified=GELU_SLOPE, modula=1 / SQRT2, curvature=0.7979,
-     source="GELU: max gelu' = 1.1289 (Modula nominal 1/sqrt2), §d.1")
-bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0998, §d.2")
+     source="GELU: max gelu' = 1.12900 (Modula nominal 1/sqrt2), §d.1")
+bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0999, §d.2")
 bond(nn.Tanh, torch.tanh, F.tanh, "tanh", certified=1.0, curvature=0.7698, sup=1.0,
      source="tanh: max tanh' = 1, §d.2")
-bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.0962, sup=1.0, at_zero=0.5,
+bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.09623,  # 1/(6√3) sup=1.0, at_zero=0.5,
      source="sigmoid: max sigma' = 1/4, §d.2")
 bond(nn.Hardtanh, F.hardtanh, nn.ReLU6, F.relu6, certified=1.0, smooth=False, sup=6.0, source="clip: 1-Lipschitz")
 bond(nn.Hardswish, F.hardswish, certified=1.5, smooth=False, source="hardswish: max slope (2x+3)/6 = 1.5 at x=3")
-bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6, smooth=False, sup=1.0, at_zero=0.5,
-     source="hardsigmoid: slope 1/6")
+bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6 + 1e-8, smooth=False, sup=1.0, at_zero=0.5,
+     source="hardsigmoid: slope 1/6 (torch's kernel multiplies by float32 1/6: 0.16666667)")
 bond(nn.Softplus, F.softplus, certified=1.0, curvature=0.25, at_zero=math.log(2), source="softplus: slope < 1")
-bond(nn.Mish, F.mish, certified=1.089, curvature=0.6, source="mish: max slope 1.089")
+bond(nn.Mish, F.mish, certified=1.089, curvature=0.6443, source="mish: max slope 1.089")
 bond(nn.ELU, F.elu, certified=1.0, smooth=False, source="ELU(alpha=1): slope <= 1")
 bond(torch.abs, "abs", operator.abs, certified=1.0, smooth=False, source="abs: Jacobian diag(sign x), §d.1")
 bond(operator.neg, torch.neg, "neg", certified=1.0, source="negation is an isometry")
 bond(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, F.dropout, "contiguous", "clone", "detach",
      "float", "double", "half", "bfloat16", "to", "type", "type_as", "requires_grad_", certified=1.0,
      source="identity in eval mode (dropout analysed in eval mode), §d.2")
+
+
+# Activation modules of libraries modnorm does not import, registered by qualified class name. The tracer keeps
+# them whole (a leaf), as it keeps torch.nn's, so the pattern of their formula need not be recognised.
+bond("transformers.activations.NewGELUActivation", "transformers.activations.GELUActivation",
+     "transformers.activations.FastGELUActivation", "transformers.activations.PytorchGELUTanh",
+     "transformers.activations.GELUTanh", "timm.layers.activations.GELU", "timm.layers.activations.GELUTanh",
+     certified=GELU_SLOPE, modula=1 / SQRT2, curvature=0.7979, source="GELU (tanh or erf form): max slope 1.12900")
+bond("transformers.activations.QuickGELUActivation", certified=SILU_SLOPE, curvature=0.851,
+     source="QuickGELU x·σ(1.702x): max slope = max silu' = 1.0999")
+bond("transformers.activations.SiLUActivation", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max slope 1.0999")
+LEAF_CLASS_NAMES = {k for k in REGISTRY if isinstance(k, str) and k.count(".") >= 2}
+
+
+@register(torch.where, "where")
+def _where(op: OpView) -> Semantics:
+    condition = op.arg(0, "condition")
+    if condition in op.inputs:
+        return Semantics("bond", (INF,) * len(op.inputs), "where", certified=False, smooth=False,
+                         reason="torch.where on a condition computed from activations jumps between branches")
+    # A fixed mask picks each output element from one input or a constant: 1-Lipschitz in each data input (sum
+    # norm), affine, so no curvature. The RMS of a constant fill is at most its magnitude.
+    fills = [abs(v) for v in (op.arg(1, "input"), op.arg(2, "other")) if isinstance(v, (int, float))]
+    data = sum(b.upper for b in op.bounds) if op.bounds else 0.0
+    return linear(Semantics("bond", (1.0,) * len(op.inputs), "where with a fixed mask: a selection, 1-Lipschitz",
+                            upper=data + sum(fills)))
 
 
 @register(torch._assert, torch.fx._symbolic_trace._assert_is_none)
@@ -339,6 +369,9 @@ def _constant_factor(op: OpView) -> tuple[str, Any, str] | None:
         value = op.constant_value(index, name)
         if value is not None:
             return "scalar", float(value.float().abs().max()), "constant tensor: max |c|"
+        bound = op.constant_abs_bound(index, name) if hasattr(op, "constant_abs_bound") else None
+        if bound is not None:
+            return "scalar", bound, "constant tensor of unknown values: |c| bounded by its formula (cos, sin, ...)"
     return None
 
 
@@ -815,9 +848,16 @@ def attention(op: OpView, scale: float | None, label: str = "attention") -> Sema
         lipschitz = (1.0, 1.0, 1.0)
     else:
         lipschitz = (aligned * k.upper * v.upper, aligned * q.upper * v.upper, 1.0)
+    design, nominal, hessian = (aligned, aligned, 1.0), (1.0, 1.0, 1.0), attention_hessian(
+        aligned, q.upper, k.upper, v.upper, op.profile)
+    if len(op.inputs) > 3:  # an additive mask computed from parameters (T5's relative position bias)
+        # Softmax: ||J u||_1 = E_p|u - ū| <= sqrt(Var_p u) <= ||u||_inf <= sqrt(n_keys) ||u||_RMS; the output row
+        # moves by at most ||Δp||_1 max_j ||v_j||: sqrt(n_keys) V. Its second derivative is not derived here.
+        keys = op.in_shape(1)[-2] if len(op.in_shape(1)) >= 2 else 1
+        mask = math.sqrt(keys) * v.upper
+        lipschitz, design, nominal, hessian = (*lipschitz, mask), (*design, mask), (*nominal, mask), None
     return Semantics("bond", lipschitz, "attention: (c d ||k|| ||v||, c d ||q|| ||v||, 1), §d.1",
-                     design=(aligned, aligned, 1.0), nominal=(1.0, 1.0, 1.0), upper=v.upper, curvature=aligned,
-                     hessian=attention_hessian(aligned, q.upper, k.upper, v.upper, op.profile),
+                     design=design, nominal=nominal, upper=v.upper, curvature=aligned, hessian=hessian,
                      tags=("attention",), label=label,
                      info={"scale": c, "head_dim": d, "aligned_logit": aligned * q.upper * k.upper,
                            "default_scale": scale is None})

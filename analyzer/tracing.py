@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .semantics import LEAF_CLASS_NAMES
 from .errors import ModnormError, frame_of_exception, resolved, short_path, user_frame
 
 __all__ = ["TracedModel", "trace", "to_meta", "node_value", "node_location"]
@@ -147,7 +148,11 @@ class ValueProxy(fx.Proxy):
 
     @property
     def device(self) -> torch.device:
-        return self.value.device
+        # Tensors the model makes from shapes alone (`torch.arange(T, device=x.device)`) are then real CPU
+        # constants: the model's own checks on them (`(positions == 0).all()`) resolve, and the registry can read
+        # their values. The traced values stay on meta.
+        device = self.value.device
+        return torch.device("cpu") if device.type == "meta" else device
 
     @property
     def is_cuda(self) -> bool:
@@ -187,6 +192,8 @@ class ShapeTracer(fx.Tracer):
     def __init__(self, example_inputs: tuple[Any, ...], leaf_types: tuple[type, ...] = ()) -> None:
         super().__init__()
         self.record_stack_traces = True
+        # Buffers become get_attr nodes with meta shadows, so `.to(x.device)` on a meta buffer is traced, not run.
+        self.proxy_buffer_attributes = True
         self._inputs = list(to_meta(example_inputs))
         self._leaf_types = leaf_types
         self._computing = False  # True while a leaf runs on meta: fx's patches must stand aside
@@ -198,6 +205,23 @@ class ShapeTracer(fx.Tracer):
                 self._autowrap_function_ids.update(id(v) for v in scope.values() if is_compiled(v))
         with autograd_functions_as_leaves(self._function_leaf):
             return super().trace(root, concrete_args)
+
+    def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> tuple[Any, list]:
+        """One placeholder per example input, the rest of forward's parameters left to their defaults. fx's own
+        version rewrites the code object of a forward with **kwargs, which fails ("co_varnames is too small")
+        when the forward is wrapped by a decorator, as every Hugging Face forward is."""
+        if not is_module:
+            return super().create_args_for_root(root_fn, is_module, concrete_args)
+        parameters = list(inspect.signature(inspect.unwrap(root_fn)).parameters.values())[1:]
+        names = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        count = len(self._inputs)
+        names += [f"input_{i}" for i in range(len(names), count)]
+        placeholders = [self.create_proxy("placeholder", name, (), {}) for name in names[:count]]
+
+        def forward(module: nn.Module, *args: Any) -> Any:
+            return root_fn(module, *args)
+
+        return forward, [self.root, *placeholders]
 
     def _function_leaf(self, function: type, args: tuple, kwargs: dict) -> Any:
         if self._computing or not _has_proxy((args, kwargs)):
@@ -217,6 +241,8 @@ class ShapeTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self._leaf_types and isinstance(m, self._leaf_types) or is_compiled(m):
             return True
+        if f"{type(m).__module__}.{type(m).__qualname__}" in LEAF_CLASS_NAMES:
+            return True
         return super().is_leaf_module(m, module_qualified_name)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
@@ -235,8 +261,10 @@ class ShapeTracer(fx.Tracer):
             return to_meta(self._fetch(target))
         if kind == "output":
             return None
-        values = to_meta(fx.node.map_aggregate(args, _unwrap))  # constants may live on the CPU
-        kw = to_meta(fx.node.map_aggregate(kwargs, _unwrap))
+        values = _on_meta_device(to_meta(fx.node.map_aggregate(args, _unwrap)))  # constants may live on the CPU
+        kw = _on_meta_device(to_meta(fx.node.map_aggregate(kwargs, _unwrap)))
+        if kind == "call_method" and target in ("cpu", "cuda") and values:
+            return values[0]
         try:
             if kind == "call_function":
                 return getattr(target, "_modnorm_leaf_of", target)(*values, **kw)
@@ -268,6 +296,19 @@ class ShapeTracer(fx.Tracer):
             return obj
         finally:
             self._computing = computing
+
+
+def _on_meta_device(value: Any) -> Any:
+    """Device arguments (`.to(device=...)`, `torch.zeros(..., device=...)`) redirected to meta for the shadow value."""
+    if isinstance(value, torch.device):
+        return torch.device("meta")
+    if isinstance(value, str) and value in ("cpu", "cuda") or isinstance(value, str) and value.startswith("cuda:"):
+        return "meta"
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_on_meta_device(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _on_meta_device(v) for k, v in value.items()}
+    return value
 
 
 def _has_proxy(value: Any) -> bool:
@@ -512,6 +553,7 @@ def trace_fx(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str |
     graph_module = fx.GraphModule(tracer.root, graph, name)
     for node, original in zip(graph_module.graph.nodes, graph.nodes):
         node.meta = original.meta
+    _fold_constants(graph_module)  # what depends only on real buffers (rotary tables of a CPU model)
     inputs = [n.name for n in graph_module.graph.nodes if n.op == "placeholder"]
     return TracedModel(graph_module, model, "fx_values", ["fx_values: ok"], inputs)
 

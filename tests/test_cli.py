@@ -60,7 +60,6 @@ def test_json_schema_fields():
 @pytest.mark.parametrize("name, line, words", [
     ("syntax_error.py", 3, "syntax error"),
     ("factory_raises.py", 6, "width must be even"),
-    ("data_dependent.py", 11, "x.sum() > 0"),
     ("several.py", None, "several models found (a, b)"),
     ("no_model.py", None, "no model found"),
 ])
@@ -72,6 +71,13 @@ def test_bad_input_is_one_paragraph_with_file_and_line(name, line, words):
     if line:
         assert f"{name}:{line}:" in message
     assert message.count("\n") == 1
+
+
+def test_data_dependent_flow_with_the_fx_route_forced_is_one_paragraph():
+    result = run("check", BAD / "data_dependent.py", "--tracer", "fx")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert "data_dependent.py:11:" in result.stderr and "x.sum() > 0" in result.stderr
+    assert result.stderr.count("\n") == 1
 
 
 def test_missing_file_and_bad_options_exit_two():

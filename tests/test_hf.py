@@ -1,0 +1,84 @@
+"""Hugging Face transformers models, built from a config.json on the meta device (optional: `pip install
+"modnorm[hf]"`). The shape-aware fx route reads GPT-2, BERT, Llama, Mistral, Qwen2 and T5 with no unknown op."""
+
+import json
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+transformers = pytest.importorskip("transformers")
+
+from modnorm.check import check_model  # noqa: E402
+from modnorm.cli import app  # noqa: E402
+from modnorm.config import Settings  # noqa: E402
+
+TINY = dict(vocab_size=100)
+CONFIGS = {
+    "gpt2": lambda: transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, **TINY,
+                                            architectures=["GPT2LMHeadModel"]),
+    "bert": lambda: transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                            intermediate_size=128, max_position_embeddings=64, **TINY,
+                                            architectures=["BertModel"]),
+    "llama": lambda: transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                              num_key_value_heads=2, intermediate_size=128,
+                                              max_position_embeddings=64, **TINY, architectures=["LlamaForCausalLM"]),
+    "mistral": lambda: transformers.MistralConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                  num_key_value_heads=2, intermediate_size=128,
+                                                  max_position_embeddings=64, **TINY,
+                                                  architectures=["MistralForCausalLM"]),
+    "qwen2": lambda: transformers.Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                              num_key_value_heads=2, intermediate_size=128,
+                                              max_position_embeddings=64, **TINY, architectures=["Qwen2ForCausalLM"]),
+    "t5": lambda: transformers.T5Config(d_model=64, num_layers=2, num_heads=4, d_ff=128, d_kv=16, **TINY,
+                                        architectures=["T5ForConditionalGeneration"]),
+}
+
+
+def saved(tmp_path, name, config):
+    folder = tmp_path / name
+    config.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_tiny_transformers_models_trace_with_no_unknown_op(tmp_path, name):
+    analysis = check_model(str(saved(tmp_path, name, CONFIGS[name]())), Settings(device="meta")).analysis
+    assert analysis.model.tracer == "fx_values", analysis.model.tracer_attempts
+    assert analysis.network.unknown_ops == ()
+    assert analysis.network.certified  # every op has a first-order bound
+    linears = [l for l in analysis.layers if l.kind == "Linear"]
+    assert linears and all(l.norm_source.startswith("predicted") for l in linears)
+
+
+def test_gpt2_ties_its_head_and_reports_it(tmp_path):
+    analysis = check_model(str(saved(tmp_path, "gpt2", CONFIGS["gpt2"]())), Settings(device="meta")).analysis
+    assert ("lm_head.weight", "transformer.wte.weight") in {tuple(sorted(g)) for g in analysis.network.tied_weights}
+
+
+def test_a_config_json_file_is_a_target_and_kwargs_override_it(tmp_path):
+    folder = saved(tmp_path, "llama", CONFIGS["llama"]())
+    result = CliRunner().invoke(app, ["check", str(folder / "config.json"), "-f", "json", "--exit-zero",
+                                      "--kwargs", "num_hidden_layers=3"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {l["name"] for l in report["layers"]} >= {"model.layers.2.mlp.down_proj"}
+
+
+def test_llama_7b_shape_on_meta_in_seconds(tmp_path):
+    config = transformers.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                                      max_position_embeddings=4096, architectures=["LlamaForCausalLM"])
+    start = time.perf_counter()
+    analysis = check_model(str(saved(tmp_path, "llama7b", config)), Settings()).analysis
+    print(f"Llama 7B shape: {time.perf_counter() - start:.1f} s")
+    assert analysis.model.device == "meta" and analysis.model.parameters > 6.5e9
+    assert analysis.model.tracer == "fx_values" and analysis.network.unknown_ops == ()
+    assert len([l for l in analysis.layers if l.kind == "Linear"]) == 32 * 7 + 1
+
+
+def test_not_a_model_config_is_a_clear_error(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text('{"hidden_size": 4}')
+    result = CliRunner().invoke(app, ["check", str(bad)])
+    assert result.exit_code == 2 and "model_type" in result.stderr and "Traceback" not in result.stderr
