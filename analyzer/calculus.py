@@ -635,7 +635,7 @@ def _layers(records: list[_Record], ctx: _Context) -> tuple[list[Layer], float]:
             norm_at_init=spec.norm, norm_source=spec.norm_source, scale=spec.scale,
             certified=a.semantics.certified, op=a.node.name, weight=spec.weight, params=spec.params,
             file=file, line=line, module_type=module_type, defined_at=_definition(ctx.root, owner),
-            predicted_norm=_predicted_norm(ctx.weights, spec)))
+            predicted_norm=_predicted_norm(ctx.weights, spec), norm_factor=spec.factor, groups=spec.groups))
     return layers, total
 
 

@@ -67,6 +67,8 @@ class Layer:
     module_type: str = ""
     defined_at: tuple[str, int] | None = None  # where the module is created (`self.fc = nn.Linear(...)`)
     predicted_norm: float | None = None  # measured atoms: what the recorded init law predicted
+    norm_factor: float = 1.0  # natural norm = norm_factor × raw norm of the weight (semantics.AtomSpec.factor)
+    groups: int = 1  # convolution groups
 
     @property
     def weighted_norm(self) -> float:

@@ -53,6 +53,10 @@ class AtomSpec:
     scale: float = 1.0
     params: tuple[str, ...] = ()
     bias_rms: float = 0.0
+    # norm = factor × the raw norm of the weight: σ_max (Linear), max σ over kernel positions and groups (Conv),
+    # max row RMS (Embedding), max |w| (Gain). modnorm.optim measures updates with it.
+    factor: float = 1.0
+    groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -632,7 +636,8 @@ def _linear_atom(op: OpView, weight: str, bias: str | None, transposed: bool = F
     scale = abs(op.scale)
     norm = scale * math.sqrt(fan_in / fan_out) * spectral
     bias_rms = op.weights.rms(bias)[0] * scale if bias else 0.0
-    atom = AtomSpec("Linear", weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p), bias_rms)
+    atom = AtomSpec("Linear", weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p), bias_rms,
+                    factor=scale * math.sqrt(fan_in / fan_out))
     fdim = _first_fdim(op)
     if fdim != len(op.in_shape(0)) - 1:  # mixes positions (token-mixing MLP): max-row l1 norm, §d.2
         row_l1, origin = op.weights.max_row_l1(weight)
@@ -697,7 +702,8 @@ def _conv_atom(op: OpView, weight: str, bias: str | None, groups: int) -> Semant
     norm = scale * kernel * math.sqrt(c_in / c_out) * slice_norm
     bias_rms = op.weights.rms(bias)[0] * scale if bias else 0.0
     kind = "Conv1d" if len(shape) == 3 else "Conv2d"
-    atom = AtomSpec(kind, weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p), bias_rms)
+    atom = AtomSpec(kind, weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p), bias_rms,
+                    factor=scale * kernel * math.sqrt(c_in / c_out), groups=groups)
     return linear(Semantics("atom", (norm,), "Conv: |c| k^2 sqrt(in/out) max_ij ||W_ij||_*, §c.2", atom=atom, fdim=1,
                      upper=norm * op.bounds[0].upper + bias_rms, label=kind))
 
@@ -721,7 +727,7 @@ def _embedding_atom(op: OpView, weight: str) -> Semantics:
     largest, smallest, origin = op.weights.row_rms(weight)
     scale = abs(op.scale)
     shape = tuple(op.weights.shape(weight))
-    atom = AtomSpec("Embedding", weight, shape, scale * largest, origin, op.scale, (weight,))
+    atom = AtomSpec("Embedding", weight, shape, scale * largest, origin, op.scale, (weight,), factor=scale)
     return linear(Semantics("atom", (scale * largest,), "Embedding: |c| max row RMS (l1 -> RMS), §c.2", atom=atom,
                      upper=scale * largest, lower=scale * smallest, fdim=len(op.out_shape()) - 1, label="Embedding"))
 

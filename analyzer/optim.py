@@ -1,0 +1,229 @@
+"""Modular normalization for training any unmodified PyTorch model (Modula's optimizer, from modnorm's analysis).
+
+Every atom i of the analysis has a natural norm ‖·‖_i (Linear: |c| √(in/out) σ_max; Conv: the same per kernel
+position and group, times k; Embedding: |c| max row RMS; Gain: max |w|) and a target t_i (theory.md §b.2). A step
+of `ModularNormalized` lets the base optimizer (SGD, SGD with momentum, Adam, AdamW, ...) propose its update Δ,
+then rescales each atom's Δ_i to ‖Δ_i‖_i = lr · t_i, so the whole update has modular norm max_i ‖Δ_i‖_i / t_i = lr
+(the learning rate of the parameter group, so schedulers and parameter groups work as usual). With
+`dualize=True` a Linear or Conv update is first orthogonalized (Newton–Schulz, as in modular duality and Muon):
+its steepest-descent direction in the spectral norm.
+
+The base optimizer's own step size only shapes the direction (it is normalized away); its weight decay is part of
+the direction. Biases move with their atom, at the same relative step: ‖Δb‖_RMS · |c| = lr · t_i. Parameters that
+belong to no atom (e.g. a normalization's bias) keep the base optimizer's update and are listed in `unmanaged`.
+
+Costs per step: one copy of each managed parameter into a buffer allocated once, and per matrix either a few
+warm-started power-iteration steps (`norm="power"`, default) or an exact norm (`norm="exact"`); parameters are
+updated in place, never reallocated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from .result import Analysis
+
+__all__ = ["ModularNormalized", "AtomUpdate", "atoms_of", "natural_norm", "orthogonalize", "normalize_"]
+
+_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton–Schulz iteration
+
+
+@dataclass
+class AtomUpdate:
+    """One atom of the analysis as the optimizer sees it."""
+
+    name: str
+    kind: str  # "Linear" | "Conv1d" | "Conv2d" | "Embedding" | "Gain"
+    weight: torch.nn.Parameter
+    bias: torch.nn.Parameter | None
+    target: float
+    factor: float  # natural norm = factor × raw norm
+    scale: float  # the forward multiplier (biases are measured with it)
+    groups: int = 1
+    weight_name: str = ""
+    bias_name: str | None = None
+    vector: torch.Tensor | None = field(default=None, repr=False)  # warm start of the power iteration
+
+
+def atoms_of(model: nn.Module, analysis: Analysis) -> list[AtomUpdate]:
+    """The atoms of `analysis`, bound to the parameters of `model` (matched by qualified name)."""
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    atoms = []
+    for layer in analysis.layers:
+        if layer.weight not in parameters or not (layer.target_norm > 0 and math.isfinite(layer.target_norm)):
+            continue
+        bias_name = next((p for p in layer.params if p != layer.weight and p in parameters), None)
+        atoms.append(AtomUpdate(layer.name, layer.kind, parameters[layer.weight],
+                                parameters[bias_name] if bias_name else None, layer.target_norm, layer.norm_factor,
+                                abs(layer.scale) or 1.0, layer.groups, layer.weight, bias_name))
+    return atoms
+
+
+def _kernel_slices(delta: torch.Tensor, groups: int) -> torch.Tensor:
+    """(positions × groups, out/groups, in/groups): the matrices whose largest σ is a conv's raw norm."""
+    out_channels, in_per_group = delta.shape[:2]
+    w = delta.reshape(groups, out_channels // groups, in_per_group, -1)
+    return w.permute(0, 3, 1, 2).reshape(-1, out_channels // groups, in_per_group)
+
+
+def _power_sigma(matrices: torch.Tensor, atom: AtomUpdate, steps: int) -> float:
+    """Largest σ over a batch of matrices by warm-started power iteration (a lower estimate of the truth)."""
+    batch, _, cols = matrices.shape
+    if atom.vector is None or atom.vector.shape != (batch, cols, 1):
+        atom.vector = torch.randn(batch, cols, 1, device=matrices.device, dtype=matrices.dtype)
+    v = atom.vector
+    for _ in range(steps):
+        v = matrices.transpose(1, 2) @ (matrices @ v)
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    atom.vector = v
+    return float((matrices @ v).norm(dim=1).max())
+
+
+def natural_norm(atom: AtomUpdate, delta: torch.Tensor, method: str = "power", steps: int = 2) -> float:
+    """‖delta‖ in the atom's natural norm (module docstring), forward scale included."""
+    d = delta.detach()
+    d = d if d.dtype in (torch.float32, torch.float64) else d.float()
+    if atom.kind == "Embedding":
+        raw = float(d.pow(2).mean(1).sqrt().max())
+    elif atom.kind == "Gain":
+        raw = float(d.abs().max())
+    else:
+        matrices = d.unsqueeze(0) if d.dim() == 2 else _kernel_slices(d, atom.groups)
+        if method == "exact":
+            raw = float(torch.linalg.matrix_norm(matrices.double(), ord=2).max())
+        else:
+            raw = _power_sigma(matrices, atom, steps)
+    return atom.factor * raw
+
+
+def orthogonalize(delta: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Newton–Schulz orthogonalization of a matrix (or of each kernel slice): U Vᵀ of its SVD, approximately
+    (singular values end in about [0.7, 1.2]; the normalization that follows fixes the overall size)."""
+    shape = delta.shape
+    x = delta.float().reshape(shape[0], -1) if delta.dim() > 2 else delta.float()
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / x.norm().clamp_min(1e-30)
+    a, b, c = _NS_COEFFICIENTS
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    x = x.T if tall else x
+    return x.reshape(shape).to(delta.dtype)
+
+
+def normalize_(updates: dict[str, torch.Tensor], atoms: Iterable[AtomUpdate], lr: float, *, dualize: bool = False,
+               norm: str = "power", power_steps: int = 2) -> None:
+    """The functional form: rescale, in place, each atom's update in `updates` (keyed by qualified parameter
+    name) so that ‖Δ_i‖_i = lr · t_i, and its bias's to |c| ‖Δb‖_RMS = lr · t_i."""
+    for atom in atoms:
+        delta = updates.get(atom.weight_name)
+        if delta is not None:
+            _normalize_atom(atom, delta, updates.get(atom.bias_name) if atom.bias_name else None, lr, dualize, norm,
+                            power_steps)
+
+
+def _normalize_atom(atom: AtomUpdate, delta: torch.Tensor, bias: torch.Tensor | None, lr: float, dualize: bool,
+                    norm: str, power_steps: int) -> None:
+    if dualize and atom.kind in ("Linear", "Conv1d", "Conv2d"):
+        delta.copy_(orthogonalize(delta))
+    size = natural_norm(atom, delta, norm, power_steps)
+    delta.mul_(lr * atom.target / size if size > 0 else 0.0)
+    if bias is not None:
+        rms = float(bias.detach().float().pow(2).mean().sqrt()) * atom.scale
+        bias.mul_(lr * atom.target / rms if rms > 0 else 0.0)
+
+
+class ModularNormalized:
+    """Wrap a torch optimizer so that every step has modular norm equal to the learning rate.
+
+        base = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        opt = ModularNormalized(base, model, example_inputs=x)      # or analysis=modnorm.analyze(model, x)
+        loss.backward(); opt.step(); opt.zero_grad()
+
+    `lr` (optional) sets every group's learning rate; afterwards the groups' "lr" is the modular-norm step, so
+    learning-rate schedulers on `opt` (or on `base`) work unchanged.
+    """
+
+    def __init__(self, base: torch.optim.Optimizer, model: nn.Module, analysis: Analysis | None = None, *,
+                 example_inputs: Any = None, lr: float | None = None, dualize: bool = False, norm: str = "power",
+                 power_steps: int = 2) -> None:
+        if analysis is None:
+            if example_inputs is None:
+                raise ValueError("pass an Analysis or example_inputs to analyse the model with")
+            from . import analyze
+
+            analysis = analyze(model, example_inputs)
+        if norm not in ("power", "exact"):
+            raise ValueError(f"norm must be 'power' or 'exact', not {norm!r}")
+        self.base, self.analysis = base, analysis
+        self.dualize, self.norm, self.power_steps = dualize, norm, power_steps
+        self.atoms = atoms_of(model, analysis)
+        if lr is not None:
+            for group in base.param_groups:
+                group["lr"] = lr
+        managed = {id(a.weight) for a in self.atoms} | {id(a.bias) for a in self.atoms if a.bias is not None}
+        names = {id(p): n for n, p in model.named_parameters()}
+        in_groups = [p for g in base.param_groups for p in g["params"]]
+        self.unmanaged = [names.get(id(p), "?") for p in in_groups if id(p) not in managed]
+        self._group_of = {id(p): g for g in base.param_groups for p in g["params"]}
+        self._atoms = [a for a in self.atoms if id(a.weight) in self._group_of]
+        self._before: dict[int, torch.Tensor] = {}
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.base.param_groups
+
+    @property
+    def state(self) -> Any:
+        return self.base.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state)
+
+    def _snapshot(self) -> None:
+        for atom in self._atoms:
+            for p in (atom.weight, atom.bias):
+                if p is None:
+                    continue
+                buffer = self._before.get(id(p))
+                if buffer is None:
+                    buffer = self._before[id(p)] = torch.empty_like(p)
+                buffer.copy_(p)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        self._snapshot()
+        loss = self.base.step(closure)
+        for atom in self._atoms:
+            lr = self._group_of[id(atom.weight)]["lr"]
+            has_bias = atom.bias is not None and id(atom.bias) in self._group_of
+            # Δ takes the parameter's place for a moment: no allocation, the parameter object is kept.
+            delta = atom.weight.sub_(self._before[id(atom.weight)])
+            bias = atom.bias.sub_(self._before[id(atom.bias)]) if has_bias else None
+            _normalize_atom(atom, delta, bias, lr, self.dualize, self.norm, self.power_steps)
+            delta.add_(self._before[id(atom.weight)])
+            if has_bias:
+                bias.add_(self._before[id(atom.bias)])
+        return loss
+
+    def update_norms(self, before: dict[str, torch.Tensor], model: nn.Module) -> dict[str, float]:
+        """Exact natural norm / target of each atom's last update, from a copy of the weights before it (tests)."""
+        current = dict(model.named_parameters(remove_duplicate=False))
+        names = {id(p): n for n, p in current.items()}
+        out = {}
+        for atom in self.atoms:
+            name = names[id(atom.weight)]
+            out[atom.name] = natural_norm(atom, atom.weight.detach() - before[name], "exact") / atom.target
+        return out
