@@ -200,6 +200,7 @@ ATEN_ALIASES: dict[str, Any] = {
     "log_softmax": "log_softmax", "mean": torch.mean, "sum": torch.sum, "cat": torch.cat,
     "split": "split", "split_with_sizes": "split", "chunk": "chunk", "unbind": "unbind",
     "view": "view", "_unsafe_view": "view", "reshape": "reshape", "flatten": "flatten", "permute": "permute",
+    "unflatten": "unflatten",
     "transpose": "transpose", "t": "t", "unsqueeze": "unsqueeze", "squeeze": "squeeze", "expand": "expand",
     "contiguous": "contiguous", "clone": "clone", "alias": "clone", "dropout": F.dropout, "_to_copy": "to",
     "to": "to", "where": torch.where,
@@ -218,8 +219,8 @@ bond(nn.GELU, F.gelu, "gelu", certified=GELU_SLOPE, modula=1 / SQRT2, curvature=
 bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0999, §d.2")
 bond(nn.Tanh, torch.tanh, F.tanh, "tanh", certified=1.0, curvature=0.7698, sup=1.0,
      source="tanh: max tanh' = 1, §d.2")
-bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.09623,  # 1/(6√3) sup=1.0, at_zero=0.5,
-     source="sigmoid: max sigma' = 1/4, §d.2")
+bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.09623, sup=1.0, at_zero=0.5,
+     source="sigmoid: max sigma' = 1/4, max |sigma''| = 1/(6 sqrt 3), §d.2")
 bond(nn.Hardtanh, F.hardtanh, nn.ReLU6, F.relu6, certified=1.0, smooth=False, sup=6.0, source="clip: 1-Lipschitz")
 bond(nn.Hardswish, F.hardswish, certified=1.5, smooth=False, source="hardswish: max slope (2x+3)/6 = 1.5 at x=3")
 bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6 + 1e-8, smooth=False, sup=1.0, at_zero=0.5,

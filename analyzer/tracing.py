@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .semantics import LEAF_CLASS_NAMES
+from .semantics import LEAF_CLASS_NAMES, lookup
 from .errors import ModnormError, frame_of_exception, resolved, short_path, user_frame
 
 __all__ = ["TracedModel", "trace", "to_meta", "node_value", "node_location"]
@@ -111,8 +111,20 @@ class DataDependentError(RuntimeError):
     """Python control flow asked for the value of a tensor, which tracing on meta cannot know."""
 
 
+_CONCRETE_ATTRIBUTES = {"is_nested", "is_sparse", "is_quantized", "is_mkldnn", "is_complex", "layout",
+                        "requires_grad", "is_leaf", "is_meta", "names"}
+
+
 class ValueProxy(fx.Proxy):
     """A proxy that answers shape questions from the node's meta value instead of recording them."""
+
+    def __getattr__(self, name: str) -> Any:
+        # Flags torch's own functional code branches on (`query.is_nested` in multi_head_attention_forward).
+        if name in _CONCRETE_ATTRIBUTES:
+            value = self.node.meta.get("value")
+            if isinstance(value, torch.Tensor):
+                return getattr(value, name)
+        return super().__getattr__(name)
 
     @property
     def value(self) -> Any:
@@ -236,6 +248,10 @@ class ShapeTracer(fx.Tracer):
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         if self._computing:
             return forward(*args, **kwargs)
+        if isinstance(m, nn.MultiheadAttention) and _self_attention(m, args, kwargs):
+            # fx would record F.multi_head_attention_forward as one opaque call; spell it out instead, so its
+            # projections are Linear atoms and its core is sdpa (or the explicit softmax when weights are asked).
+            return super().call_module(m, functools.partial(_multi_head_attention, m), args, kwargs)
         return super().call_module(m, forward, args, kwargs)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -243,6 +259,10 @@ class ShapeTracer(fx.Tracer):
             return True
         if f"{type(m).__module__}.{type(m).__qualname__}" in LEAF_CLASS_NAMES:
             return True
+        if isinstance(m, nn.MultiheadAttention):  # traced through: its projections are atoms, its core is sdpa
+            return False
+        if any(True for _ in m.children()) and lookup(type(m)) is None:  # nn.TransformerEncoderLayer & co:
+            return False  # composites of registered modules, read through rather than left unknown
         return super().is_leaf_module(m, module_qualified_name)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
@@ -309,6 +329,41 @@ def _on_meta_device(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _on_meta_device(v) for k, v in value.items()}
     return value
+
+
+def _self_attention(m: nn.MultiheadAttention, args: tuple, kwargs: dict) -> bool:
+    """The case `_multi_head_attention` spells out: self-attention with packed projections, no extras."""
+    names = ("query", "key", "value", "key_padding_mask")
+    bound = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+    return (bound.get("query") is bound.get("key") is bound.get("value") and m._qkv_same_embed_dim
+            and m.bias_k is None and not m.add_zero_attn and bound.get("key_padding_mask") is None)
+
+
+def _multi_head_attention(m: nn.MultiheadAttention, query: Any, key: Any, value: Any, key_padding_mask: Any = None,
+                          need_weights: bool = True, attn_mask: Any = None, average_attn_weights: bool = True,
+                          is_causal: bool = False) -> tuple[Any, Any]:
+    """nn.MultiheadAttention's forward for self-attention, in the ops the registry reads (eval mode)."""
+    import torch.nn.functional as F
+
+    x = query if m.batch_first else query.transpose(0, 1)
+    batch, tokens, embed = x.shape
+    heads = m.num_heads
+    q, k, v = F.linear(x, m.in_proj_weight, m.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (z.reshape(batch, tokens, heads, embed // heads).transpose(1, 2) for z in (q, k, v))
+    weights = None
+    if need_weights:
+        scores = q @ k.transpose(-2, -1) * (1 / (embed // heads) ** 0.5)
+        if attn_mask is not None:
+            scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+        probabilities = torch.softmax(scores, dim=-1)
+        out = probabilities @ v
+        weights = probabilities.mean(1) if average_attn_weights else probabilities
+    else:
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = attn_mask.logical_not()  # MultiheadAttention masks out True; sdpa keeps True
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    out = F.linear(out.transpose(1, 2).reshape(batch, tokens, embed), m.out_proj.weight, m.out_proj.bias)
+    return (out if m.batch_first else out.transpose(0, 1)), weights
 
 
 def _has_proxy(value: Any) -> bool:
