@@ -100,3 +100,25 @@ def test_input_shape_option_replaces_example_inputs(tmp_path):
     assert run("check", model, "--exit-zero").exit_code == 2
     result = run("check", model, "--input-shape", "2,8", "-f", "json", "--exit-zero")
     assert result.exit_code == 0 and json.loads(result.stdout)["layers"][0]["shape"] == [8, 8]
+
+
+def test_a_65b_parameter_llama_shape_is_analysed_on_meta_in_little_memory():
+    """Issue #2: a 65B-parameter configuration on the meta device: no weights allocated, peak RSS well under 2 GB
+    (measured on the child process that runs the check)."""
+    import resource
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from modnorm.cli import main; sys.argv = ['modnorm', 'check', sys.argv[1], "
+            "'--kwargs', 'dim=8192', '--kwargs', 'n_layers=61', '--kwargs', 'n_heads=64', '-f', 'json', "
+            "'--exit-zero']; main()")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT / "fixtures/llama_block.py")], capture_output=True,
+                          text=True, timeout=600)
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    print(f"65B-shaped check: peak RSS {peak_mb:.0f} MB (children so far: {before / 1024:.0f} MB)")
+    assert report["model"]["device"] == "meta" and report["model"]["parameters"] >= 65e9
+    assert report["network"]["unknown_ops"] == []
+    assert peak_mb < 2048
