@@ -92,7 +92,12 @@ def test_every_atom_bound_holds(model, x):
             continue
         if analysis.op(layer.op).source.startswith("Linear over a position axis"):
             continue  # mixes positions (MLP-Mixer): bounded in the ∞→∞ norm, measured in place by the network test
-        module = model.get_submodule(layer.name)
+        try:
+            module = model.get_submodule(layer.name)
+        except AttributeError:  # a packed weight (nn.MultiheadAttention's in_proj_weight): the atom is F.linear
+            params = dict(model.named_parameters())
+            weight, bias = params[layer.weight], params.get(layer.weight.replace("weight", "bias"))
+            module = lambda z, w=weight, b=bias: torch.nn.functional.linear(z, w, b)  # noqa: E731
         fan_in = layer.shape[1] * (1 if layer.kind == "Linear" else 1)
         side = max(6, *module.kernel_size) if layer.kind == "Conv2d" else 0
         probe = torch.randn(2, fan_in, side, side, dtype=torch.float64) if layer.kind == "Conv2d" else \
