@@ -171,3 +171,13 @@ def test_unmanaged_parameters_are_listed():
     opt = ModularNormalized(torch.optim.SGD(model.parameters(), lr=0.1), model, example_inputs=x)
     assert any(name.endswith(".bias") for name in opt.unmanaged)
     assert not math.isnan(sum(a.target for a in opt.atoms))
+
+
+def test_the_learning_rate_example_runs_at_a_tiny_size():
+    """examples/lr_transfer.py (the study behind README's table) runs end to end; here 5 steps, width 16."""
+    spec = importlib.util.spec_from_file_location("lr_transfer", ROOT / "examples/lr_transfer.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    for kind in ("resmlp", "gpt"):
+        for optimizer, lr in (("adam", 1e-3), ("modnorm", 0.1)):
+            assert math.isfinite(example.train(kind, 32, optimizer, lr, steps=5, batch=4))

@@ -99,7 +99,7 @@ def test_every_atom_bound_holds(model, x):
             weight, bias = params[layer.weight], params.get(layer.weight.replace("weight", "bias"))
             module = lambda z, w=weight, b=bias: torch.nn.functional.linear(z, w, b)  # noqa: E731
         fan_in = layer.shape[1] * (1 if layer.kind == "Linear" else 1)
-        side = max(6, *module.kernel_size) if layer.kind == "Conv2d" else 0
+        side = max(6, *layer.shape[2:]) if layer.kind == "Conv2d" else 0
         probe = torch.randn(2, fan_in, side, side, dtype=torch.float64) if layer.kind == "Conv2d" else \
             torch.randn(4, fan_in, dtype=torch.float64)
         fdim = 1 if layer.kind == "Conv2d" else -1
