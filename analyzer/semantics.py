@@ -203,7 +203,7 @@ ATEN_ALIASES: dict[str, Any] = {
     "unflatten": "unflatten",
     "transpose": "transpose", "t": "t", "unsqueeze": "unsqueeze", "squeeze": "squeeze", "expand": "expand",
     "contiguous": "contiguous", "clone": "clone", "alias": "clone", "dropout": F.dropout, "_to_copy": "to",
-    "to": "to", "where": torch.where,
+    "to": "to", "where": torch.where, "pow": torch.pow,
     "conv1d": F.conv1d, "conv2d": F.conv2d, "scaled_dot_product_attention": F.scaled_dot_product_attention,
     "adaptive_avg_pool1d": F.adaptive_avg_pool1d, "adaptive_avg_pool2d": F.adaptive_avg_pool2d,
     "avg_pool2d": F.avg_pool2d, "max_pool2d": F.max_pool2d, "embedding": "aten:embedding", "slice": "aten:slice",
@@ -245,6 +245,27 @@ bond("transformers.activations.QuickGELUActivation", certified=SILU_SLOPE, curva
      source="QuickGELU x·σ(1.702x): max slope = max silu' = 1.0999")
 bond("transformers.activations.SiLUActivation", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max slope 1.0999")
 LEAF_CLASS_NAMES = {k for k in REGISTRY if isinstance(k, str) and k.count(".") >= 2}
+
+
+@register(torch.pow, "pow", operator.pow, "square", torch.square)
+def _power(op: OpView) -> Semantics:
+    """x^p elementwise (p a constant ≥ 1): |d/dx x^p| = p |x|^(p-1) <= p s^(p-1) with s the input's sup bound
+    (√d × its RMS bound when nothing tighter is known). Sound, and as loose as that sup; p < 1 is not Lipschitz."""
+    exponent = 2.0 if op.node.target in ("square", torch.square) else op.arg(1, "exponent")
+    if not op.inputs or op.arg(0, "input") not in op.inputs or not _is_number(exponent):
+        return Semantics("unknown", (INF,) * max(1, len(op.inputs)), "pow", certified=False,
+                         reason="a power with a data-dependent exponent or base is not modelled")
+    p = float(exponent)
+    if p == 1.0:
+        return linear(Semantics("bond", (1.0,), "x^1", label="pow"))
+    if p < 1.0 or p != int(p) and p < 2.0:
+        return Semantics("bond", (INF,), f"x^{p:g}", certified=False, smooth=False,
+                         reason=f"x^{p:g} has an unbounded slope near 0")
+    width = op.out_shape()[-1] if op.out_shape() else 1
+    sup = _sup(op.bounds[0], width)
+    return Semantics("bond", (p * sup ** (p - 1),), f"x^{p:g}: slope p·sup|x|^(p-1) with sup from the input bound",
+                     upper=sup ** p, curvature=p * (p - 1) * sup ** max(p - 2, 0.0), label=f"x^{p:g}",
+                     hessian=p * (p - 1) * sup ** max(p - 2, 0.0) * math.sqrt(max(width, 1)))
 
 
 @register(torch.where, "where")

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import modnorm
 from modnorm import semantics
 
 GRID = torch.linspace(-30, 30, 600_001, dtype=torch.float64)
@@ -95,3 +96,31 @@ def test_attention_bound_on_an_additive_mask_input_holds():
             worst = max(worst, ratio)
     print(f"mask: measured {worst:.4g} bound {bound:.4g}")
     assert 0 < worst <= bound
+
+
+@pytest.mark.parametrize("power", [2, 3])
+def test_a_power_is_bounded_through_its_inputs_sup(power):
+    """x^p has slope p|x|^(p-1): the bound uses the sup of the input (√d × its RMS bound); measured below it."""
+    from tests.test_soundness import max_position_rms, measured_lipschitz
+
+    torch.manual_seed(0)
+
+    class Cube(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(6, 6).double()
+
+        def forward(self, x):
+            return torch.tanh(self.layer(x)) ** power
+
+    cube = Cube()
+
+    x = torch.randn(3, 6, dtype=torch.float64)
+    x = 0.9 * x / max_position_rms(x, -1)
+    analysis = modnorm.analyze(cube, x)
+    assert analysis.model.tracer == "fx_values"
+    op = next(o for o in analysis.ops if "pow" in o.target)
+    assert op.certified and op.lipschitz[0] == pytest.approx(power * 1.0 ** (power - 1))  # tanh: sup 1
+    measured = max(measured_lipschitz(cube, 0.9 * z / max_position_rms(z, -1), -1, -1)
+                   for z in torch.randn(4, 3, 6, dtype=torch.float64))
+    assert measured <= analysis.network.sensitivity * (1 + 1e-6)
