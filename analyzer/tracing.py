@@ -516,14 +516,19 @@ def _explained(route: Any, label: str, model: nn.Module, example_inputs: tuple[A
     except ModnormError:
         raise
     except Exception as exc:  # noqa: BLE001 - explained to the user
-        frame = frame_of_exception(exc, user_file)
-        file, line, source = frame if frame else (user_file, None, "")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModnormError(f"the {label} cannot run {f'{chr(34)}{source}{chr(34)}' if source else 'the model'}: "
-                           f"{type(exc).__name__}: {first[:300]}",
-                           "a model built on the meta device has no values to branch on: make the branch depend "
-                           "on shapes, mark the module as a leaf (--leaf), or raise --max-params so the model is "
-                           "built on the CPU with real values", file, line) from exc
+        raise _route_failure(exc, f"the {label} cannot run", user_file,
+                             "a model built on the meta device has no values to branch on: make the branch depend "
+                             "on shapes, mark the module as a leaf (--leaf), or raise --max-params so the model is "
+                             "built on the CPU with real values") from exc
+
+
+def _route_failure(exc: BaseException, what: str, user_file: str | None, remedy: str) -> ModnormError:
+    """One paragraph for a route that raised: the user's construct, file and line, the error's first line."""
+    frame = frame_of_exception(exc, user_file)
+    file, line, source = frame if frame else (user_file, None, "")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    construct = f'"{source}"' if source else "the model"
+    return ModnormError(f"{what} {construct}: {type(exc).__name__}: {first[:300]}", remedy, file, line)
 
 
 def trace_export(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
@@ -541,13 +546,8 @@ def trace_export(model: nn.Module, example_inputs: tuple[Any, ...], user_file: s
             inputs = tuple(to_meta(example_inputs)) if on_meta else tuple(example_inputs)
             exported = torch.export.export(model, inputs, strict=False)
     except Exception as exc:  # noqa: BLE001 - explained to the user
-        frame = frame_of_exception(exc, user_file)
-        file, line, source = frame if frame else (user_file, None, "")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModnormError(f"torch.export cannot trace {f'{chr(34)}{source}{chr(34)}' if source else 'the model'}: "
-                           f"{type(exc).__name__}: {first[:300]}",
-                           "rewrite the construct with torch operations or mark its module as a leaf", file,
-                           line) from exc
+        raise _route_failure(exc, "torch.export cannot trace", user_file,
+                             "rewrite the construct with torch operations or mark its module as a leaf") from exc
     finally:
         logging.disable(logging.NOTSET)
     graph_module = exported.module()
