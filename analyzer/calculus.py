@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import initlaw, norms, semantics, sharpness
+from . import atoms, initlaw, norms, semantics, sharpness
 from .errors import ModnormError, short_path
 from .patterns import Fused, find_patterns
 from .result import Analysis, BlockSharpness, Layer, LossBound, MassGroup, Merge, ModelInfo, Network, Op, Sharpness, Stream
@@ -153,8 +153,7 @@ class WeightStore:
             w = self.tensor(name)
             c_out, c_in_g = w.shape[0], w.shape[1]
             if not w.is_meta:
-                grouped = w.detach().reshape(groups, c_out // groups, c_in_g, -1)
-                slices = grouped.permute(0, 3, 1, 2).reshape(-1, c_out // groups, c_in_g)
+                slices = atoms.Conv(tuple(w.shape), groups=groups).matrices(w.detach())
                 return norms.conv_kernel_norm(slices.permute(1, 2, 0)).upper, "measured"
             law, source = self._law(name)
             if law is not None and law.kind != "orthogonal":  # an orthogonal conv init is orthogonal as a whole

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import atoms
+
 __all__ = ["Semantics", "AtomSpec", "Bounds", "OpView", "REGISTRY", "lookup", "register", "bond",
            "INF", "layout_lipschitz"]
 
@@ -45,7 +47,7 @@ class Bounds:
 class AtomSpec:
     """A parameterised op: the weight tensor, its shape and the natural norm of its effective map."""
 
-    kind: str  # "Linear" | "Conv1d" | "Conv2d" | "Embedding" | "Gain"
+    kind: str  # an atoms.AtomKind value (or a kind registered with atoms.register_atom_kind)
     weight: str  # qualified parameter name
     shape: tuple[int, ...]
     norm: float  # operator norm of the effective map, forward scale included (theory.md §c.2)
@@ -410,7 +412,7 @@ def _unknown_factor(op: OpView, what: str) -> Semantics:
 def _gain(op: OpView, param: str, source: str) -> Semantics:
     largest, origin = op.weights.abs_max(param)
     shape = tuple(getattr(op.weights, "shape")(param))
-    atom = AtomSpec("Gain", param, shape, largest, origin, params=(param,))
+    atom = AtomSpec(atoms.Gain.kind, param, shape, atoms.Gain(shape).factor * largest, origin, params=(param,))
     return linear(Semantics("atom", (largest,), "diagonal gain: ||diag w|| = max|w|, §d.2", atom=atom, label="gain"))
 
 
@@ -654,12 +656,12 @@ def _window(op: OpView) -> int:
 def _linear_atom(op: OpView, weight: str, bias: str | None, transposed: bool = False) -> Semantics:
     spectral, origin = op.weights.spectral(weight, transpose=transposed)
     shape = tuple(op.weights.shape(weight))
-    fan_out, fan_in = (shape[1], shape[0]) if transposed else (shape[0], shape[1])
+    geometry = atoms.Linear(shape, op.scale, transposed=transposed)
     scale = abs(op.scale)
-    norm = scale * math.sqrt(fan_in / fan_out) * spectral
+    norm = geometry.factor * spectral
     bias_rms = op.weights.rms(bias)[0] * scale if bias else 0.0
-    atom = AtomSpec("Linear", weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p), bias_rms,
-                    factor=scale * math.sqrt(fan_in / fan_out))
+    atom = AtomSpec(geometry.kind, weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p),
+                    bias_rms, factor=geometry.factor)
     fdim = _first_fdim(op)
     if fdim != len(op.in_shape(0)) - 1:  # mixes positions (token-mixing MLP): max-row l1 norm, §d.2
         row_l1, origin = op.weights.max_row_l1(weight)
@@ -717,15 +719,13 @@ def _bilinear_unknown(op: OpView, why: str) -> Semantics:
 
 def _conv_atom(op: OpView, weight: str, bias: str | None, groups: int) -> Semantics:
     shape = tuple(op.weights.shape(weight))
-    kernel = math.prod(shape[2:])
     slice_norm, origin = op.weights.conv(weight, groups)
-    c_out, c_in = shape[0], shape[1] * groups
-    scale = abs(op.scale)
-    norm = scale * kernel * math.sqrt(c_in / c_out) * slice_norm
-    bias_rms = op.weights.rms(bias)[0] * scale if bias else 0.0
-    kind = "Conv1d" if len(shape) == 3 else "Conv2d"
+    geometry = atoms.Conv(shape, op.scale, groups)
+    norm = geometry.factor * slice_norm
+    bias_rms = op.weights.rms(bias)[0] * abs(op.scale) if bias else 0.0
+    kind = atoms.Conv.kind_of(shape)
     atom = AtomSpec(kind, weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p), bias_rms,
-                    factor=scale * kernel * math.sqrt(c_in / c_out), groups=groups)
+                    factor=geometry.factor, groups=groups)
     return linear(Semantics("atom", (norm,), "Conv: |c| k^2 sqrt(in/out) max_ij ||W_ij||_*, §c.2", atom=atom, fdim=1,
                      upper=norm * op.bounds[0].upper + bias_rms, label=kind))
 
@@ -749,7 +749,9 @@ def _embedding_atom(op: OpView, weight: str) -> Semantics:
     largest, smallest, origin = op.weights.row_rms(weight)
     scale = abs(op.scale)
     shape = tuple(op.weights.shape(weight))
-    atom = AtomSpec("Embedding", weight, shape, scale * largest, origin, op.scale, (weight,), factor=scale)
+    geometry = atoms.Embedding(shape, op.scale)
+    atom = AtomSpec(geometry.kind, weight, shape, geometry.factor * largest, origin, op.scale, (weight,),
+                    factor=geometry.factor)
     return linear(Semantics("atom", (scale * largest,), "Embedding: |c| max row RMS (l1 -> RMS), §c.2", atom=atom,
                      upper=scale * largest, lower=scale * smallest, fdim=len(op.out_shape()) - 1, label="Embedding"))
 
