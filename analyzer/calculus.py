@@ -11,7 +11,6 @@ t_i = (m_i / M) / S_down(i) and their term in the modular norm ||w||_M = max_i |
 from __future__ import annotations
 
 import fnmatch
-import functools
 import math
 import operator
 from dataclasses import dataclass, field, replace
@@ -21,14 +20,17 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import atoms, initlaw, norms, semantics, sharpness
+from . import semantics, sharpness
 from .errors import ModnormError, short_path
+from .folding import abs_bound
 from .patterns import Fused, find_patterns
 from .result import Analysis, BlockSharpness, Layer, LossBound, MassGroup, Merge, ModelInfo, Network, Op, Sharpness, Stream
 from .semantics import INF, Bounds, Semantics, linear
+from .sourcelines import definition
 from .tracing import TracedModel, call_site, is_compiled, node_location
+from .weightstore import WeightStore
 
-__all__ = ["Options", "analyze_traced", "series", "parallel"]
+__all__ = ["Options", "analyze_traced", "series", "parallel", "WeightStore"]
 
 
 @dataclass(frozen=True)
@@ -58,178 +60,6 @@ def series(first: float, then: float) -> float:
 def parallel(*branches: float) -> float:
     """Sensitivity of a fan-out whose branches are summed: sensitivities add (§b.1, concatenation + Add)."""
     return sum(branches)
-
-
-# ------------------------------------------------------------------------------------------------ weights
-_DEFAULT_BIAS_LAW = ("uniform_fan_in",)
-
-
-class WeightStore:
-    """Norms of parameters: measured on real weights, predicted from the init law on the meta device."""
-
-    def __init__(self, root: nn.Module, laws: dict[str, Any] | None = None, checkpoint: Any = None) -> None:
-        self.root = root
-        self.laws = laws or {}  # recorded init laws of meta parameters (initlaw.py)
-        self.checkpoint = checkpoint  # (weights.Checkpoint, model name -> stored name) for --weights PATH
-        self.graph_module: nn.Module | None = None  # where torch.export keeps lifted constants
-        self.predicted: dict[str, float] = {}  # the init-law prediction of a measured tensor's norm
-        self.measured: dict[str, float] = {}
-        self._cache: dict[tuple, tuple] = {}
-
-    def _law(self, name: str) -> tuple[Any, str]:
-        """The recorded init law of a meta tensor, or None with the reason the default law is used."""
-        law = self.laws.get(name)
-        if law is not None and law.known:
-            return law, f"predicted from {law.source}"
-        if law is not None:
-            return None, f"predicted from the default init ({law.source}: not understood)"
-        return None, "predicted from the default init"
-
-    def tensor(self, name: str) -> torch.Tensor:
-        """The parameter or buffer `name`; from the checkpoint when the model is on meta (read now, not kept).
-        Constants that torch.export lifted live on the graph module, not on the model."""
-        obj: Any = self.root
-        try:
-            for part in name.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            if self.graph_module is None:
-                raise
-            obj = self.graph_module
-            for part in name.split("."):
-                obj = getattr(obj, part)
-        if self.checkpoint is not None and isinstance(obj, torch.Tensor) and obj.is_meta:
-            stored, names = self.checkpoint
-            if name in names:
-                return stored.load(names[name]).to(torch.float64 if obj.is_floating_point() else obj.dtype)
-        return obj
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.tensor(name).shape)
-
-    def _owner(self, name: str) -> nn.Module | None:
-        path = name.rsplit(".", 1)[0] if "." in name else ""
-        try:
-            return self.root.get_submodule(path)
-        except AttributeError:
-            return None
-
-    def _cached(self, key: tuple, compute: Any) -> Any:
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
-
-    def _law_std(self, name: str) -> float:
-        """Entry std of PyTorch's default init for the owner's type (kaiming_uniform(a=sqrt5) for Linear/Conv)."""
-        owner, shape = self._owner(name), self.shape(name)
-        if isinstance(owner, nn.Embedding):
-            return 1.0
-        fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
-        if isinstance(owner, (nn.Conv1d, nn.Conv2d)):
-            fan_in = math.prod(shape[1:])
-        return 1.0 / math.sqrt(3 * fan_in)
-
-    def spectral(self, name: str, transpose: bool = False) -> tuple[float, str]:
-        def compute() -> tuple[float, str]:
-            w = self.tensor(name)
-            rows, cols = w.shape[0], math.prod(w.shape[1:])
-            law, source = self._law(name)
-            if not w.is_meta:
-                measured = norms.spectral_norm(w.detach()).upper
-                if law is not None:  # both exist: keep the prediction for "predicted vs measured"
-                    self.predicted[name] = initlaw.spectral(law, *((cols, rows) if transpose else (rows, cols)))
-                    self.measured[name] = measured
-                return measured, "measured"
-            if transpose:
-                rows, cols = cols, rows
-            if law is not None:
-                return initlaw.spectral(law, rows, cols), source
-            std = self._law_std(name)
-            return std * (math.sqrt(rows) + math.sqrt(cols)), source
-        return self._cached(("spectral", name), compute)
-
-    def conv(self, name: str, groups: int) -> tuple[float, str]:
-        def compute() -> tuple[float, str]:
-            w = self.tensor(name)
-            c_out, c_in_g = w.shape[0], w.shape[1]
-            if not w.is_meta:
-                slices = atoms.Conv(tuple(w.shape), groups=groups).matrices(w.detach())
-                return norms.conv_kernel_norm(slices.permute(1, 2, 0)).upper, "measured"
-            law, source = self._law(name)
-            if law is not None and law.kind != "orthogonal":  # an orthogonal conv init is orthogonal as a whole
-                return initlaw.spectral(law, c_out // groups, c_in_g) * 1.05, source
-            std = self._law_std(name)
-            return std * (math.sqrt(c_out // groups) + math.sqrt(c_in_g)) * 1.05, source
-        return self._cached(("conv", name, groups), compute)
-
-    def row_rms(self, name: str) -> tuple[float, float, str]:
-        def compute() -> tuple[float, float, str]:
-            w = self.tensor(name)
-            n, d = w.shape
-            law, source = self._law(name)
-            if not w.is_meta:
-                rms = w.detach().double().pow(2).mean(1).sqrt()
-                if law is not None:
-                    self.predicted[name], self.measured[name] = initlaw.row_rms(law, n, d), float(rms.max())
-                return float(rms.max()), float(rms.min()), "measured"
-            if law is not None:
-                return initlaw.row_rms(law, n, d), 0.0, source
-            std = self._law_std(name)
-            return std * (1 + math.sqrt(math.log(max(n, 2)) / d)), 0.0, source
-        return self._cached(("row_rms", name), compute)
-
-    def abs_max(self, name: str) -> tuple[float, str]:
-        def compute() -> tuple[float, str]:
-            w = self.tensor(name)
-            if not w.is_meta:
-                return float(w.detach().abs().max()) if w.numel() else 0.0, "measured"
-            law, source = self._law(name)
-            if law is not None and not math.isnan(initlaw.abs_max(law, w.numel())):
-                return initlaw.abs_max(law, w.numel()), source
-            if w.dim() == 1:  # normalization gains initialise to ones
-                return 1.0, source
-            return math.sqrt(3) * self._law_std(name), source
-        return self._cached(("abs_max", name), compute)
-
-    def abs_min(self, name: str) -> tuple[float, str]:
-        w = self.tensor(name)
-        if not w.is_meta:
-            return float(w.detach().abs().min()) if w.numel() else 0.0, "measured"
-        law, source = self._law(name)
-        if law is not None and law.kind == "constant":
-            return abs(law.mean), source
-        return (1.0 if w.dim() == 1 and law is None else 0.0), source
-
-    def rms(self, name: str) -> tuple[float, str]:
-        def compute() -> tuple[float, str]:
-            w = self.tensor(name)
-            if not w.is_meta:
-                return float(w.detach().double().pow(2).mean().sqrt()) if w.numel() else 0.0, "measured"
-            law, source = self._law(name)
-            if law is not None and not math.isnan(initlaw.rms(law)):
-                return initlaw.rms(law), source
-            owner = self._owner(name)
-            if isinstance(owner, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
-                return 0.0, source
-            weight = getattr(owner, "weight", None)
-            fan_in = math.prod(weight.shape[1:]) if weight is not None and weight.dim() > 1 else w.shape[0]
-            return 1.0 / math.sqrt(3 * fan_in), source
-        return self._cached(("rms", name), compute)
-
-    def max_row_l1(self, name: str) -> tuple[float, str]:
-        w = self.tensor(name)
-        if not w.is_meta:
-            return float(w.detach().abs().sum(1).max()), "measured"
-        fan_in = w.shape[1]
-        return fan_in * math.sqrt(3) * self._law_std(name), "predicted (worst case of the init law)"
-
-    def batch_norm(self, prefix: str, eps: float) -> tuple[float, str]:
-        module = self.root.get_submodule(prefix)
-        var = self.tensor(f"{prefix}.running_var") if module.running_var is not None else None
-        if var is None or var.is_meta:
-            return 1.0 / math.sqrt(1.0 + eps), "predicted"
-        gamma = self.tensor(f"{prefix}.weight").detach().abs() if module.weight is not None else torch.ones_like(var)
-        return float((gamma / (var + eps).sqrt()).max()), "measured"
 
 
 # --------------------------------------------------------------------------------------------- op views
@@ -273,7 +103,7 @@ class _View:
 
     def constant_abs_bound(self, index: int, name: str) -> float | None:
         """max |c| of a constant argument whose values are unknown (meta), from the formula that made it."""
-        return _abs_bound(self.arg(index, name), self.weights, 0)
+        return abs_bound(self.arg(index, name), self.weights)
 
     @property
     def value(self) -> Any:
@@ -290,46 +120,6 @@ class _View:
         if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
             value = value[0]
         return tuple(value.shape) if isinstance(value, torch.Tensor) else ()
-
-
-_BOUNDED = {"cos": 1.0, "sin": 1.0, "tanh": 1.0, "sigmoid": 1.0, "softmax": 1.0}
-_PASSTHROUGH = {"getitem", "view", "reshape", "unsqueeze", "squeeze", "expand", "expand_as", "to", "float",
-                "double", "half", "bfloat16", "type_as", "contiguous", "transpose", "permute", "repeat", "flatten",
-                "clone", "detach", "narrow", "select", "slice", "alias", "_to_copy", "t", "unflatten"}
-
-
-def _abs_bound(arg: Any, weights: "WeightStore", depth: int) -> float | None:
-    """An upper bound on max |c| for a constant: its values when real, else from its formula (rotary tables are
-    cos and sin of something: |c| <= 1, whatever the model was built on)."""
-    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
-        return abs(float(arg))
-    if isinstance(arg, torch.Tensor):
-        return None if arg.is_meta else float(arg.detach().float().abs().max()) if arg.numel() else 0.0
-    if not isinstance(arg, fx.Node) or depth > 24:
-        return None
-    value = arg.meta.get("value")
-    if isinstance(value, torch.Tensor) and not value.is_meta:
-        return float(value.detach().float().abs().max()) if value.numel() else 0.0
-    if arg.op == "get_attr":
-        tensor = weights.tensor(arg.target)
-        return None if not isinstance(tensor, torch.Tensor) or tensor.is_meta else float(tensor.float().abs().max())
-    if arg.op not in ("call_function", "call_method"):
-        return None
-    target = arg.target
-    name = target if isinstance(target, str) else (target.overloadpacket.__name__ if isinstance(
-        target, torch._ops.OpOverload) else getattr(target, "__name__", ""))
-    if name in _BOUNDED:
-        return _BOUNDED[name]
-    if name in _PASSTHROUGH and arg.args:
-        return _abs_bound(arg.args[0], weights, depth + 1)
-    if name in ("cat", "stack") and arg.args and isinstance(arg.args[0], (list, tuple)):
-        parts = [_abs_bound(a, weights, depth + 1) for a in arg.args[0]]
-        return None if any(p is None for p in parts) else max(parts, default=0.0)
-    if name in ("mul", "neg") and arg.args:
-        parts = [_abs_bound(a, weights, depth + 1) for a in arg.args[:2]] if name == "mul" else [
-            _abs_bound(arg.args[0], weights, depth + 1)]
-        return None if any(p is None for p in parts) else math.prod(parts)
-    return None
 
 
 @dataclass
@@ -633,7 +423,7 @@ def _layers(records: list[_Record], ctx: _Context) -> tuple[list[Layer], float]:
             downstream_sensitivity=a.down, design_downstream_sensitivity=a.design_down, target_norm=target,
             norm_at_init=spec.norm, norm_source=spec.norm_source, scale=spec.scale,
             certified=a.semantics.certified, op=a.node.name, weight=spec.weight, params=spec.params,
-            file=file, line=line, module_type=module_type, defined_at=_definition(ctx.root, owner),
+            file=file, line=line, module_type=module_type, defined_at=definition(ctx.root, owner),
             predicted_norm=_predicted_norm(ctx.weights, spec), norm_factor=spec.factor, groups=spec.groups))
     return layers, total
 
@@ -646,50 +436,6 @@ def _predicted_norm(weights: WeightStore, spec: Any) -> float | None:
     if measured is None or predicted is None or spec.norm_source != "measured" or measured == 0:
         return None
     return spec.norm * predicted / measured
-
-
-def _definition(root: nn.Module, path: str) -> tuple[str, int] | None:
-    """Where the module at `path` is created in its owner's __init__, best effort: `self.attn = ...`, or the
-    key `wte=` / `"wte":` of a ModuleDict. An index inside a ModuleList/Sequential points at the container's line.
-    """
-    import inspect
-    import re
-
-    containers = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
-    parts = path.split(".") if path else []
-    while parts:
-        attr, parent_path = parts[-1], ".".join(parts[:-1])
-        parts = parts[:-1]
-        try:
-            parent = root.get_submodule(parent_path)
-        except AttributeError:
-            return None
-        if attr.isdigit() or (isinstance(parent, containers) and type(parent) in containers):
-            if isinstance(parent, nn.ModuleDict) and parts:
-                found = _assignment(type(root.get_submodule(".".join(parts[:-1]))),
-                                    rf"(\b{re.escape(attr)}\s*=(?!=)|['\"]{re.escape(attr)}['\"]\s*:)")
-                if found:
-                    return found
-            continue
-        return _assignment(type(parent), rf"\bself\.{re.escape(attr)}\b[^=\n]*=(?!=)")
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def _assignment(owner: type, pattern: str) -> tuple[str, int] | None:
-    """The first line of `owner.__init__` matching `pattern` (cached: one parse per class, not per layer)."""
-    import inspect
-    import re
-
-    try:
-        lines, start = inspect.getsourcelines(owner.__init__)
-        file = inspect.getsourcefile(owner.__init__)
-    except (OSError, TypeError):
-        return None
-    if file is None or "/torch/" in file:
-        return None
-    regex = re.compile(pattern)
-    return next(((file, start + i) for i, text in enumerate(lines) if regex.search(text)), None)
 
 
 def _mass_groups(layers: list[Layer]) -> tuple[MassGroup, ...]:
