@@ -15,11 +15,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Iterator
 
-from modnorm.result import Analysis, Finding, Layer
+from modnorm.result import Analysis, Finding, Layer, Severity
 
-__all__ = ["Rule", "RuleSelection", "all_rules", "run_rules", "run_sweep_rules", "sort_findings", "SEVERITIES"]
+__all__ = ["Rule", "RuleSelection", "all_rules", "run_rules", "run_sweep_rules", "sort_findings", "SEVERITIES",
+           "Severity"]
 
-SEVERITIES = ("info", "warning", "error")
+SEVERITIES = tuple(Severity)  # ("info", "warning", "error")
 _CODE = re.compile(r"^MN\d{3}$")
 
 
@@ -28,7 +29,7 @@ class Rule:
 
     code: ClassVar[str]
     name: ClassVar[str]
-    severity: ClassVar[str] = "warning"
+    severity: ClassVar[Severity] = Severity.WARNING
     options: ClassVar[dict[str, Any]] = {}
     registry: ClassVar[dict[str, type["Rule"]]] = {}
 
@@ -58,7 +59,7 @@ class Rule:
     def finding(self, message: str, *, fix: str = "", module: str = "", file: str | None = None,
                 line: int | None = None, op: str = "", severity: str | None = None,
                 related: tuple[tuple[str, int], ...] = ()) -> Finding:
-        return Finding(self.code, self.name, severity or self.severity, message, fix, module, file, line, op,
+        return Finding(self.code, self.name, Severity(severity or self.severity), message, fix, module, file, line, op,
                        related)
 
     def layer_finding(self, layer: Layer, message: str, *, fix: str = "", severity: str | None = None,
@@ -107,7 +108,7 @@ def _matches(code: str, pattern: str) -> bool:
     return pattern == "ALL" or code.startswith(pattern.upper())
 
 
-_ORDER = {"error": 0, "warning": 1, "info": 2}
+_ORDER = {s: -s.rank for s in Severity}  # most severe first
 
 
 def run_rules(analysis: Analysis, selection: RuleSelection = RuleSelection()) -> tuple[Finding, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 from modnorm.rules.mn202_underscaled_residual_branch import is_underscaled_branch
 
 
@@ -33,7 +33,7 @@ class UnscaledResidual(Rule):
 
     code = "MN201"
     name = "unscaled-residual"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"slack": 2.0}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:

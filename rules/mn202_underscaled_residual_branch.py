@@ -6,7 +6,7 @@ import math
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class UnderscaledResidualBranch(Rule):
@@ -35,7 +35,7 @@ class UnderscaledResidualBranch(Rule):
 
     code = "MN202"
     name = "underscaled-residual-branch"
-    severity = "error"
+    severity = Severity.ERROR
     options = {"slack": 2.0}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:

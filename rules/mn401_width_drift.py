@@ -6,7 +6,7 @@ import math
 from typing import Any, Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class WidthDrift(Rule):
@@ -36,7 +36,7 @@ class WidthDrift(Rule):
 
     code = "MN401"
     name = "width-drift"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"max_exponent": 0.25}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:

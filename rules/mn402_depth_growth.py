@@ -6,7 +6,7 @@ import math
 from typing import Any, Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class DepthGrowth(Rule):
@@ -38,7 +38,7 @@ class DepthGrowth(Rule):
 
     code = "MN402"
     name = "depth-growth"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"max_exponent": 0.25}
 
     _GROWING = ("sensitivity", "design_sensitivity", "alpha", "gradient_lipschitz")

@@ -6,7 +6,7 @@ import math
 from typing import Any, Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class AttentionLogitDrift(Rule):
@@ -34,7 +34,7 @@ class AttentionLogitDrift(Rule):
 
     code = "MN403"
     name = "attention-logit-drift"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"max_exponent": 0.25}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
