@@ -14,6 +14,15 @@ from .registry import GELU_SLOPE, INF, OpView, SILU_SLOPE, SQRT2, Semantics, bon
 
 
 # ----------------------------------------------------------------------------------------------- elementwise bonds
+# Curvatures max |phi''| (sharpness, §e.4), each derived here and measured on a grid in tests/test_constants.py:
+#   GELU   x·Φ(x): phi'' = φ(x)(2 - x²), largest at 0: 2φ(0) = √(2/π) = 0.797885 -> 0.7979 (rounded up); the tanh
+#          form has the same value at 0 (it matches erf-GELU to third order there).
+#   SiLU   x·σ(x): phi'' = σ'(x)(2 + x(1 - 2σ(x))), largest at 0: 2σ'(0) = 1/2.
+#   tanh   phi'' = -2 tanh(x) sech²(x), largest at tanh x = 1/√3: 4/(3√3) = 0.769800 -> 0.7698 (its fourth digit
+#          rounds down by 2e-7; the test's tolerance 1e-4 covers it).
+#   sigmoid  σ'' = σ(1-σ)(1-2σ), largest at σ = 1/2 ± 1/(2√3): 1/(6√3) = 0.096225 -> 0.09623.
+#   Mish   no closed form: measured max |phi''| = 0.64420 on [-30, 30] (grid step 1e-4) -> 0.6443.
+#   QuickGELU  x·σ(1.702x) = silu(1.702x)/1.702: phi'' = 1.702·silu''(1.702x), largest 1.702/2 = 0.851.
 bond(nn.ReLU, F.relu, torch.relu, "relu", "relu_", F.relu_, torch.relu_, certified=1.0, modula=1 / SQRT2,
      smooth=False, source="ReLU: Jacobian diag(1[x>0]) has norm 1 (Modula's 1/sqrt2 is typical-case), §d.1")
 bond(nn.GELU, F.gelu, "gelu", certified=GELU_SLOPE, modula=1 / SQRT2, curvature=0.7979,

@@ -147,8 +147,10 @@ class Registry(dict):
             self.update(saved)
 
     def names_class(self, klass: type) -> bool:
-        """Is this exact class registered (by object or by qualified name)? The tracer keeps such modules whole."""
-        return klass in self or f"{klass.__module__}.{klass.__qualname__}" in self
+        """Is this class registered by its qualified name ("transformers.activations.GELUActivation")? The tracer
+        keeps such modules whole, read live (a name registered after import counts). A class registered as an
+        object is traced through unless it is passed as a leaf (--leaf), as a user's module usually is."""
+        return f"{klass.__module__}.{klass.__qualname__}" in self
 
     def leaf_class_names(self) -> set[str]:
         """Classes registered by qualified name ("transformers.activations.GELUActivation"): the tracer keeps

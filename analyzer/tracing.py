@@ -252,7 +252,7 @@ class ShapeTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self._leaf_types and isinstance(m, self._leaf_types) or is_compiled(m):
             return True
-        if REGISTRY.names_class(type(m)):  # registered (also by a user, after import): its entry describes it whole
+        if REGISTRY.names_class(type(m)):  # registered by name (also after import): its entry describes it whole
             return True
         if isinstance(m, nn.MultiheadAttention):  # traced through: its projections are atoms, its core is sdpa
             return False

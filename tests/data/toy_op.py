@@ -34,4 +34,6 @@ def toy_linear(op) -> Semantics:
                             label="ToyLinear"))
 
 
-modnorm.register(ToyLinear)(toy_linear)
+# Registered by qualified name, so that the tracer keeps ToyLinear whole (a class object registered would be
+# traced through unless passed as a leaf): the name is looked up live, not from a list frozen at import.
+modnorm.register(f"{ToyLinear.__module__}.{ToyLinear.__qualname__}")(toy_linear)
