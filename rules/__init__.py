@@ -50,7 +50,8 @@ class Rule:
         self.config = {**self.options, **options}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
-        raise NotImplementedError
+        """Rules on single analyses override this; a rule on scale sweeps only (MN4xx) keeps it: nothing."""
+        return iter(())
 
     def check_sweep(self, sweep: Any) -> Iterator[Finding]:
         """Rules on a scale sweep (modnorm.sweep.Sweep) override this; the others see single analyses only."""

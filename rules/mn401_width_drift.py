@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
-from modnorm.result import Analysis, Finding
+from modnorm.result import Finding
 from modnorm.rules import Rule, Severity
 
 
@@ -38,9 +38,6 @@ class WidthDrift(Rule):
     name = "width-drift"
     severity = Severity.WARNING
     options = {"max_exponent": 0.25}
-
-    def check(self, analysis: Analysis) -> Iterator[Finding]:
-        return iter(())
 
     def check_sweep(self, sweep: Any) -> Iterator[Finding]:
         widths = [a for a in sweep.axes if not a.is_depth]

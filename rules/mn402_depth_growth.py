@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
-from modnorm.result import Analysis, Finding
+from modnorm.result import Finding
 from modnorm.rules import Rule, Severity
 
 
@@ -42,9 +42,6 @@ class DepthGrowth(Rule):
     options = {"max_exponent": 0.25}
 
     _GROWING = ("sensitivity", "design_sensitivity", "alpha", "gradient_lipschitz")
-
-    def check(self, analysis: Analysis) -> Iterator[Finding]:
-        return iter(())
 
     def check_sweep(self, sweep: Any) -> Iterator[Finding]:
         limit = self.config["max_exponent"]
