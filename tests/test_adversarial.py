@@ -15,14 +15,19 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.adversary import Budget, Case, budget, explain, measure_case, record, registry_groups, spelling_name
+from tests.adversary import DEFAULT, LONG, NIGHTLY, Budget, Case, explain, measure_case, record, registry_groups, spelling_name
 from tests.adversary_cases import STRATEGIES
 
 # Entries whose bound is exceeded today (issue 15), by a representative spelling: the fixer's to-do list.
 KNOWN_UNSOUND: dict[str, str] = {
     "activation.ELU": "ELU: the bond ignores alpha (slope max(1, alpha))",
-    "activation.Softplus": "",
-    "activation.LeakyReLU": "",
+    "activation.Softmax": "softmax ignores dim for its constant and its output bound",
+    "transpose": "after a permute, x*x takes the width from the last axis instead of the tracked feature axis",
+    "split": "unbinding the feature axis costs sqrt(d), not 1 (the result's last axis is tokens)",
+    "normalization.GroupNorm": "group normalizers couple positions: the per-position 1/sqrt(eps) does not hold, "
+                               "and the gain's output ||n(x)|| exceeds 1",
+    "batchnorm.BatchNorm2d": "BN's output bound drops the shift beta - gamma mu / sigma",
+    "aten:batch_norm": "BN's output bound drops the shift beta - gamma mu / sigma (export route)",
 }
 
 
@@ -49,7 +54,7 @@ def _params() -> list[Any]:
     for group in GROUPS:
         name = entry_id(group)
         cause = KNOWN_UNSOUND.get(name)
-        marks = [pytest.mark.xfail(strict=True, reason=cause)] if cause else []
+        marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=cause)] if cause else []
         params.append(pytest.param(group, id=name, marks=marks))
     return params
 
@@ -70,10 +75,13 @@ def _verify(group: tuple[Any, ...], b: Budget) -> None:
 
 @pytest.mark.parametrize("group", _params())
 def test_measured_never_exceeds_the_certified_bound(group: tuple[Any, ...]) -> None:
-    _verify(group, budget())
+    _verify(group, DEFAULT)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("group", _params())
-def test_measured_never_exceeds_the_certified_bound_nightly(group: tuple[Any, ...]) -> None:
-    _verify(group, budget(slow=True))
+@pytest.mark.parametrize("group", [pytest.param(g, id=entry_id(g)) for g in GROUPS])
+def test_measured_never_exceeds_the_certified_bound_nightly(group: tuple[Any, ...], request: Any) -> None:
+    """The long search; it runs with MODNORM_NIGHTLY=1 or `-m slow` (no xfail marks: it reports every violation)."""
+    if not (NIGHTLY or "slow" in (request.config.getoption("markexpr") or "")):
+        pytest.skip("nightly search: set MODNORM_NIGHTLY=1 or select -m slow")
+    _verify(group, LONG)

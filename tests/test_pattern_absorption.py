@@ -14,7 +14,7 @@ from torch import nn
 
 from tests.adversary import Budget, Case, explain, measure_case, pattern_recognisers
 
-SEARCH = Budget(examples=1, restarts=2, steps=40)
+SEARCH = Budget(examples=1, restarts=2, steps=20)
 
 
 class Fn(nn.Module):
@@ -90,7 +90,20 @@ def test_every_pattern_has_a_shared_node_case() -> None:
     assert not missing, f"patterns without a shared-node case here: {missing}"
 
 
-@pytest.mark.parametrize("fn", [fn for fns in CASES.values() for fn in fns], ids=lambda fn: fn.__name__.strip("_"))
+# Fused today although the absorbed node has another user, whose input is then lost (issue 15): the fixer's list.
+ABSORBS_SHARED = {
+    _rms_rsqrt_shared: "the rms pattern absorbs the rsqrt although `+ r` also reads it",
+    _attention_keys_shared: "the attention pattern absorbs k.transpose although another op reads it",
+}
+
+
+def _params() -> list:
+    return [pytest.param(fn, id=fn.__name__.strip("_"), marks=[pytest.mark.xfail(
+        strict=True, raises=AssertionError, reason=ABSORBS_SHARED[fn])] if fn in ABSORBS_SHARED else [])
+        for fns in CASES.values() for fn in fns]
+
+
+@pytest.mark.parametrize("fn", _params())
 def test_a_shared_intermediate_keeps_its_other_user(fn) -> None:
     torch.manual_seed(0)
     case = Case(fn.__name__, Fn(fn).double().eval(), torch.randn(2, 5, 8, dtype=torch.float64))

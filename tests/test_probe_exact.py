@@ -53,12 +53,12 @@ def _inside_ball(shape: tuple[int, ...]) -> torch.Tensor:
 LONE_ATOMS = [
     pytest.param(lambda: nn.Linear(16, 4), (2, 3, 16), id="linear"),
     pytest.param(lambda: XW(16, 4), (2, 3, 16), id="x@W",
-                 marks=pytest.mark.xfail(strict=True, reason="probe: sqrt(out/in) for transposed atoms, directions "
+                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="probe: sqrt(out/in) for transposed atoms, directions "
                                          "4x too large")),
     pytest.param(lambda: Conv1D(16, 4), (2, 3, 16), id="addmm-conv1d",
-                 marks=pytest.mark.xfail(strict=True, reason="probe: sqrt(out/in) for transposed atoms")),
+                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="probe: sqrt(out/in) for transposed atoms")),
     pytest.param(lambda: nn.Conv2d(8, 8, 3, groups=4), (2, 8, 5, 5), id="grouped-conv",
-                 marks=pytest.mark.xfail(strict=True, reason="probe: grouped convs measured with the per-group "
+                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="probe: grouped convs measured with the per-group "
                                          "fan-in, directions 1.34x too large")),
     pytest.param(lambda: nn.Conv2d(4, 8, 3), (2, 4, 5, 5), id="conv2d-nchw"),
 ]
@@ -78,9 +78,9 @@ def test_probe_weight_change_stays_below_the_exact_supremum(build, shape) -> Non
 ELEMENTWISE = [
     pytest.param(lambda x: x * torch.sigmoid(x), lambda x: torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x))),
                  (1, 16, 3, 3), id="nchw-x*sigmoid(x)",
-                 marks=pytest.mark.xfail(strict=True, reason="probe measures NCHW outputs over W, not channels")),
+                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="probe measures NCHW outputs over W, not channels")),
     pytest.param(torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, (1, 16, 3, 3), id="nchw-tanh",
-                 marks=pytest.mark.xfail(strict=True, reason="probe measures NCHW outputs over W, not channels")),
+                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="probe measures NCHW outputs over W, not channels")),
     pytest.param(F.gelu, None, (2, 5, 16), id="tokens-gelu"),
 ]
 
@@ -117,7 +117,7 @@ def _fixture_params() -> list:
     params = []
     for p in _continuous_fixtures():
         cause = FIXTURE_CAUSES.get(p.id)
-        marks = [pytest.mark.xfail(strict=True, reason=cause)] if cause else []
+        marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=cause)] if cause else []
         params.append(pytest.param(*p.values, id=p.id, marks=marks))
     return params
 

@@ -16,7 +16,7 @@ from torch.func import jvp
 import modnorm
 from tests.adversary import Budget, Case, explain, measure_case, rms_max
 
-SEARCH = Budget(examples=1, restarts=3, steps=60)
+SEARCH = Budget(examples=1, restarts=3, steps=30)
 
 
 class Fn(nn.Module):
@@ -67,7 +67,7 @@ def _case(label: str, fn, shape: tuple[int, ...], atoms: tuple[str, ...] = (), *
 
 
 def xfail(cause: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=cause)
+    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=cause)
 
 
 # (id, builder, cause if it fails today). Builders are lambdas so that collection stays cheap.
@@ -94,13 +94,13 @@ ROWS = [
     pytest.param(lambda: _case("x * x on NCHW", lambda s, x: x * x, (1, 64, 2, 2)), id="nchw-product",
                  marks=xfail("products and powers take the width from the last axis (W) instead of channels")),
     pytest.param(lambda: _case("x * sigmoid(x) on NCHW", lambda s, x: x * torch.sigmoid(x), (1, 64, 2, 2)),
-                 id="nchw-gating", marks=xfail("products take the width from the last axis (W) instead of channels")),
+                 id="nchw-gating"),
     pytest.param(lambda: _case("GroupNorm(1, 4) on 16x16", lambda s, x: s.gn(x), (1, 4, 16, 16),
                                gn=nn.GroupNorm(1, 4)),
                  id="groupnorm", marks=xfail("group normalizers couple positions: the per-position 1/sqrt(eps) "
                                              "does not hold")),
-    pytest.param(lambda: _case("LayerNorm([256, 4]) over (T, D)", lambda s, x: s.ln(x), (1, 256, 4),
-                               ln=nn.LayerNorm([256, 4])),
+    pytest.param(lambda: _case("LayerNorm([256, 4]) over (T, D), then h*h", lambda s, x: s.ln(x) * s.ln(x),
+                               (1, 256, 4), ln=nn.LayerNorm([256, 4])),
                  id="multi-axis-layernorm", marks=xfail("multi-axis LayerNorm couples positions: the per-position "
                                                         "1/sqrt(eps) does not hold")),
     pytest.param(lambda: _case("rms pattern whose mean square has another user",
@@ -109,9 +109,12 @@ ROWS = [
                  id="pattern-absorbs-shared-node"),
     pytest.param(lambda: _case("attention with an additive bias computed from the input", _attention_with_bias,
                                (1, 6, 8), qkv=fc(8, 24, bias=False)),
-                 id="attention-bias-from-input"),
+                 id="attention-bias-from-input",
+                 marks=xfail("an additive attention bias computed from the input is absorbed without becoming an "
+                             "input of the fused attention")),
     pytest.param(lambda: _case("Conv1d on (B, C, L)", lambda s, x: s.conv(x), (1, 8, 32), conv=nn.Conv1d(8, 8, 3)),
-                 id="conv1d-feature-axis"),
+                 id="conv1d-feature-axis",
+                 marks=xfail("3-D inputs are feature-last by convention, Conv1d's constant assumes channels (axis 1)")),
     pytest.param(lambda: _case("fc(x.transpose(1, 2)) (token mixing)",
                                lambda s, x: s.fc(x.transpose(1, 2)).transpose(1, 2), (1, 64, 16), ("fc.weight",),
                                fc=fc(64)),
@@ -142,7 +145,7 @@ def test_measured_never_exceeds_the_bound(build) -> None:
     assert all(m.holds for m in measurements), explain(case, measurements)
 
 
-@pytest.mark.xfail(strict=True, reason="--norm-input-rms is an assumption: inside the unit ball a LayerNorm input "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="--norm-input-rms is an assumption: inside the unit ball a LayerNorm input "
                    "can fall below RMS 1, yet the bound is printed as certified")
 def test_norm_input_rms_assumption_is_not_a_certified_bound() -> None:
     """With --norm-input-rms 1 the bound either holds in the whole unit ball, or is not labelled certified."""
@@ -153,7 +156,7 @@ def test_norm_input_rms_assumption_is_not_a_certified_bound() -> None:
     assert measurement.holds or not network.certified, (measurement, network.certified)
 
 
-@pytest.mark.xfail(strict=True, reason="Softplus curvature is hard-coded for beta = 1 (max |phi''| = beta / 4)")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Softplus curvature is hard-coded for beta = 1 (max |phi''| = beta / 4)")
 def test_softplus_curvature_reads_beta() -> None:
     """γ bounds the input-input second derivative ||D²f[u, u]|| over unit u; softplus(beta) reaches beta/4."""
     beta, width = 10.0, 8
