@@ -584,3 +584,33 @@ def _aten_slices(draw: st.DrawFn) -> Case:
 
 
 STRATEGIES["aten:slice"] = _aten_slices()
+
+
+# ------------------------------------------------------------------------- explicit cases (run before the search)
+def _bn_then_square(route: str) -> Case:
+    bn = nn.BatchNorm1d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.25, 2)
+        bn.bias.fill_(3.0)
+    return case("BatchNorm1d shift 3 then h*h", lambda s, h, a: s.layers["bn"](h) * s.layers["bn"](h), "middle", 4,
+                layers={"bn": bn}, route=route)
+
+
+def _permute_square() -> Case:
+    return case("swapaxes then x*x", lambda s, h, a: (h.swapaxes(1, 2) * h.swapaxes(1, 2)).swapaxes(1, 2), "last", 8)
+
+
+# The corners for an entry, measured first on every run so that a known violation is found whatever the
+# search draws (keyed like STRATEGIES).
+EXPLICIT: dict[Any, list[Callable[[], Case]]] = {
+    nn.ELU: [lambda: case("ELU(alpha=3)", lambda s, h, a: s.layers["f"](h), "last", 8, layers={"f": nn.ELU(3.0)})],
+    nn.Softmax: [lambda: case("softmax(20x, dim=1)", lambda s, h, a: torch.softmax(20 * h, dim=1), "last", 16,
+                              tokens=17)],
+    "transpose": [_permute_square],
+    "split": [lambda: case("x.unbind(-1)[0]", lambda s, h, a: h.unbind(-1)[0], "last", 16, tokens=8)],
+    nn.GroupNorm: [lambda: case("GroupNorm(1, 4)", lambda s, h, a: s.layers["gn"](h), "nchw", 4,
+                                layers={"gn": nn.GroupNorm(1, 4)}, atoms=("layers.gn.weight",))],
+    nn.BatchNorm2d: [lambda: _bn_then_square("auto")],
+    "aten:batch_norm": [lambda: _bn_then_square("export")],
+}

@@ -57,9 +57,9 @@ LONE_ATOMS = [
                                          "4x too large")),
     pytest.param(lambda: Conv1D(16, 4), (2, 3, 16), id="addmm-conv1d",
                  marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="probe: sqrt(out/in) for transposed atoms")),
-    pytest.param(lambda: nn.Conv2d(8, 8, 3, groups=4), (2, 8, 5, 5), id="grouped-conv",
-                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="probe: grouped convs measured with the per-group "
-                                         "fan-in, directions 1.34x too large")),
+    # The probe's grouped-conv directions are ~1.34x too large (issue 15), yet a random direction stays below the
+    # exact supremum: this checks "no false BUG", not the scaling itself.
+    pytest.param(lambda: nn.Conv2d(8, 8, 3, groups=4), (2, 8, 5, 5), id="grouped-conv"),
     pytest.param(lambda: nn.Conv2d(4, 8, 3), (2, 4, 5, 5), id="conv2d-nchw"),
 ]
 
@@ -109,7 +109,8 @@ def test_probe_input_lipschitz_stays_below_the_exact_jacobian_norm(fn, slope, sh
 
 
 FIXTURE_CAUSES = {
-    "torch_transformer": "probe crashes on nn.TransformerEncoder",
+    "torch_transformer": "probe crashes on nn.TransformerEncoder: its fused fast path has no forward-mode AD "
+                         "(aten::_transformer_encoder_layer_fwd)",
 }
 
 
@@ -117,7 +118,7 @@ def _fixture_params() -> list:
     params = []
     for p in _continuous_fixtures():
         cause = FIXTURE_CAUSES.get(p.id)
-        marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=cause)] if cause else []
+        marks = [pytest.mark.xfail(strict=True, raises=NotImplementedError, reason=cause)] if cause else []
         params.append(pytest.param(*p.values, id=p.id, marks=marks))
     return params
 
