@@ -153,6 +153,10 @@ def measure_input_lipschitz(f: Callable[[torch.Tensor], torch.Tensor], x: torch.
                 v = v / v.norm()
                 _, jv = jvp(f, (point,), (v,))
                 best = max(best, float(rms_max(jv) / rms_max(v)))
+                # the same direction pushed to the ball's extreme points: every position at the full RMS
+                spread = v / v.movedim(feature_axis(v), -1).pow(2).mean(-1, keepdim=True).sqrt().clamp_min(
+                    1e-30).movedim(-1, feature_axis(v))
+                best = max(best, float(rms_max(jvp(f, (point,), (spread,))[1]) / rms_max(spread)))
                 _, pullback = vjp(f, point)
                 (v,) = pullback(jv)
             best = max(best, _ascend(lambda p, d: jvp(f, (_into_ball(p),), (d,))[1], point, v / v.norm(), b.steps,

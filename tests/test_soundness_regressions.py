@@ -16,7 +16,7 @@ from torch.func import jvp
 import modnorm
 from tests.adversary import Budget, Case, explain, measure_case, rms_max
 
-SEARCH = Budget(examples=1, restarts=3, steps=30)
+SEARCH = Budget(examples=1, restarts=3, steps=50)
 
 
 class Fn(nn.Module):
@@ -95,10 +95,10 @@ ROWS = [
                  marks=xfail("products and powers take the width from the last axis (W) instead of channels")),
     pytest.param(lambda: _case("x * sigmoid(x) on NCHW", lambda s, x: x * torch.sigmoid(x), (1, 64, 2, 2)),
                  id="nchw-gating"),
-    pytest.param(lambda: _case("GroupNorm(1, 4) on 16x16", lambda s, x: s.gn(x), (1, 4, 16, 16),
+    pytest.param(lambda: _case("GroupNorm(1, 4) on 16x16", lambda s, x: s.gn(x), (1, 4, 16, 16), ("gn.weight",),
                                gn=nn.GroupNorm(1, 4)),
                  id="groupnorm", marks=xfail("group normalizers couple positions: the per-position 1/sqrt(eps) "
-                                             "does not hold")),
+                                             "does not hold, and the gain's input ||n(x)|| exceeds 1")),
     pytest.param(lambda: _case("LayerNorm([256, 4]) over (T, D), then h*h", lambda s, x: s.ln(x) * s.ln(x),
                                (1, 256, 4), ln=nn.LayerNorm([256, 4])),
                  id="multi-axis-layernorm", marks=xfail("multi-axis LayerNorm couples positions: the per-position "
@@ -113,8 +113,8 @@ ROWS = [
                  marks=xfail("an additive attention bias computed from the input is absorbed without becoming an "
                              "input of the fused attention")),
     pytest.param(lambda: _case("Conv1d on (B, C, L)", lambda s, x: s.conv(x), (1, 8, 32), conv=nn.Conv1d(8, 8, 3)),
-                 id="conv1d-feature-axis",
-                 marks=xfail("3-D inputs are feature-last by convention, Conv1d's constant assumes channels (axis 1)")),
+                 id="conv1d-feature-axis"),  # found only intermittently today (1.78 > 1.65 in one search): no
+    # strict mark until the search finds it every time; the feature-axis convention conflict is real (issue 15)
     pytest.param(lambda: _case("fc(x.transpose(1, 2)) (token mixing)",
                                lambda s, x: s.fc(x.transpose(1, 2)).transpose(1, 2), (1, 64, 16), ("fc.weight",),
                                fc=fc(64)),
