@@ -77,7 +77,7 @@ SPELLING_CASES = [(config, spelling) for config in OK if config["arch"] in modul
 # by another constant or a merge is not counted as part of the atom, so the atom's norm at init is off by that
 # multiplier and its S_down (hence its target) is too (e.g. GPT embeddings S_down 1.5 vs Modula's 0.5 at d=16).
 CHAIN_CAUSE = ("atom multiplier followed by another constant or a merge is not fused into the atom (issue 16 "
-               "item 4): at d=16 tok_emb/pos_emb read norm 0.25 (Modula 1), S_down 1.53 (0.5), target 0.047 "
+               "item 4): at d=16 with 2 blocks tok_emb/pos_emb read norm 0.25 (Modula 1), S_down 1.53 (0.5), target 0.047 "
                "(0.143); mlp.fc2 norm 2 (1), S_down 0.109 (0.25)")
 SPELLING_XFAIL = {("GPT", "after"): CHAIN_CAUSE, ("GPT", "before"): CHAIN_CAUSE}
 
