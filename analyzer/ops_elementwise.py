@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import GELU_SLOPE, INF, OpView, SILU_SLOPE, SQRT2, Semantics, bond, is_number, linear, register, sup_bound
+from .registry import (GELU_SLOPE, INF, OpView, SILU_SLOPE, SQRT2, Semantics, bond, feature_width, is_number, linear,
+                       register, sup_bound)
 
 
 # ----------------------------------------------------------------------------------------------- elementwise bonds
@@ -18,8 +19,8 @@ from .registry import GELU_SLOPE, INF, OpView, SILU_SLOPE, SQRT2, Semantics, bon
 #   GELU   x·Φ(x): phi'' = φ(x)(2 - x²), largest at 0: 2φ(0) = √(2/π) = 0.797885 -> 0.7979 (rounded up); the tanh
 #          form has the same value at 0 (it matches erf-GELU to third order there).
 #   SiLU   x·σ(x): phi'' = σ'(x)(2 + x(1 - 2σ(x))), largest at 0: 2σ'(0) = 1/2.
-#   tanh   phi'' = -2 tanh(x) sech²(x), largest at tanh x = 1/√3: 4/(3√3) = 0.769800 -> 0.7698 (its fourth digit
-#          rounds down by 2e-7; the test's tolerance 1e-4 covers it).
+#   tanh   phi'' = -2 tanh(x) sech²(x), largest at tanh x = 1/√3: 4/(3√3) = 0.76980036 -> 0.76981 (rounded up:
+#          a bound may never sit below the true value, not even by 4e-7).
 #   sigmoid  σ'' = σ(1-σ)(1-2σ), largest at σ = 1/2 ± 1/(2√3): 1/(6√3) = 0.096225 -> 0.09623.
 #   Mish   no closed form: measured max |phi''| = 0.64420 on [-30, 30] (grid step 1e-4) -> 0.6443.
 #   QuickGELU  x·σ(1.702x) = silu(1.702x)/1.702: phi'' = 1.702·silu''(1.702x), largest 1.702/2 = 0.851.
@@ -28,7 +29,7 @@ bond(nn.ReLU, F.relu, torch.relu, "relu", "relu_", F.relu_, torch.relu_, certifi
 bond(nn.GELU, F.gelu, "gelu", certified=GELU_SLOPE, modula=1 / SQRT2, curvature=0.7979,
      source="GELU: max gelu' = 1.12900 (Modula nominal 1/sqrt2), §d.1")
 bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0999, §d.2")
-bond(nn.Tanh, torch.tanh, F.tanh, "tanh", certified=1.0, curvature=0.7698, sup=1.0,
+bond(nn.Tanh, torch.tanh, F.tanh, "tanh", certified=1.0, curvature=0.76981, sup=1.0,
      source="tanh: max tanh' = 1, §d.2")
 bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.09623, sup=1.0, at_zero=0.5,
      source="sigmoid: max sigma' = 1/4, max |sigma''| = 1/(6 sqrt 3), §d.2")
@@ -36,9 +37,7 @@ bond(nn.Hardtanh, F.hardtanh, nn.ReLU6, F.relu6, certified=1.0, smooth=False, su
 bond(nn.Hardswish, F.hardswish, certified=1.5, smooth=False, source="hardswish: max slope (2x+3)/6 = 1.5 at x=3")
 bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6 + 1e-8, smooth=False, sup=1.0, at_zero=0.5,
      source="hardsigmoid: slope 1/6 (torch's kernel multiplies by float32 1/6: 0.16666667)")
-bond(nn.Softplus, F.softplus, certified=1.0, curvature=0.25, at_zero=math.log(2), source="softplus: slope < 1")
 bond(nn.Mish, F.mish, certified=1.089, curvature=0.6443, source="mish: max slope 1.089")
-bond(nn.ELU, F.elu, certified=1.0, smooth=False, source="ELU(alpha=1): slope <= 1")
 bond(torch.abs, "abs", operator.abs, certified=1.0, smooth=False, source="abs: Jacobian diag(sign x), §d.1")
 bond(operator.neg, torch.neg, "neg", certified=1.0, source="negation is an isometry")
 bond(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, F.dropout, "contiguous", "clone", "detach",
@@ -105,6 +104,43 @@ def _leaky_relu(op: OpView) -> Semantics:
     slope = op.module.negative_slope if op.module is not None else op.arg(1, "negative_slope", 0.01)
     constant = max(1.0, abs(slope))
     return Semantics("bond", (constant,), "leaky ReLU: max(1, |slope|)", smooth=False)
+
+
+def _module_or_arg(op: OpView, attribute: str, index: int, default: float) -> float:
+    """A parameter of an activation: the module's attribute, else the functional call's argument."""
+    if op.module is not None:
+        return float(getattr(op.module, attribute))
+    value = op.arg(index, attribute, default)
+    return float(value) if is_number(value) else default
+
+
+def _activation(op: OpView, slope: float, source: str, *, curvature: float = 0.0, smooth: bool = True,
+                at_zero: float = 0.0) -> Semantics:
+    """A parameterised elementwise activation: |phi(x)| <= |phi(0)| + slope |x|, so the output RMS is at most
+    |phi(0)| + slope × (input RMS); the Hessian bound is max|phi''| sqrt(d) in RMS units (§e.4)."""
+    upper = at_zero + slope * op.bounds[0].upper if op.bounds else None
+    hessian = curvature * math.sqrt(feature_width(op)) if smooth else None
+    return Semantics("bond", (slope,), source, smooth=smooth, curvature=curvature, upper=upper, hessian=hessian)
+
+
+@register(nn.ELU, F.elu)
+def _elu(op: OpView) -> Semantics:
+    """ELU: x for x > 0, alpha (e^x - 1) below: slope 1 or alpha e^x <= alpha, so max(1, |alpha|); phi'' jumps
+    at 0 (0 above, alpha below), so no curvature bound is claimed."""
+    alpha = _module_or_arg(op, "alpha", 1, 1.0)
+    return _activation(op, max(1.0, abs(alpha)), f"ELU(alpha={alpha:g}): slope <= max(1, |alpha|)", smooth=False)
+
+
+@register(nn.Softplus, F.softplus)
+def _softplus(op: OpView) -> Semantics:
+    """softplus_beta(x) = log(1 + e^(beta x)) / beta: slope sigma(beta x) < 1, phi'' = beta sigma (1 - sigma) <=
+    beta / 4, phi(0) = log(2) / beta. Above `threshold` torch switches to x (slope 1: still within the bound)."""
+    beta = _module_or_arg(op, "beta", 1, 1.0)
+    if beta <= 0:
+        return Semantics("bond", (INF,), f"softplus(beta={beta:g})", certified=False, smooth=False,
+                         reason="softplus with beta <= 0 is not a standard activation and is not modelled")
+    return _activation(op, 1.0, f"softplus(beta={beta:g}): slope < 1, max |phi''| = beta/4",
+                       curvature=beta / 4, at_zero=math.log(2) / beta)
 
 
 # ------------------------------------------------------------------------------------------------ softmax family

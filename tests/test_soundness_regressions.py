@@ -73,7 +73,7 @@ def xfail(cause: str) -> pytest.MarkDecorator:
 # (id, builder, cause if it fails today). Builders are lambdas so that collection stays cheap.
 ROWS = [
     pytest.param(lambda: _case("ELU(alpha=3)", lambda s, x: s.f(x), (2, 5, 16), f=nn.ELU(alpha=3.0)),
-                 id="elu-alpha", marks=xfail("the ELU bond ignores alpha: its slope is max(1, alpha)")),
+                 id="elu-alpha"),
     pytest.param(lambda: _case("x.unbind(-1)[0]", lambda s, x: x.unbind(-1)[0], (1, 8, 64)),
                  id="unbind-feature-axis",
                  marks=xfail("unbinding the feature axis costs sqrt(d), not 1: the result's last axis is tokens")),
@@ -156,7 +156,6 @@ def test_norm_input_rms_assumption_is_not_a_certified_bound() -> None:
     assert measurement.holds or not network.certified, (measurement, network.certified)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Softplus curvature is hard-coded for beta = 1 (max |phi''| = beta / 4)")
 def test_softplus_curvature_reads_beta() -> None:
     """γ bounds the input-input second derivative ||D²f[u, u]|| over unit u; softplus(beta) reaches beta/4."""
     beta, width = 10.0, 8
