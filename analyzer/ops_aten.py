@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .registry import OpView, REGISTRY, Semantics, linear, register
+from .registry import OpView, REGISTRY, Semantics, batch_norm_semantics, linear, register
 from .ops_atoms import embedding_atom, unknown_weight
 from .ops_normalization import normalization
 from .ops_shape import first_fdim
@@ -65,6 +65,4 @@ def _aten_batch_norm(op: OpView) -> Semantics:
     weight = op.param_name(1, "weight") or op.param_name(4, "running_var")
     if weight is None:
         return unknown_weight(op, "batch norm whose statistics are not buffers")
-    slope, origin = op.weights.batch_norm(weight.rsplit(".", 1)[0], op.arg(7, "eps", 1e-5))
-    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps), §d.2",
-                            fdim=1, label="BatchNorm", info={"origin": origin}))
+    return batch_norm_semantics(op, weight.rsplit(".", 1)[0], op.arg(7, "eps", 1e-5))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import AtomSpec, INF, OpView, Semantics, linear, register
+from .registry import AtomSpec, INF, OpView, Semantics, batch_norm_semantics, linear, register
 
 
 # ---------------------------------------------------------------------------------------------- normalization
@@ -98,7 +98,5 @@ def _group_norm(op: OpView) -> Semantics:
 @register(nn.BatchNorm1d, nn.BatchNorm2d)
 def _batch_norm(op: OpView) -> Semantics:
     # Eval mode: a per-channel affine map with slope |gamma_c| / sqrt(running_var_c + eps), §d.2.
-    slope, origin = op.weights.batch_norm(op.node.target, op.module.eps)
     # origin is "measured" (running statistics read) or "predicted" (meta device: var = 1, the init value)
-    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps), §d.2",
-                            fdim=1, label="BatchNorm", info={"origin": origin}))
+    return batch_norm_semantics(op, op.node.target, op.module.eps)

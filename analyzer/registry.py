@@ -101,6 +101,7 @@ class WeightView(Protocol):
     def rms(self, name: str) -> tuple[float, str]: ...
     def max_row_l1(self, name: str) -> tuple[float, str]: ...
     def batch_norm(self, prefix: str, eps: float) -> tuple[float, str]: ...
+    def batch_norm_shift(self, prefix: str, eps: float) -> float: ...
 
 
 class OpView(Protocol):
@@ -187,6 +188,16 @@ def sup_bound(bound: Bounds, width: int) -> float:
 def linear(semantics: Semantics) -> Semantics:
     """Mark an op as linear in its data inputs (second derivative 0, theory.md §e.4)."""
     return replace(semantics, hessian=0.0)
+
+
+def batch_norm_semantics(op: OpView, prefix: str, eps: float) -> Semantics:
+    """Eval BatchNorm, y = s ⊙ x + shift per channel: slope max_c |s_c| = |gamma_c| / sqrt(var_c + eps), and the
+    output RMS bound counts the shift beta - gamma mu / sigma (RMS over channels) on top of slope × input bound."""
+    slope, origin = op.weights.batch_norm(prefix, eps)
+    shift = op.weights.batch_norm_shift(prefix, eps)
+    upper = slope * op.bounds[0].upper + shift if op.bounds else None
+    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps), §d.2",
+                            fdim=1, label="BatchNorm", upper=upper, info={"origin": origin, "shift_rms": shift}))
 
 
 def feature_width(op: OpView) -> int:

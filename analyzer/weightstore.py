@@ -181,3 +181,19 @@ class WeightStore:
             return 1.0 / math.sqrt(1.0 + eps), "predicted"
         gamma = self.tensor(f"{prefix}.weight").detach().abs() if module.weight is not None else torch.ones_like(var)
         return float((gamma / (var + eps).sqrt()).max()), "measured"
+
+    def batch_norm_shift(self, prefix: str, eps: float) -> float:
+        """RMS over channels of eval BatchNorm's constant term beta - gamma mu / sqrt(var + eps): the output is
+        s ⊙ x + shift, so its RMS is at most max|s| ||x|| + ||shift|| (a nonzero shift is what lets a BN output
+        exceed its input's scale). On the meta device the init values (beta = 0, mu = 0) give 0."""
+        module = self.root.get_submodule(prefix)
+        if module.running_mean is None:
+            return 0.0
+        mean = self.tensor(f"{prefix}.running_mean")
+        if mean.is_meta:
+            return 0.0
+        var = self.tensor(f"{prefix}.running_var").detach().double()
+        gamma = self.tensor(f"{prefix}.weight").detach().double() if module.weight is not None else 1.0
+        beta = self.tensor(f"{prefix}.bias").detach().double() if module.bias is not None else 0.0
+        shift = beta - gamma * mean.detach().double() / (var + eps).sqrt()
+        return float(shift.pow(2).mean().sqrt())

@@ -123,7 +123,7 @@ def analyze_case(case: Case) -> Any:
     if case.route == "auto":
         return modnorm.analyze(case.model, case.x, **case.options)
     from modnorm.calculus import Options, analyze_traced
-    from modnorm.tracing import trace
+    from modnorm.routes import trace
 
     traced = trace(case.model.eval(), (case.x,), tracer=case.route)
     return analyze_traced(traced, Options(**case.options), device="cpu")

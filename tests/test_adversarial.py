@@ -25,8 +25,6 @@ KNOWN_UNSOUND: dict[str, str] = {
     "split": "unbinding the feature axis costs sqrt(d), not 1 (the result's last axis is tokens)",
     "normalization.GroupNorm": "group normalizers couple positions: the per-position 1/sqrt(eps) does not hold, "
                                "and the gain's output ||n(x)|| exceeds 1",
-    "batchnorm.BatchNorm2d": "BN's output bound drops the shift beta - gamma mu / sigma",
-    "aten:batch_norm": "BN's output bound drops the shift beta - gamma mu / sigma (export route)",
 }
 
 
