@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import replace
 import operator
 
@@ -144,16 +145,41 @@ def _softplus(op: OpView) -> Semantics:
 
 
 # ------------------------------------------------------------------------------------------------ softmax family
+def _reduced_axis_is_feature(op: OpView, dim: Any) -> bool:
+    """Whether a softmax-like op normalises along the tracked feature axis of its input (not a position axis)."""
+    shape = op.in_shape(0) if op.inputs else op.out_shape()
+    fdim = op.bounds[0].fdim if op.bounds and op.bounds[0].fdim is not None else -1
+    if not shape or not isinstance(dim, int):
+        return False  # an unknown layout or dim: not assumed to be the feature axis
+    return dim % len(shape) == fdim % len(shape)
+
+
 @register(nn.Softmax, F.softmax, torch.softmax, "softmax")
 def _softmax(op: OpView) -> Semantics:
-    # Jacobian diag p - p p^T: u^T J u = Var_p(u) <= 1/2 (l2), and each row has l1 norm 2p(1-p) <= 1/2 (§d.2).
-    width = op.out_shape()[-1] if op.out_shape() else 1
-    constant = 1.0 if op.profile == "modula" else 0.5
-    # D²p[a, b]_j = p_j((a_j - ā)(b_j - b̄) - Cov_p(a, b)): its l1 norm is <= 3 max|a| max|b| <= 3n ||a|| ||b||
-    # in RMS units, and ||.||_RMS <= ||.||_1 / sqrt(n): 3 sqrt(n).
-    return Semantics("bond", (constant,), "softmax: ||diag p - pp^T|| <= 1/2, §d.2", nominal=(1.0,),
-                     curvature=1.0, sup=1.0, upper=1.0 / math.sqrt(max(width, 1)) if width else 1.0,
-                     hessian=3 * math.sqrt(max(width, 1)))
+    dim = op.module.dim if op.module is not None else op.arg(1, "dim")
+    shape = op.in_shape(0) if op.inputs else op.out_shape()
+    if _reduced_axis_is_feature(op, dim):
+        # Jacobian diag p - p p^T: u^T J u = Var_p(u) <= 1/2 (l2), and each row has l1 norm 2p(1-p) <= 1/2 (§d.2).
+        width = shape[dim] if shape and isinstance(dim, int) else 1
+        constant = 1.0 if op.profile == "modula" else 0.5
+        # D²p[a, b]_j = p_j((a_j - ā)(b_j - b̄) - Cov_p(a, b)): its l1 norm is <= 3 max|a| max|b| <= 3n ||a|| ||b||
+        # in RMS units, and ||.||_RMS <= ||.||_1 / sqrt(n): 3 sqrt(n).
+        return Semantics("bond", (constant,), "softmax: ||diag p - pp^T|| <= 1/2, §d.2", nominal=(1.0,),
+                         curvature=1.0, sup=1.0, upper=1.0 / math.sqrt(max(width, 1)) if width else 1.0,
+                         hessian=3 * math.sqrt(max(width, 1)))
+    # Along a position axis (n positions), independently for each feature j: dy[t, j] = sum_s J_j[t, s] dx[s, j]
+    # with J_j = diag p - p p^T, whose rows have l1 norm <= 1/2 and entries |J[t, s]| <= 1/4. Cauchy-Schwarz,
+    # dy[t, j]² <= (sum_s |J[t, s]|)(sum_s |J[t, s]| dx[s, j]²) <= 1/8 sum_s dx[s, j]²; the mean over j gives
+    # ||dy_t||² <= 1/8 sum_s ||dx_s||² <= (n/8) max_s ||dx_s||²: the constant sqrt(n/8). Every entry is <= 1 and a
+    # position may win for every feature, so the output RMS bound is 1 (not 1/sqrt(n)).
+    n = shape[dim] if shape and isinstance(dim, int) else None
+    if n is None:
+        return Semantics("bond", (INF,), "softmax along an unknown axis", certified=False, smooth=False,
+                         reason="softmax without a known dim (or input shape) is not modelled")
+    constant = math.sqrt(n / 8)
+    return Semantics("bond", (constant,), f"softmax along a position axis of {n}: sqrt(n/8)", nominal=(constant,),
+                     sup=1.0, upper=1.0, hessian=None,
+                     reason="softmax along a position axis: no second-derivative bound is derived")
 
 
 @register(nn.LogSoftmax, F.log_softmax, torch.log_softmax, "log_softmax")

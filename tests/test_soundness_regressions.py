@@ -85,7 +85,7 @@ ROWS = [
     pytest.param(lambda: _case("x.transpose(1, 2) @ x", lambda s, x: x.transpose(1, 2) @ x, (1, 4, 64)),
                  id="transpose-matmul", marks=xfail("the activation matmul rule assumes A's feature axis is last")),
     pytest.param(lambda: _case("softmax(20 x, dim=1)", lambda s, x: torch.softmax(20 * x, dim=1), (1, 65, 64)),
-                 id="softmax-dim", marks=xfail("softmax ignores dim for its constant and its output bound")),
+                 id="softmax-dim"),
     pytest.param(lambda: _case("eval BatchNorm1d bias 10, then h*h", lambda s, x: s.bn(x) * s.bn(x), (4, 8),
                                bn=bn(8, 10.0)),
                  id="batchnorm-shift"),
@@ -126,8 +126,7 @@ ROWS = [
                  id="batchnorm-bias-before-linear"),
     pytest.param(lambda: _case("fc(softmax(x, dim=1))", lambda s, x: s.fc(torch.softmax(x, dim=1)), (1, 16, 64),
                                ("fc.weight",), fc=fc(64)),
-                 id="linear-after-softmax-dim1",
-                 marks=xfail("softmax's output bound 1/sqrt(n) assumes dim is the feature axis")),
+                 id="linear-after-softmax-dim1"),
 ]
 
 
