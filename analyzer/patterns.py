@@ -180,8 +180,12 @@ _MASK_OPS = ("masked_fill", "add", "where")
 
 
 def _constant_factor(node: fx.Node, data: fx.Node) -> float | None:
+    """The constant c of data · c, c · data, data / c or -data; None otherwise. c / data is not a scaling
+    (it is the reciprocal of the activation, unbounded slope), so a division counts only with data as dividend."""
     if _is(node, "neg"):
         return -1.0
+    if _is(node, "truediv", "div") and (not node.args or node.args[0] is not data):
+        return None
     others = [a for a in node.args if a is not data]
     if len(others) != 1 or _number(others[0]) is None:
         return None

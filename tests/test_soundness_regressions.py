@@ -90,7 +90,7 @@ ROWS = [
                                bn=bn(8, 10.0)),
                  id="batchnorm-shift"),
     pytest.param(lambda: _case("1.0 / fc(x)", lambda s, x: 1.0 / s.fc(x), (2, 3, 8), fc=fc(8)),
-                 id="reciprocal-of-atom", marks=xfail("c / atom(x) is fused as atom(x) / c")),
+                 id="reciprocal-of-atom"),
     pytest.param(lambda: _case("x * x on NCHW", lambda s, x: x * x, (1, 64, 2, 2)), id="nchw-product",
                  marks=xfail("products and powers take the width from the last axis (W) instead of channels")),
     pytest.param(lambda: _case("x * sigmoid(x) on NCHW", lambda s, x: x * torch.sigmoid(x), (1, 64, 2, 2)),
