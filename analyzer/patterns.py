@@ -312,6 +312,14 @@ def _match_scaled_atom(node: fx.Node, root: torch.nn.Module) -> Fused | None:
     return Fused("scaled_atom", last, [], {node} | {n for n, _ in kept}, {"atom": node, "scale": factor})
 
 
+def _self_contained(match: Fused) -> bool:
+    """A group may absorb a node only if every user of it is inside the group: a member read from outside (an
+    rsqrt reused, a k.transpose also returned) would leave that reader with no record of its own, so its bound
+    would be judged through the fused op's constant. The one place this rule is enforced, for every pattern."""
+    inner = match.members - {match.output}
+    return all(user in match.members for member in inner for user in member.users)
+
+
 def find_patterns(graph: fx.Graph, root: torch.nn.Module) -> dict[fx.Node, Fused]:
     """Every recognised group, keyed by its output node. Nodes are visited once (linear time)."""
     found: dict[fx.Node, Fused] = {}
@@ -321,7 +329,7 @@ def find_patterns(graph: fx.Graph, root: torch.nn.Module) -> dict[fx.Node, Fused
             continue
         match = (_match_attention(node) or _match_rms(node) or _match_scaled_atom(node, root)
                  or _match_mean_subtract(node))
-        if match is None or any(m in absorbed for m in match.members):
+        if match is None or any(m in absorbed for m in match.members) or not _self_contained(match):
             continue
         found[match.output] = match
         absorbed |= match.members - {match.output}
