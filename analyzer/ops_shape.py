@@ -167,6 +167,15 @@ def _split(op: OpView) -> Semantics:
         return linear(Semantics("bond", (constant,), "split of the feature axis: a piece carries sqrt(F/f), §d.2",
                          fdim=fdim, tags=("layout",)))
     drop = 1 if widths == [] and pieces else 0  # unbind removes the axis
+    dim = op.arg(1, "dim", 0)
+    if drop and isinstance(dim, int) and in_shape and dim % len(in_shape) == fdim % len(in_shape):
+        # Unbinding the feature axis: a piece holds one feature at every position, and its new last axis runs
+        # over positions. Its RMS over that axis is at most max_t |x_t,j| <= sqrt(F) max_t ||x_t||_RMS.
+        width = in_shape[fdim]
+        constant = 1.0 if op.profile == "modula" else math.sqrt(width)
+        return linear(Semantics("bond", (constant,), f"unbind of the feature axis: one feature across positions, "
+                                f"sqrt(F = {width})", nominal=(1.0,), fdim=max(0, len(in_shape) - 2),
+                                tags=("layout",)))
     return linear(Semantics("bond", (1.0,), "split into positions", fdim=fdim - drop if fdim > 0 else fdim,
                      tags=("layout",)))
 
