@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from . import atoms
-from .registry import AtomSpec, INF, OpView, Semantics, is_number, linear, register, sup_bound
+from .registry import (AtomSpec, INF, OpView, Semantics, is_number, linear, output_feature_width, register,
+                       sup_bound)
 
 
 # ---------------------------------------------------------------------------------------------------- arithmetic
@@ -110,7 +111,7 @@ def _gain(op: OpView, param: str, source: str) -> Semantics:
 
 def _product(op: OpView) -> Semantics:
     # d(a*b) = da*b + a*db: w.r.t. a the constant is ||b||_inf (theory.md §d.2, elementwise product).
-    width = op.out_shape()[-1] if op.out_shape() else 1
+    width = output_feature_width(op)
     a, b = op.bounds
     sup_a, sup_b = sup_bound(a, width), sup_bound(b, width)
     via_rms = a.sup is None and b.sup is None

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import (GELU_SLOPE, INF, OpView, SILU_SLOPE, SQRT2, Semantics, bond, feature_width, is_number, linear,
-                       register, sup_bound)
+                       output_feature_width, register, sup_bound)
 
 
 # ----------------------------------------------------------------------------------------------- elementwise bonds
@@ -71,7 +71,7 @@ def _power(op: OpView) -> Semantics:
     if p < 1.0:
         return Semantics("bond", (INF,), f"x^{p:g}", certified=False, smooth=False,
                          reason=f"x^{p:g} has an unbounded slope near 0")
-    width = op.out_shape()[-1] if op.out_shape() else 1
+    width = output_feature_width(op)
     sup = sup_bound(op.bounds[0], width)
     slope = Semantics("bond", (p * sup ** (p - 1),), f"x^{p:g}: slope p·sup|x|^(p-1) with sup from the input bound",
                       upper=sup ** p, label=f"x^{p:g}")

@@ -207,6 +207,18 @@ def feature_width(op: OpView) -> int:
     return int(shape[fdim]) if shape else 1
 
 
+def output_feature_width(op: OpView) -> int:
+    """The size of the output's feature axis, located by the first data input's tracked axis (counted from the
+    end, so a broadcast that adds leading axes keeps it): channels on NCHW, not W. For sup |x| <= sqrt(F) ||x||."""
+    shape = op.out_shape()
+    if not shape:
+        return 1
+    fdim = op.bounds[0].fdim if op.bounds and op.bounds[0].fdim is not None else -1
+    in_shape = op.in_shape(0) if op.inputs else shape
+    offset = fdim - len(in_shape) if fdim >= 0 else fdim
+    return int(shape[offset]) if -len(shape) <= offset < 0 else int(max(shape))
+
+
 def bond(*spellings: Any, certified: float, modula: float | None = None, source: str, smooth: bool = True,
          curvature: float = 0.0, sup: float | None = None, label: str = "", at_zero: float = 0.0) -> None:
     """Register a weightless elementwise op with a fixed Lipschitz constant.

@@ -20,7 +20,6 @@ from tests.adversary_cases import EXPLICIT, STRATEGIES
 
 # Entries whose bound is exceeded today (issue 15), by a representative spelling: the fixer's to-do list.
 KNOWN_UNSOUND: dict[str, str] = {
-    "transpose": "after a permute, x*x takes the width from the last axis instead of the tracked feature axis",
     "normalization.GroupNorm": "group normalizers couple positions: the per-position 1/sqrt(eps) does not hold, "
                                "and the gain's output ||n(x)|| exceeds 1",
 }
