@@ -37,18 +37,9 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 CASES = sorted(CORPUS.glob("*.py"))
 BLOCKING = ("warning", "error")
 
-CHAIN = ("an atom's multiplier followed by another constant or a merge is not fused into the atom (issue 16 "
-         "item 4): MN101 on {atoms}")
 CONSEQUENCES = ("the defect's consequences are reported again under other codes: {codes} (issue 16 item 3: one "
                 "defect, one code at warning or above)")
 XFAIL = {
-    "clean_gpt_issue_spelling": CHAIN.format(atoms="every fc2 (`fc2(x) * 0.5` then `b * mlp`) and both "
-                                                   "embeddings (`emb * sqrt(d)` then `0.5 * tok + 0.5 * pos`)"),
-    "clean_gpt_prefix_spelling": CHAIN.format(atoms="every fc2 (`0.5 * fc2(h)`) and both embeddings "
-                                                    "(`sqrt(d) * emb`, then `(tok + pos) / 2`)"),
-    "clean_gpt_torch_mul": CHAIN.format(atoms="every fc2 and both embeddings (torch.mul spelling)"),
-    "clean_gpt_scaled_wrapper": CHAIN.format(atoms="every fc2 and both embeddings (a `Scaled(module, s)` "
-                                                   "wrapper's multiplier, then the residual's constant)"),
     "clean_orthogonal_inv_depth_mlp": ("MN204 warns at design sensitivity 2.64 = (1 + 1/16)^16, inside the "
                                        "(1 + 1/L)^L <= e envelope that MN203 itself accepts; the certified bound "
                                        "is 7e31 from 1/sqrt(eps) per RMS norm (issue 16 item 1)"),
