@@ -53,8 +53,6 @@ XFAIL = {
     "defect_resmlp_sqrt_depth_branch": CONSEQUENCES.format(codes="MN203, MN204, MN501"),
     "defect_resmlp_unscaled_residual_depth32": CONSEQUENCES.format(codes="MN203, MN204, MN501"),
     "defect_resmlp_affine_gain": CONSEQUENCES.format(codes="MN204 (design sensitivity 8 = the gain)"),
-    "defect_uncertified_op": ("the uncertified op makes its block's sensitivity inf, and MN201 and MN203 report "
-                              "that inf again instead of deferring to MN901"),
     "defect_resmlp_no_eps_shrinking_stream": ("MN601 is info for every eps-free normalizer; it does not tell a "
                                               "stream that shrinks like 0.6^L (no floor at all) from Modula's "
                                               "RMS-preserving stream, so the defect gets no warning"),
