@@ -16,7 +16,8 @@ from typing import Iterable
 from .result import Finding
 
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)")
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf")
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.])|(?<!\w)inf(?!\w)")
+_NAMED = re.compile(r"`[^`]*`|\b[A-Za-z_]\w*(?:\.\w+)+")  # quoted names and module paths are not figures
 
 
 def role_of(module: str) -> str:
@@ -25,7 +26,7 @@ def role_of(module: str) -> str:
 
 
 def _figures(message: str) -> list[float]:
-    return [float(token) for token in _NUMBER.findall(message)]
+    return [float(token) for token in _NUMBER.findall(_NAMED.sub(" ", message))]
 
 
 def _varying(instances: list[Finding]) -> list[tuple[float, float]]:
