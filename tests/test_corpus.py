@@ -40,9 +40,6 @@ BLOCKING = ("warning", "error")
 CONSEQUENCES = ("the defect's consequences are reported again under other codes: {codes} (issue 16 item 3: one "
                 "defect, one code at warning or above)")
 XFAIL = {
-    "clean_orthogonal_inv_depth_mlp": ("MN204 warns at design sensitivity 2.64 = (1 + 1/16)^16, inside the "
-                                       "(1 + 1/L)^L <= e envelope that MN203 itself accepts; the certified bound "
-                                       "is 7e31 from 1/sqrt(eps) per RMS norm (issue 16 item 1)"),
     "defect_default_init_readout": ("MN101 (error, norm 12) fires on the readout next to MN102, which names the "
                                     "cause (fan-in drift): one defect, two codes"),
     "defect_gpt_attention_sqrt_d": ("the 1/sqrt(d) logit scale raises the certified attention constant, so "
