@@ -58,6 +58,10 @@ def _located(finding: Finding, file: str, line: int | None) -> Finding:
     return replace(finding, file=finding.file or file, line=finding.line or line)
 
 
+def _modules_of(analysis: Any) -> set[str]:
+    return {layer.name for layer in analysis.layers} | {m.module for m in analysis.merges if m.module}
+
+
 def selection_of(settings: Settings) -> Any:
     from modnorm.rules import RuleSelection
 
@@ -96,4 +100,6 @@ def check_model(target: str, settings: Settings, *, input_shape: tuple[int, ...]
     kept, suppressed = suppression.apply(findings, files, selection.enabled,
                                          unused if selection.enabled("MN001") else None)
 
-    return CheckResult(target, analysis, sort_findings(kept), suppressed)
+    from .grouping import group_by_role
+
+    return CheckResult(target, analysis, sort_findings(group_by_role(kept, _modules_of(analysis))), suppressed)

@@ -283,6 +283,34 @@ def _atom_owner(node: fx.Node) -> str:
     return _scope(node)
 
 
+def _strip_constant_factors(node: Any) -> Any:
+    while isinstance(node, fx.Node) and _is(node, *_SCALE_OPS) and node.args:
+        data = next((a for a in node.args if isinstance(a, fx.Node)), None)
+        if data is None or _constant_factor(node, data) is None:
+            break
+        node = data
+    return node
+
+
+def _is_ancestor(candidate: fx.Node, node: fx.Node) -> bool:
+    seen, todo = set(), list(node.all_input_nodes)
+    while todo:
+        current = todo.pop()
+        if current is candidate:
+            return True
+        if current not in seen:
+            seen.add(current)
+            todo.extend(current.all_input_nodes)
+    return False
+
+
+def _is_residual_merge(merge: fx.Node, branch: fx.Node, atom: fx.Node) -> bool:
+    """`skip + c * atom(...)` where the skip (less its own constants) feeds the atom: a residual merge whose
+    branch coefficient is c. A sum of independent terms (`(tok + pos) / 2`) is not one."""
+    others = [a for a in merge.args if a is not branch and isinstance(a, fx.Node)]
+    return any(_is_ancestor(_strip_constant_factors(other), atom) for other in others)
+
+
 def _match_scaled_atom(node: fx.Node, root: torch.nn.Module) -> Fused | None:
     """An atom followed by constant multipliers: fused while inside the atom's module, and outside it unless
     the chain feeds a residual merge (there the constant is the merge's branch coefficient, §b.3)."""
@@ -302,8 +330,14 @@ def _match_scaled_atom(node: fx.Node, root: torch.nn.Module) -> Fused | None:
     if not chain:
         return None
     inside = [(n, c) for n, c in chain if owner and (_scope(n) == owner or _scope(n).startswith(owner + "."))]
-    outside_feeds_merge = len(current.users) == 1 and _is(next(iter(current.users)), "add", "sub", "iadd")
-    kept = chain if not outside_feeds_merge else chain[:len(inside)] if inside else []
+    merge = next(iter(current.users)) if len(current.users) == 1 else None
+    feeds_merge = _is(merge, "add", "sub", "iadd") and (len(chain) >= 2 or _is_residual_merge(merge, current, node))
+    # Feeding a merge, the last multiplication is the merge's coefficient (`x + (1/L) * block(x)`); every
+    # earlier one belongs to the atom however it is spelled (`fc2(h) * 0.5` then `b * mlp(x)`,
+    # `emb(idx) * sqrt(d)` then `0.5 * tok + 0.5 * pos`): the merge keeps what is left. A lone multiplier
+    # before a sum of independent terms (`sqrt(d) * emb(idx)` then `(tok + pos) / 2`) is the atom's, as is
+    # one written inside the atom's own module.
+    kept = chain if not feeds_merge else chain[:max(len(inside), len(chain) - 1)]
     if not kept:
         return None
     for _, c in kept:

@@ -24,6 +24,8 @@ class UnscaledResidual(Rule):
     ## Use instead
         x = (1 - 1 / L) * x + (1 / L) * self.attn(self.ln_1(x))
 
+    A block whose sensitivity is unbounded (an op no constant bounds) is left to MN901, which names the op.
+
     ## Options
     - `slack` (2.0): the allowed excess is slack / L.
 

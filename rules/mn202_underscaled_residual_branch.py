@@ -60,6 +60,8 @@ def merges_over_budget(analysis: Analysis, slack: float) -> Iterator[tuple[Merge
         for name in stream.merges:
             merge = analysis.merge(name)
             block = merge.design_block_sensitivity
+            if math.isinf(block):
+                continue  # an op without a bound inside the block: MN901 names it, a budget says nothing more
             if block > 1 + slack / stream.depth + 1e-9:
                 yield merge, stream.depth, block
 

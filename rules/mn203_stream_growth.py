@@ -27,6 +27,9 @@ class ResidualStreamGrowth(Rule):
         for block in self.blocks:
             x = (1 - 1 / L) * x + (1 / L) * block(x)
 
+    A stream with a block whose sensitivity is unbounded (an op no constant bounds) is left to MN901, which
+    names the op: its growth is inf whatever the residual scaling, so a second finding would add nothing.
+
     ## Options
     - `warn` (e), `error` (10.0).
 
@@ -41,6 +44,8 @@ class ResidualStreamGrowth(Rule):
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for stream in analysis.streams:
+            if any(math.isinf(analysis.merge(m).design_block_sensitivity) for m in stream.merges):
+                continue  # a block holds an op without a bound: MN901 names that op, the inf says nothing more
             growth = math.prod(analysis.merge(m).design_block_sensitivity for m in stream.merges)
             if growth <= self.config["warn"]:
                 continue

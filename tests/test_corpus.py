@@ -37,21 +37,9 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 CASES = sorted(CORPUS.glob("*.py"))
 BLOCKING = ("warning", "error")
 
-CHAIN = ("an atom's multiplier followed by another constant or a merge is not fused into the atom (issue 16 "
-         "item 4): MN101 on {atoms}")
 CONSEQUENCES = ("the defect's consequences are reported again under other codes: {codes} (issue 16 item 3: one "
                 "defect, one code at warning or above)")
 XFAIL = {
-    "clean_gpt_issue_spelling": CHAIN.format(atoms="every fc2 (`fc2(x) * 0.5` then `b * mlp`) and both "
-                                                   "embeddings (`emb * sqrt(d)` then `0.5 * tok + 0.5 * pos`)"),
-    "clean_gpt_prefix_spelling": CHAIN.format(atoms="every fc2 (`0.5 * fc2(h)`) and both embeddings "
-                                                    "(`sqrt(d) * emb`, then `(tok + pos) / 2`)"),
-    "clean_gpt_torch_mul": CHAIN.format(atoms="every fc2 and both embeddings (torch.mul spelling)"),
-    "clean_gpt_scaled_wrapper": CHAIN.format(atoms="every fc2 and both embeddings (a `Scaled(module, s)` "
-                                                   "wrapper's multiplier, then the residual's constant)"),
-    "clean_orthogonal_inv_depth_mlp": ("MN204 warns at design sensitivity 2.64 = (1 + 1/16)^16, inside the "
-                                       "(1 + 1/L)^L <= e envelope that MN203 itself accepts; the certified bound "
-                                       "is 7e31 from 1/sqrt(eps) per RMS norm (issue 16 item 1)"),
     "defect_default_init_readout": ("MN101 (error, norm 12) fires on the readout next to MN102, which names the "
                                     "cause (fan-in drift): one defect, two codes"),
     "defect_gpt_attention_sqrt_d": ("the 1/sqrt(d) logit scale raises the certified attention constant, so "
@@ -62,8 +50,6 @@ XFAIL = {
     "defect_resmlp_sqrt_depth_branch": CONSEQUENCES.format(codes="MN203, MN204, MN501"),
     "defect_resmlp_unscaled_residual_depth32": CONSEQUENCES.format(codes="MN203, MN204, MN501"),
     "defect_resmlp_affine_gain": CONSEQUENCES.format(codes="MN204 (design sensitivity 8 = the gain)"),
-    "defect_uncertified_op": ("the uncertified op makes its block's sensitivity inf, and MN201 and MN203 report "
-                              "that inf again instead of deferring to MN901"),
     "defect_resmlp_no_eps_shrinking_stream": ("MN601 is info for every eps-free normalizer; it does not tell a "
                                               "stream that shrinks like 0.6^L (no floor at all) from Modula's "
                                               "RMS-preserving stream, so the defect gets no warning"),

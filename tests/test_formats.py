@@ -50,7 +50,7 @@ def test_the_schema_ships_inside_the_package():
 
 def test_concise_is_one_line_per_finding(gpt_json):
     lines = run(GPT, "-f", "concise").stdout.strip().splitlines()
-    pattern = re.compile(r"^fixtures/nanogpt\.py:\d+:1: MN\d{3} \[[\w.<>]+\] .+$")
+    pattern = re.compile(r"^fixtures/nanogpt\.py:\d+:1: MN\d{3} \[[\w.<>*]+\] .+$")
     assert all(pattern.match(line) for line in lines[:-1]), lines
     assert len(lines) - 1 == len(gpt_json["findings"]) and lines[-1] == f"Found {len(lines) - 1} findings."
 
