@@ -82,7 +82,14 @@ def _reshape(op: OpView) -> Semantics:
     constant, fdim, why = layout_lipschitz(op.in_shape(0), first_fdim(op), op.out_shape())
     if op.profile == "modula":
         constant = 1.0
-    return linear(Semantics("bond", (constant,), f"layout: {why}", fdim=fdim, tags=("layout",), label="reshape"))
+    return linear(Semantics("bond", _with_shape_operands(op, constant), f"layout: {why}", fdim=fdim,
+                            tags=("layout",), label="reshape"))
+
+
+def _with_shape_operands(op: OpView, constant: float) -> tuple[float, ...]:
+    """`view_as(y)`, `reshape_as(y)`, `expand_as(y)` read only y's shape: the output does not move with y's
+    values, so y's Lipschitz constant is 0 (not unknown)."""
+    return (constant,) + (0.0,) * (len(op.inputs) - 1)
 
 
 @register("transpose", torch.transpose, "permute", torch.permute, "movedim", torch.movedim, "t", "swapaxes")
@@ -121,7 +128,7 @@ def _expand(op: OpView) -> Semantics:
     shift = len(op.out_shape()) - len(op.in_shape(0))
     same_width = op.out_shape()[first_fdim(op) + shift] == op.in_shape(0)[first_fdim(op)]
     constant = 1.0 if same_width else math.sqrt(op.in_shape(0)[first_fdim(op)] or 1)
-    return linear(Semantics("bond", (constant,), "broadcast copies positions", fdim=first_fdim(op) + shift,
+    return linear(Semantics("bond", _with_shape_operands(op, constant), "broadcast copies positions", fdim=first_fdim(op) + shift,
                      tags=("layout",)))
 
 

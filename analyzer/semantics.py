@@ -19,13 +19,14 @@ Where things live (adding an op touches one of these files plus its test):
     ops_normalization.py  LayerNorm, RMSNorm, GroupNorm, BatchNorm
     ops_attention.py      scaled dot-product attention
     ops_aten.py           aten spellings of the torch.export route
+    ops_select.py         roll, pad, masked_fill, gather
 """
 
 from __future__ import annotations
 
 # importing the entry files registers their entries, in this order (a later spelling would override)
 from . import ops_elementwise, ops_arithmetic, ops_shape, ops_atoms  # noqa: F401
-from . import ops_normalization, ops_attention, ops_aten  # noqa: F401
+from . import ops_normalization, ops_attention, ops_aten, ops_select  # noqa: F401
 from .ops_attention import attention, attention_hessian
 from .ops_normalization import normalization
 from .ops_shape import layout_lipschitz

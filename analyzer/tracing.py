@@ -263,6 +263,14 @@ class ShapeTracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return ValueProxy(node, self)
 
+    def create_arg(self, a: Any) -> Any:
+        # A KV cache (transformers' DynamicCache & co, returned by every model built with its default
+        # use_cache=True) is state for the next call, not a function of this one: the graph returns None in its
+        # place, so the model stays on the graph route. Any other object fx cannot represent still fails loudly.
+        if _is_cache(a):
+            return None
+        return super().create_arg(a)
+
     def create_proxy(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
                      type_expr: Any = None, proxy_factory_fn: Any = None) -> fx.Proxy:
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
@@ -311,6 +319,12 @@ class ShapeTracer(fx.Tracer):
             return obj
         finally:
             self._computing = computing
+
+
+def _is_cache(value: Any) -> bool:
+    """A key/value cache object (by class name along the MRO, so transformers need not be imported)."""
+    return any(k.__name__ in ("Cache", "EncoderDecoderCache") and "cache" in k.__module__
+               for k in type(value).__mro__)
 
 
 def _on_meta_device(value: Any) -> Any:

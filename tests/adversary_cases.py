@@ -586,6 +586,58 @@ def _aten_slices(draw: st.DrawFn) -> Case:
 STRATEGIES["aten:slice"] = _aten_slices()
 
 
+# -------------------------------------------------------------- selection and padding (analyzer/ops_select.py)
+@st.composite
+def rolls(draw: st.DrawFn) -> Case:
+    role, width = draw(st.sampled_from(["tokens", "features", "flattened"])), draw(widths)
+    shift = draw(st.integers(1, 3))
+    bodies: dict[str, Body] = {
+        "tokens": lambda s, h, a: torch.roll(h, shift, dims=1),
+        "features": lambda s, h, a: h.roll(shift, -1),
+        "flattened": lambda s, h, a: torch.roll(h, shift),
+    }
+    return case(f"roll {role} by {shift}", bodies[role], "last", width)
+
+
+@st.composite
+def pads(draw: st.DrawFn) -> Case:
+    role, width = draw(st.sampled_from(["features", "tokens", "features value 2", "tokens replicate"])), draw(widths)
+    bodies: dict[str, Body] = {
+        "features": lambda s, h, a: F.pad(h, (1, 3)),
+        "tokens": lambda s, h, a: F.pad(h, (0, 0, 2, 1)),
+        "features value 2": lambda s, h, a: F.pad(h, (0, 2), value=2.0),
+        "tokens replicate": lambda s, h, a: F.pad(h.transpose(1, 2), (1, 2), mode="replicate").transpose(1, 2),
+    }
+    return case(f"pad {role}", bodies[role], "last", width)
+
+
+@st.composite
+def masked_fills(draw: st.DrawFn) -> Case:
+    width, value = draw(widths), draw(st.sampled_from([0.0, -1.0, 3.0]))
+    mask = torch.rand(1, 5, width) > 0.5
+    return case(f"masked_fill({value})", lambda s, h, a: h.masked_fill(s.mask, value), "last", width,
+                buffers={"mask": mask})
+
+
+@st.composite
+def gathers(draw: st.DrawFn) -> Case:
+    role, width = draw(st.sampled_from(["features repeated", "tokens per feature", "index_select tokens"])), \
+        draw(widths)
+    features = torch.zeros(2, 5, width, dtype=torch.long)  # every output feature is feature 0: the sqrt(F) corner
+    tokens = torch.randint(0, 5, (2, 5, width))
+    rows = torch.tensor([0, 0, 4, 2])
+    bodies: dict[str, Body] = {
+        "features repeated": lambda s, h, a: torch.gather(h, -1, s.features),
+        "tokens per feature": lambda s, h, a: h.gather(1, s.tokens),
+        "index_select tokens": lambda s, h, a: torch.index_select(h, 1, s.rows),
+    }
+    return case(f"gather: {role}", bodies[role], "last", width,
+                buffers={"features": features, "tokens": tokens, "rows": rows})
+
+
+STRATEGIES.update({torch.roll: rolls(), F.pad: pads(), torch.masked_fill: masked_fills(), torch.gather: gathers()})
+
+
 # ------------------------------------------------------------------------- explicit cases (run before the search)
 def _bn_then_square(route: str) -> Case:
     bn = nn.BatchNorm1d(4)

@@ -82,3 +82,21 @@ def test_not_a_model_config_is_a_clear_error(tmp_path):
     bad.write_text('{"hidden_size": 4}')
     result = CliRunner().invoke(app, ["check", str(bad)])
     assert result.exit_code == 2 and "model_type" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_kv_cache_on_by_default_stays_on_the_graph_route():
+    """A model built with its config's defaults (use_cache=True) returns a DynamicCache; the fx route returns None
+    in its place instead of failing over to the op log, which found no residual streams (issue 17). Expected: the
+    fx route and Llama's 2 merges per layer (pre-norm `x + attn(n(x))`, `x + mlp(n(x))`)."""
+    import modnorm
+    import torch
+
+    config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                      vocab_size=100)
+    assert config.use_cache
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(config).eval()
+    analysis = modnorm.analyze(model, torch.zeros(1, 8, dtype=torch.long))
+    assert analysis.model.tracer == "fx_values", analysis.model.tracer_attempts
+    assert sum(len(s.merges) for s in analysis.streams) == 2 * 2
