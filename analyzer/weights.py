@@ -18,6 +18,7 @@ a tensor with no data (meta), complex values for a real parameter, or NaN/Inf en
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -25,13 +26,14 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from .errors import ModnormError
 
-__all__ = ["Checkpoint", "open_checkpoint", "save_safetensors", "save_sharded", "check_shapes", "INDEX_NAME"]
+__all__ = ["Checkpoint", "open_checkpoint", "save_safetensors", "save_sharded", "check_shapes", "INDEX_NAME",
+           "audit_progress"]
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -41,7 +43,7 @@ _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 INDEX_NAME = "model.safetensors.index.json"
 _MAX_HEADER = 100_000_000
 _MAX_DECOMPRESSED = 4 << 30  # a compressed torch archive is read into memory: refuse one that claims more
-_CACHE_BYTES = 1 << 30  # recently read tensors kept, so shape, norm and RMS of one weight read it once
+_CACHE_BYTES = 1 << 29  # recently read tensors kept, so shape, norm and RMS of one weight read it once
 _READ_AHEAD = 2  # tensors the kernel is asked to prefetch after each read
 
 
@@ -149,6 +151,26 @@ class Checkpoint:
             oldest = next(iter(self._cache))
             total -= self._cache[oldest].numel() * self._cache[oldest].element_size()
             del self._cache[oldest]
+
+
+@contextlib.contextmanager
+def audit_progress(checkpoint: tuple[Checkpoint, dict[str, str]] | None) -> Iterator[None]:
+    """A progress bar (tensors read, GB read, ETA) while the analysis reads `checkpoint`'s tensors; see
+    progress.py for when it shows. `checkpoint` is (Checkpoint, model name -> stored name) or None."""
+    if checkpoint is None:
+        yield
+        return
+    from .progress import meter
+
+    opened, names = checkpoint
+    stored = set(names.values())
+    with meter(f"auditing {opened.path.name}", len(stored), "tensors",
+               sum(opened.nbytes(name) for name in stored)) as bar:
+        opened.on_read = lambda name, nbytes: bar.advance(1 if bar.done < bar.total else 0, nbytes)
+        try:
+            yield
+        finally:
+            opened.on_read = None
 
 
 def _require_finite(tensor: torch.Tensor, name: str, path: Path) -> None:
