@@ -57,7 +57,10 @@ Threads
     LAPACK's eigvalsh runs in one thread, and so does all the work on a stack below _THREADED_FLOPS (elementwise
     passes over small tensors gain nothing from a second thread and stall behind busy cores); measured on 2 cores with other processes competing (load ~6), a batch
     of 300 Gram matrices of 96 × 96 took 0.34 s in one thread and 7.9 s in two (9 of 384 × 384: 0.22 s vs 4.1 s);
-    idle, two threads gained nothing on these sizes. Matrix products keep torch's thread count (they scale).
+    idle, two threads gained nothing on these sizes. Large work (block Lanczos, big Gram products) keeps torch's
+    thread count unless the 1-minute load average shows every core taken by others (`_busy`): then it runs in
+    one thread, since a second thread only waits for a core: block Lanczos on 4096 × 11008 took 12.6 s / 11.7 s
+    in one thread and 30.4 s / 23.6 s in two (load 14 on 2 cores); on an idle machine two threads are faster.
 
 Each distinct tensor is computed once: results are remembered by storage, offset, shape, stride, dtype and
 version counter (so an in-place update recomputes), holding the tensor so that its memory cannot be reused by
@@ -68,6 +71,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -116,17 +120,37 @@ def exact_spectral_norm(matrix: torch.Tensor) -> float:
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run LAPACK's eigensolvers in one thread (module docstring: they collapse under competing processes)."""
+def _threads(count: int) -> Iterator[None]:
+    """Run the block with `count` torch threads (at most the current number), then restore it."""
     threads = torch.get_num_threads()
-    if threads == 1:
+    if count >= threads:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _one_thread() -> contextlib.AbstractContextManager[None]:
+    """LAPACK's eigensolvers and small work in one thread (module docstring: they collapse under load)."""
+    return _threads(1)
+
+
+def _busy() -> bool:
+    """True when other processes already keep every core busy (1-minute load average), so that a second thread
+    of ours would wait for a core instead of running (module docstring: Threads)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return False
+    return load >= (os.cpu_count() or 1) + 0.5
+
+
+def _large_work_threads() -> contextlib.AbstractContextManager[None]:
+    """Threads for large products: torch's own count, or one when the machine is busy."""
+    return _one_thread() if _busy() else contextlib.nullcontext()
 
 
 def _require_finite(stack: torch.Tensor) -> None:
@@ -171,7 +195,7 @@ def _stack_brackets(stack: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tens
     """Vectorised (value, lower, upper) of every matrix of a non-empty (B, rows, cols) stack, and the method.
     Small work runs in one thread (module docstring: Threads)."""
     _, rows, cols = stack.shape
-    threads = _one_thread() if stack.numel() * min(rows, cols) < _THREADED_FLOPS else contextlib.nullcontext()
+    threads = _one_thread() if stack.numel() * min(rows, cols) < _THREADED_FLOPS else _large_work_threads()
     with threads:
         _require_finite(stack)
         if min(rows, cols) == 1:
@@ -262,6 +286,13 @@ def _exact_in_float32(w: torch.Tensor) -> bool:
 
 def lanczos_spectral_norm(matrix: torch.Tensor, rtol: float = RTOL, delta: float = DELTA, block: int = BLOCK,
                           seed: int = 0) -> NormEstimate:
+    """σ_max of a large matrix by randomized block Lanczos (see _lanczos), in one thread on a busy machine."""
+    with _large_work_threads():
+        return _lanczos(matrix, rtol, delta, block, seed)
+
+
+def _lanczos(matrix: torch.Tensor, rtol: float = RTOL, delta: float = DELTA, block: int = BLOCK,
+             seed: int = 0) -> NormEstimate:
     """σ_max of a large matrix by randomized block Lanczos on its Gram matrix (module docstring: the proof).
 
     `upper` ≤ value·(1 + rtol)·(1 + η/2) always; upper ≥ σ_max with probability ≥ 1 − delta (unless the

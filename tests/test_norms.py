@@ -170,3 +170,16 @@ def test_non_finite_weights_are_a_clear_error_not_an_eigensolver_failure(bad, me
     w[3, 4] = bad
     with pytest.raises(ModnormError, match="non-finite weights"):
         spectral_norm(w, method=method)
+
+
+@pytest.mark.parametrize("load, expected", [(0.1, "all"), (64.0, 1)])
+def test_large_work_runs_in_one_thread_only_when_other_processes_take_every_core(monkeypatch, load, expected):
+    import os
+
+    import modnorm.norms as norms
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    before = torch.get_num_threads()
+    with norms._large_work_threads():
+        inside = torch.get_num_threads()
+    assert inside == (before if expected == "all" else 1) and torch.get_num_threads() == before
