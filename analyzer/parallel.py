@@ -20,7 +20,11 @@ from .errors import ModnormError
 __all__ = ["run_all", "start"]
 
 
-_PRELOAD = ["torch", "modnorm.check", "modnorm.calculus", "modnorm.tracing", "modnorm.sweep"]
+# What a check imports, lazily or not (python -X importtime): preloaded once in the server, not in every worker
+# (torch.export alone is ~1 s idle).
+_PRELOAD = ["torch", "torch.export", "torch._inductor.sizevars", "modnorm.check", "modnorm.calculus",
+            "modnorm.tracing", "modnorm.sweep", "modnorm.loading", "modnorm.weights", "modnorm.oplog",
+            "modnorm.module_only", "modnorm.suppression", "modnorm.hf", "modnorm.rules"]
 
 
 def _context() -> Any:
