@@ -54,13 +54,12 @@ Degenerate shapes (no eigensolver)
     σ ∈ [√(s(1 − γ))(1 − u), √(s(1 + γ))(1 + u)] for the computed sum s.
 
 Threads
-    LAPACK's eigvalsh runs in one thread, and so does all the work on a stack below _THREADED_FLOPS (elementwise
-    passes over small tensors gain nothing from a second thread and stall behind busy cores); measured on 2 cores with other processes competing (load ~6), a batch
-    of 300 Gram matrices of 96 × 96 took 0.34 s in one thread and 7.9 s in two (9 of 384 × 384: 0.22 s vs 4.1 s);
-    idle, two threads gained nothing on these sizes. Large work (block Lanczos, big Gram products) keeps torch's
-    thread count unless the 1-minute load average shows every core taken by others (`_busy`): then it runs in
-    one thread, since a second thread only waits for a core: block Lanczos on 4096 × 11008 took 12.6 s / 11.7 s
-    in one thread and 30.4 s / 23.6 s in two (load 14 on 2 cores); on an idle machine two threads are faster.
+    Every norm is computed in one thread. Measured on 2 cores with other processes competing (load ~6), a batch
+    of 300 Gram matrices of 96 × 96 took 0.34 s in eigvalsh with one thread and 7.9 s with two (9 of 384 × 384:
+    0.22 s vs 4.1 s); block Lanczos on 4096 × 11008 took 12.6 s / 11.7 s in one thread and 30.4 s / 23.6 s in
+    two (load 14). A second thread only helps on an idle machine, and a thread count chosen from the load would
+    make the output depend on it: block Lanczos's float32 products round differently with one and two threads
+    (1e-10 relative, measured), and a CI gate needs the same bytes from the same inputs.
 
 Each distinct tensor is computed once: results are remembered by storage, offset, shape, stride, dtype and
 version counter (so an in-place update recomputes), holding the tensor so that its memory cannot be reused by
@@ -71,7 +70,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -85,7 +83,6 @@ EXACT_MAX_SIDE = 2048
 RTOL, DELTA, BLOCK = 1e-2, 1e-9, 16
 _EXACT_BATCH_BYTES = 1 << 29  # Gram matrices per chunk of a batched exact computation (512 MB)
 _VERIFY_ROWS = 32  # rows summed in float32 before float64 accumulation in the lower-bound check
-_THREADED_FLOPS = 1 << 26  # below this much Gram work a stack is reduced in one thread (module docstring: Threads)
 _MEMO_BYTES = 1 << 26  # tensors whose norms are remembered (module docstring: each tensor computed once)
 
 
@@ -138,19 +135,10 @@ def _one_thread() -> contextlib.AbstractContextManager[None]:
     return _threads(1)
 
 
-def _busy() -> bool:
-    """True when other processes already keep every core busy (1-minute load average), so that a second thread
-    of ours would wait for a core instead of running (module docstring: Threads)."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return False
-    return load >= (os.cpu_count() or 1) + 0.5
-
-
 def _large_work_threads() -> contextlib.AbstractContextManager[None]:
-    """Threads for large products: torch's own count, or one when the machine is busy."""
-    return _one_thread() if _busy() else contextlib.nullcontext()
+    """Large products (block Lanczos, big Gram matrices) also run in one thread: deterministic output whatever
+    the load (module docstring: Threads)."""
+    return _one_thread()
 
 
 def _require_finite(stack: torch.Tensor) -> None:
@@ -193,10 +181,9 @@ def _gram_brackets(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 def _stack_brackets(stack: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], str]:
     """Vectorised (value, lower, upper) of every matrix of a non-empty (B, rows, cols) stack, and the method.
-    Small work runs in one thread (module docstring: Threads)."""
+    In one thread (module docstring: Threads)."""
     _, rows, cols = stack.shape
-    threads = _one_thread() if stack.numel() * min(rows, cols) < _THREADED_FLOPS else _large_work_threads()
-    with threads:
+    with _one_thread():
         _require_finite(stack)
         if min(rows, cols) == 1:
             return _vector_brackets(stack), "exact (one row or column: Euclidean norm)"
