@@ -166,7 +166,6 @@ def _series(role: str, quantity: str, values: tuple[float, ...], axes: Sequence[
     return Series(role, quantity, values, fit_exponents(points, values, axes), spread, flat, file, line)
 
 
-<<<<<<< HEAD
 def run(target: str, settings: Any, axes: Sequence[Axis], check_model: Callable[..., Any], *, input_shape: Any = None,
         input_dtype: str | None = None, kwargs: dict[str, Any] | None = None,
         progress: Callable[[str], None] | None = None, jobs: int = 1) -> tuple[Sweep, Any]:
