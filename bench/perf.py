@@ -65,7 +65,7 @@ import_s = time.perf_counter() - t0
 from modnorm.check import check_model
 from modnorm.config import Settings
 from modnorm.loading import load
-from modnorm.tracing import trace
+from modnorm.routes import trace
 target, tracer, kwargs, mode = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 t0 = time.perf_counter()
 if mode == "floor":
