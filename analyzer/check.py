@@ -24,13 +24,14 @@ class CheckResult:
 
 
 def check_sweep(target: str, settings: Settings, axes: Any, *, input_shape: tuple[int, ...] | None = None,
-                input_dtype: str | None = None, kwargs: dict[str, Any] | None = None) -> CheckResult:
-    """Every grid point analysed; the findings of the last (largest) size plus the MN4xx sweep findings."""
+                input_dtype: str | None = None, kwargs: dict[str, Any] | None = None, jobs: int = 1) -> CheckResult:
+    """Every grid point analysed (in `jobs` worker processes); the findings of the last (largest) size plus the
+    MN4xx sweep findings."""
     from . import suppression, sweep as sweeping
     from modnorm.rules import run_sweep_rules, sort_findings
 
-    result, last = sweeping.run(target, settings, axes, check_model, input_shape=input_shape, input_dtype=input_dtype,
-                                kwargs=kwargs)
+    result, last = sweeping.run(target, settings, axes, check_model, input_shape=input_shape,
+                                input_dtype=input_dtype, kwargs=kwargs, jobs=jobs)
     selection = selection_of(settings)
     file = last.analysis.model.file
     extra = [_located(f, file, last.analysis.model.entry_line) for f in run_sweep_rules(result, selection)]
@@ -83,8 +84,11 @@ def check_model(target: str, settings: Settings, *, input_shape: tuple[int, ...]
                    leaf_types=_leaf_types(loaded.model, settings.leaf, loaded.file))
     options = Options(profile=settings.profile, mass=settings.mass, hidden_mass=settings.hidden_mass,
                       mass_of=settings.mass_of, norm_input_rms=settings.norm_input_rms, loss=settings.loss)
-    analysis = analyze_traced(traced, options, user_file=loaded.file, entry=loaded.entry, device=loaded.device,
-                              init_laws=loaded.init_laws, checkpoint=loaded.checkpoint)
+    from .weights import audit_progress
+
+    with audit_progress(loaded.checkpoint):  # a progress bar while a checkpoint is read (terminal, text output)
+        analysis = analyze_traced(traced, options, user_file=loaded.file, entry=loaded.entry,
+                                  device=loaded.device, init_laws=loaded.init_laws, checkpoint=loaded.checkpoint)
     if loaded.checkpoint is not None:
         analysis = replace(analysis, model=replace(analysis.model, weights=str(settings.weights)))
     analysis = replace(analysis, model=replace(analysis.model, entry_line=loaded.entry_line))

@@ -123,11 +123,16 @@ def check(
     fail_on: Optional[str] = typer.Option(None, help="Lowest severity that makes the exit code 1: "
                                                      "error | warning (default) | info."),
     exit_zero: bool = typer.Option(False, help="Exit 0 even with findings (2 still on bad input)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes for the grid points of --sweep and "
+                             "for several models (results identical to --jobs 1)."),
 ) -> None:
     """Analyse model files and report per-layer modular-norm quantities and findings.
 
     Exit codes: 0 no findings at or above --fail-on, 1 findings, 2 bad input or configuration.
     """
+    from .parallel import start
+
+    start(jobs)  # worker processes' imports overlap ours
     try:
         settings = _settings(targets, config, isolated, output_format=output_format, profile=profile, mass=mass,
                              hidden_mass=hidden_mass, mass_of=_parse_mass_of(mass_of) or None, loss=loss,
@@ -139,11 +144,16 @@ def check(
         _validate(settings, color)
         shape, factory_kwargs = _parse_shape(input_shape), _parse_kwargs(kwargs)
         sweep = list(sweep) or list(settings.sweep)
+        from . import progress
+        from .parallel import run_all
+
+        progress.allow((settings.output_format or "full") in ("full", "concise"))  # bars on stderr, never in JSON
         if sweep:
-            results = [_run_sweep(_targets(targets, settings), settings, sweep, shape, input_dtype, factory_kwargs)]
+            results = [_run_sweep(_targets(targets, settings), settings, sweep, shape, input_dtype, factory_kwargs,
+                                  jobs)]
         else:
-            results = [_run(target, settings, shape, input_dtype, factory_kwargs)
-                       for target in _targets(targets, settings)]
+            results = run_all(_run, [(target, settings, shape, input_dtype, factory_kwargs)
+                                     for target in _targets(targets, settings)], jobs)
         if plot is not None:
             _plot(results, plot)
     except typer.Exit:
@@ -259,7 +269,7 @@ def _run(target: str, settings: Any, input_shape: tuple[int, ...] | None, input_
 
 
 def _run_sweep(targets: list[str], settings: Any, items: list[str], input_shape: Any, input_dtype: str | None,
-               kwargs: dict[str, Any]) -> Any:
+               kwargs: dict[str, Any], jobs: int = 1) -> Any:
     from .check import check_sweep
     from .errors import ModnormError
     from .sweep import parse_sweep
@@ -267,7 +277,7 @@ def _run_sweep(targets: list[str], settings: Any, items: list[str], input_shape:
     if len(targets) != 1:
         raise ModnormError(f"--sweep takes one model, not {len(targets)}", "pass a single path.py:factory")
     return check_sweep(targets[0], settings, parse_sweep(items), input_shape=input_shape, input_dtype=input_dtype,
-                       kwargs=kwargs)
+                       kwargs=kwargs, jobs=jobs)
 
 
 def _plot(results: list[Any], path: Path) -> None:

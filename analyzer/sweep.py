@@ -168,18 +168,26 @@ def _series(role: str, quantity: str, values: tuple[float, ...], axes: Sequence[
 
 def run(target: str, settings: Any, axes: Sequence[Axis], check_model: Callable[..., Any], *, input_shape: Any = None,
         input_dtype: str | None = None, kwargs: dict[str, Any] | None = None,
-        progress: Callable[[str], None] | None = None) -> tuple[Sweep, Any]:
+        progress: Callable[[str], None] | None = None, jobs: int = 1) -> tuple[Sweep, Any]:
     """Analyse `target` at every grid point with `check_model` (check.check_model: passed in, so that sweep does not
-    import check, which imports sweep); rules run on the largest model only, MN4xx on the sweep."""
+    import check, which imports sweep), in up to `jobs` worker processes (parallel.py: same results, in grid
+    order); rules run on the largest model only, MN4xx on the sweep."""
+    from .parallel import run_all
+
     points = grid(axes)
-    analyses, results = [], []
-    for point in points:
-        if progress:
+    if progress:
+        for point in points:
             progress(", ".join(f"{k}={v}" for k, v in point.items()))
-        result = check_model(target, settings, input_shape=input_shape, input_dtype=input_dtype,
-                             kwargs={**(kwargs or {}), **point})
-        results.append(result)
-        analyses.append(result.analysis)
+    items = [(check_model, target, settings, input_shape, input_dtype, {**(kwargs or {}), **point})
+             for point in points]
+    results = run_all(_check_point, items, jobs, "sweeping", "grid points")
+    analyses = [result.analysis for result in results]
     series = series_of(axes, points, analyses)
     sweep = Sweep(tuple(axes), tuple(points), tuple(analyses), tuple(series))
     return sweep, results[-1]
+
+
+def _check_point(check_model: Callable[..., Any], target: str, settings: Any, input_shape: Any,
+                 input_dtype: str | None, kwargs: dict[str, Any]) -> Any:
+    """One grid point (a top-level function, so worker processes can run it)."""
+    return check_model(target, settings, input_shape=input_shape, input_dtype=input_dtype, kwargs=kwargs)

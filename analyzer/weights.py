@@ -2,50 +2,79 @@
 
 * `.safetensors` is parsed here (8-byte little-endian header length, a JSON header of name → dtype, shape and byte
   offsets, then raw little-endian data), so no extra package is needed; a tensor is read from its byte range
-  only when a norm needs it, so auditing a checkpoint needs memory for one tensor, not for the model.
-* `.pt`, `.pth`, `.bin`, `.ckpt` go through `torch.load(weights_only=True, mmap=True)`: the restricted unpickler
-  refuses anything but tensors and plain containers, so a malicious payload is rejected without running.
-Nothing else is opened. Shapes are checked against the architecture (from the header) before any data is read.
+  only when a norm needs it, so auditing a checkpoint needs memory for one tensor, not for the model. Every header
+  entry is validated (an object with a known dtype, a shape of non-negative integers, offsets inside the data area
+  whose length is exactly shape × dtype) before anything is read.
+* A sharded checkpoint (`model.safetensors.index.json`, or the directory holding it) maps each tensor to a shard
+  file next to the index; shards are opened lazily and read the same way, one tensor at a time, with the kernel
+  told to read the next tensors ahead (posix_fadvise) so that disk reads overlap the norm computations.
+* `.pt`, `.pth`, `.bin`, `.ckpt` go through `torch.load(weights_only=True)`: the restricted unpickler refuses
+  anything but tensors and plain containers, so a malicious payload is rejected without running. The archive is
+  memory-mapped when its members are stored uncompressed; a compressed archive (its bytes are not the tensors')
+  is read into memory instead, up to a declared size we check first.
+Nothing else is opened. Shapes are checked against the architecture (from the header) before any data is read;
+a tensor with no data (meta), complex values for a real parameter, or NaN/Inf entries is refused by name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
+import math
+import os
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
 from .errors import ModnormError
 
-__all__ = ["Checkpoint", "open_checkpoint", "save_safetensors", "check_shapes"]
+__all__ = ["Checkpoint", "open_checkpoint", "save_safetensors", "save_sharded", "check_shapes", "INDEX_NAME",
+           "audit_progress"]
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
 _NAMES = {v: k for k, v in _DTYPES.items()}
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+INDEX_NAME = "model.safetensors.index.json"
+_MAX_HEADER = 100_000_000
+_MAX_DECOMPRESSED = 4 << 30  # a compressed torch archive is read into memory: refuse one that claims more
+_CACHE_BYTES = 1 << 29  # recently read tensors kept, so shape, norm and RMS of one weight read it once
+_READ_AHEAD = 2  # tensors the kernel is asked to prefetch after each read
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Entry:
     dtype: torch.dtype
     shape: tuple[int, ...]
-    start: int
+    file: Path
+    start: int  # absolute byte offsets in `file`
     end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
 
 
 class Checkpoint:
-    """Name → tensor, loaded on demand."""
+    """Name → tensor, loaded on demand (and checked for non-finite values as it is read)."""
 
     def __init__(self, path: Path, entries: dict[str, _Entry] | None = None,
                  tensors: dict[str, torch.Tensor] | None = None) -> None:
         self.path = path
         self._entries = entries or {}
         self._tensors = tensors or {}
+        self._order = sorted(self._entries, key=lambda n: (str(self._entries[n].file), self._entries[n].start))
+        self._next = {name: self._order[i + 1:i + 1 + _READ_AHEAD] for i, name in enumerate(self._order)}
+        self._cache: dict[str, torch.Tensor] = {}
+        self._checked: set[str] = set()
+        self.bytes_read = 0
+        self.on_read: Callable[[str, int], None] | None = None  # progress: (name, bytes) after each first read
 
     def keys(self) -> list[str]:
         return list(self._entries) + list(self._tensors)
@@ -58,40 +87,138 @@ class Checkpoint:
             return self._entries[name].shape
         return tuple(self._tensors[name].shape)
 
+    def dtype(self, name: str) -> torch.dtype:
+        if name in self._entries:
+            return self._entries[name].dtype
+        return self._tensors[name].dtype
+
+    def nbytes(self, name: str) -> int:
+        if name in self._entries:
+            return self._entries[name].nbytes
+        tensor = self._tensors[name]
+        return tensor.numel() * tensor.element_size()
+
     def load(self, name: str) -> torch.Tensor:
-        """One tensor, read from disk now (safetensors) or from the memory map (torch)."""
+        """One tensor, read from disk now (safetensors) or from memory (torch); NaN or Inf entries are refused."""
         if name in self._tensors:
-            return self._tensors[name]
+            tensor = self._tensors[name]
+            if name not in self._checked:
+                _require_finite(tensor, name, self.path)
+                self._checked.add(name)
+                if self.on_read is not None:
+                    self.on_read(name, self.nbytes(name))
+            return tensor
+        if name in self._cache:
+            self._cache[name] = self._cache.pop(name)  # most recent last
+            return self._cache[name]
+        tensor = self._read(name)
+        _require_finite(tensor, name, self._entries[name].file)
+        self._remember(name, tensor)
+        return tensor
+
+    def _read(self, name: str) -> torch.Tensor:
         entry = self._entries[name]
-        with open(self.path, "rb") as handle:
+        data = bytearray(entry.nbytes)
+        with open(entry.file, "rb", buffering=0) as handle:
             handle.seek(entry.start)
-            data = bytearray(handle.read(entry.end - entry.start))
+            view, got = memoryview(data), 0
+            while got < entry.nbytes:
+                chunk = handle.readinto(view[got:])
+                if not chunk:
+                    raise ModnormError(f"tensor `{name}` ends past the end of the file (the file was truncated "
+                                       "or changed while modnorm read it)", "re-save the checkpoint", entry.file)
+                got += chunk
+            self._read_ahead(handle.fileno(), name)
+        self.bytes_read += entry.nbytes
+        if self.on_read is not None:
+            self.on_read(name, entry.nbytes)
         if not data:
             return torch.empty(entry.shape, dtype=entry.dtype)
         return torch.frombuffer(data, dtype=entry.dtype).reshape(entry.shape)
 
+    def _read_ahead(self, fd: int, name: str) -> None:
+        """Ask the kernel to start reading the next tensors of the same file while we compute on this one."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        for following in self._next.get(name, []):
+            entry = self._entries[following]
+            if entry.file == self._entries[name].file and entry.nbytes:
+                os.posix_fadvise(fd, entry.start, entry.nbytes, os.POSIX_FADV_WILLNEED)
+
+    def _remember(self, name: str, tensor: torch.Tensor) -> None:
+        self._cache[name] = tensor
+        total = sum(t.numel() * t.element_size() for t in self._cache.values())
+        while len(self._cache) > 1 and total > _CACHE_BYTES:
+            oldest = next(iter(self._cache))
+            total -= self._cache[oldest].numel() * self._cache[oldest].element_size()
+            del self._cache[oldest]
+
+
+@contextlib.contextmanager
+def audit_progress(checkpoint: tuple[Checkpoint, dict[str, str]] | None) -> Iterator[None]:
+    """A progress bar (tensors read, GB read, ETA) while the analysis reads `checkpoint`'s tensors; see
+    progress.py for when it shows. `checkpoint` is (Checkpoint, model name -> stored name) or None."""
+    if checkpoint is None:
+        yield
+        return
+    from .progress import meter
+
+    opened, names = checkpoint
+    stored = set(names.values())
+    with meter(f"auditing {opened.path.name}", len(stored), "tensors",
+               sum(opened.nbytes(name) for name in stored)) as bar:
+        opened.on_read = lambda name, nbytes: bar.advance(1 if bar.done < bar.total else 0, nbytes)
+        try:
+            yield
+        finally:
+            opened.on_read = None
+
+
+def _require_finite(tensor: torch.Tensor, name: str, path: Path) -> None:
+    if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+        return
+    if tensor.is_floating_point() and all(map(math.isfinite, map(float, torch.aminmax(tensor)))):
+        return  # min and max propagate NaN and show ±Inf: one pass, no boolean copy of the tensor
+    finite = torch.isfinite(tensor)
+    if bool(finite.all()):
+        return
+    nan = int(torch.isnan(tensor).sum())
+    inf = int((~finite).sum()) - nan
+    raise ModnormError(f"layer weight `{name}` has non-finite weights ({nan} NaN, {inf} Inf of {tensor.numel()} "
+                       "entries): no norm of it means anything",
+                       "find where training diverged (the last finite checkpoint, a lower learning rate, loss "
+                       "scaling) and audit that checkpoint", path)
+
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint by path: .safetensors, a sharded index (or its directory), or a torch state dict."""
     path = Path(path)
+    if path.is_dir() and (path / INDEX_NAME).is_file():
+        path = path / INDEX_NAME
+    elif path.is_dir() and (path / "model.safetensors").is_file():
+        path = path / "model.safetensors"
     if not path.is_file():
-        raise ModnormError(f"no such checkpoint `{path}`", "pass a .safetensors file or a torch state dict")
+        raise ModnormError(f"no such checkpoint `{path}`", "pass a .safetensors file, a sharded "
+                           f"{INDEX_NAME} or a torch state dict")
+    if path.name.endswith(".safetensors.index.json"):
+        return _open_sharded(path)
     if path.suffix == ".safetensors":
-        return _open_safetensors(path)
+        return Checkpoint(path, entries=_safetensors_entries(path))
     if path.suffix in _PICKLE_SUFFIXES:
         return _open_torch(path)
     raise ModnormError(f"`{path}` is not a checkpoint modnorm opens",
-                       "use .safetensors (preferred) or a torch state dict saved as .pt/.pth/.bin; other formats "
-                       "are never unpickled", path)
+                       "use .safetensors (preferred), a sharded model.safetensors.index.json, or a torch state "
+                       "dict saved as .pt/.pth/.bin; other formats are never unpickled", path)
 
 
-def _open_safetensors(path: Path) -> Checkpoint:
+def _safetensors_entries(path: Path) -> dict[str, _Entry]:
     size = path.stat().st_size
     with open(path, "rb") as handle:
         head = handle.read(8)
         if len(head) < 8:
             raise ModnormError("the safetensors file is truncated (no header)", "re-save the checkpoint", path)
         (length,) = struct.unpack("<Q", head)
-        if length > min(size - 8, 100_000_000):
+        if length > min(size - 8, _MAX_HEADER):
             raise ModnormError("the safetensors header length is larger than the file", "re-save the checkpoint",
                                path)
         try:
@@ -99,27 +226,87 @@ def _open_safetensors(path: Path) -> Checkpoint:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModnormError(f"the safetensors header is not valid JSON ({exc})", "re-save the checkpoint",
                                path) from exc
-    entries = {}
+    if not isinstance(header, dict):
+        raise ModnormError(f"the safetensors header is a JSON {type(header).__name__}, not an object of tensor "
+                           "entries", "re-save the checkpoint with safetensors or torch", path)
     base = 8 + length
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise ModnormError(f"tensor `{name}` has an unsupported dtype {info.get('dtype')!r}",
-                               "save floating-point weights as F32, F16 or BF16", path)
-        start, end = info["data_offsets"]
-        if base + end > size or start > end:
-            raise ModnormError(f"tensor `{name}` points outside the file", "re-save the checkpoint", path)
-        entries[name] = _Entry(dtype, tuple(info["shape"]), base + start, base + end)
-    return Checkpoint(path, entries=entries)
+    entries = {name: _entry(name, info, path, base, size - base) for name, info in header.items()
+               if name != "__metadata__"}
+    return entries
+
+
+def _entry(name: str, info: Any, path: Path, base: int, data_size: int) -> _Entry:
+    """One validated header entry: dtype known, shape non-negative integers, offsets inside the data area and
+    exactly shape × dtype bytes long (anything else would read other bytes as this tensor's)."""
+    def bad(problem: str) -> ModnormError:
+        return ModnormError(f"tensor `{name}` in the safetensors header {problem}",
+                            "re-save the checkpoint (the file is corrupt or was not written by a safetensors "
+                            "writer)", path)
+
+    if not isinstance(info, dict):
+        raise bad(f"is a JSON {type(info).__name__}, not an object with dtype, shape and data_offsets")
+    missing = [key for key in ("dtype", "shape", "data_offsets") if key not in info]
+    if missing:
+        raise bad(f"has no {' or '.join(missing)}")
+    dtype = _DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+    if dtype is None:
+        raise ModnormError(f"tensor `{name}` has an unsupported dtype {info['dtype']!r}",
+                           "save floating-point weights as F32, F16 or BF16", path)
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise bad(f"has shape {shape!r}, not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)):
+        raise bad(f"has data_offsets {offsets!r}, not two integers [begin, end]")
+    start, end = offsets
+    if start < 0 or end < start or end > data_size:
+        raise bad(f"has data_offsets {offsets} outside the data area (0 to {data_size} bytes after the header)")
+    expected = _numel(shape) * torch.empty((), dtype=dtype).element_size()
+    if end - start != expected:
+        raise bad(f"spans {end - start} bytes, but shape {shape} of {info['dtype']} needs {expected}")
+    return _Entry(dtype, tuple(shape), path, base + start, base + end)
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def _open_sharded(index: Path) -> Checkpoint:
+    """`model.safetensors.index.json`: {"weight_map": {tensor name: shard file next to the index}}."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModnormError(f"the shard index is not valid JSON ({exc})", "re-save the checkpoint", index) from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in weight_map.items()):
+        raise ModnormError("the shard index has no `weight_map` object of tensor name -> shard file",
+                           "re-save the checkpoint with transformers' save_pretrained or safetensors", index)
+    shards: dict[str, dict[str, _Entry]] = {}
+    for shard in sorted(set(weight_map.values())):
+        if Path(shard).name != shard or not shard.endswith(".safetensors"):
+            raise ModnormError(f"the shard index names `{shard}`, which is not a .safetensors file next to it",
+                               "shards must sit in the index's directory", index)
+        if not (index.parent / shard).is_file():
+            raise ModnormError(f"shard `{shard}` named by the index does not exist",
+                               "download or copy every shard next to the index", index)
+        shards[shard] = _safetensors_entries(index.parent / shard)
+    entries = {}
+    for name, shard in weight_map.items():
+        if name not in shards[shard]:
+            raise ModnormError(f"the shard index maps `{name}` to `{shard}`, which does not contain it",
+                               "re-save the checkpoint (index and shards disagree)", index)
+        entries[name] = shards[shard][name]
+    return Checkpoint(index, entries=entries)
 
 
 def _open_torch(path: Path) -> Checkpoint:
     import pickle
 
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=_stored_uncompressed(path))
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModnormError(f"refused to load the checkpoint: it is not a plain tensor state dict that "
@@ -133,7 +320,32 @@ def _open_torch(path: Path) -> Checkpoint:
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ModnormError("the checkpoint is not a state dict of tensors",
                            "save `model.state_dict()` (torch.save) or use safetensors", path)
+    meta = [name for name, tensor in loaded.items() if tensor.is_meta]
+    if meta:
+        raise ModnormError(f"the checkpoint holds tensors on the meta device, with no data "
+                           f"({', '.join(map(str, meta[:4]))}{' …' if len(meta) > 4 else ''})",
+                           "save the state dict of a model whose weights exist (built on the CPU or loaded), "
+                           "not of one built on the meta device", path)
     return Checkpoint(path, tensors=dict(loaded))
+
+
+def _stored_uncompressed(path: Path) -> bool:
+    """True for a zip archive whose members are stored as-is (torch.save's layout, safe to memory-map); False
+    for a compressed one, which must be decompressed (refused above _MAX_DECOMPRESSED) or a legacy pickle."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return True  # let torch.load report what is wrong with it
+    if all(m.compress_type == zipfile.ZIP_STORED for m in members):
+        return True
+    declared = sum(m.file_size for m in members)
+    if declared > _MAX_DECOMPRESSED:
+        raise ModnormError(f"the checkpoint is a compressed archive that declares {declared / 2**30:.1f} GiB of "
+                           "data", "re-save it with torch.save (uncompressed) or safetensors", path)
+    return False
 
 
 def check_shapes(checkpoint: Checkpoint, model: torch.nn.Module) -> dict[str, str]:
@@ -156,11 +368,15 @@ def check_shapes(checkpoint: Checkpoint, model: torch.nn.Module) -> dict[str, st
         if tuple(checkpoint.shape(stored)) != tuple(tensor.shape):
             wrong.append(f"{name}: checkpoint {list(checkpoint.shape(stored))}, model {list(tensor.shape)}")
             continue
+        if checkpoint.dtype(stored).is_complex and not tensor.is_complex():
+            # Reading it as real would silently drop the imaginary part: a different matrix, a different norm.
+            wrong.append(f"{name}: checkpoint {checkpoint.dtype(stored)} (complex), model {tensor.dtype}")
+            continue
         names[name] = stored
     if missing or wrong:
         parts = []
         if wrong:
-            parts.append(f"{len(wrong)} shape mismatch{'es' if len(wrong) > 1 else ''} ({'; '.join(wrong[:3])}"
+            parts.append(f"{len(wrong)} shape or dtype mismatch{'es' if len(wrong) > 1 else ''} ({'; '.join(wrong[:3])}"
                          f"{' …' if len(wrong) > 3 else ''})")
         if missing:
             parts.append(f"{len(missing)} parameter{'s' if len(missing) > 1 else ''} missing "
@@ -197,3 +413,29 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
         for blob in blobs:
             handle.write(blob)
 
+
+
+def save_sharded(tensors: dict[str, torch.Tensor], directory: str | Path, shard_bytes: int) -> Path:
+    """Write `tensors` as shards of about `shard_bytes` plus `model.safetensors.index.json` (the layout
+    transformers' save_pretrained uses); returns the index path. For tests and the bench."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    groups: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if groups[-1] and size + nbytes > shard_bytes:
+            groups.append({})
+            size = 0
+        groups[-1][name] = tensor
+        size += nbytes
+    weight_map = {}
+    for i, group in enumerate(groups, 1):
+        shard = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        save_safetensors(group, directory / shard, metadata={"format": "pt"})
+        weight_map.update({name: shard for name in group})
+    index = directory / INDEX_NAME
+    index.write_text(json.dumps({"metadata": {"total_size": sum(t.numel() * t.element_size()
+                                                                for t in tensors.values())},
+                                 "weight_map": weight_map}, indent=2))
+    return index

@@ -117,3 +117,68 @@ def test_bracket_property(rows, cols, spike, seed, method):
     estimate = spectral_norm(w, method=method)
     truth = exact(w)
     assert estimate.lower <= truth * (1 + 1e-10) + 1e-12 and truth <= estimate.upper * (1 + 1e-12) + 1e-12
+
+
+# ------------------------------------------------------------------------------------ degenerate shapes, reuse
+@pytest.mark.parametrize("shape", [(1, 1), (1, 300), (300, 1), (1, 5000)])
+def test_one_row_or_column_is_its_euclidean_norm_with_a_bracket(shape):
+    w = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    estimate = spectral_norm(w)
+    truth = exact(w)
+    assert estimate.lower <= truth <= estimate.upper and estimate.upper / estimate.lower < 1 + 1e-9
+    assert "Euclidean" in estimate.method
+
+
+def test_depthwise_kernel_is_the_largest_absolute_entry():
+    """A depthwise 7x7 conv over 640 channels: 31 360 one-by-one slices, whose norms are |w| (no eigensolver)."""
+    w = torch.randn(1, 1, 640 * 49, generator=torch.Generator().manual_seed(8))
+    estimate = conv_kernel_norm(w)
+    largest = float(w.abs().max())  # |w| of a 1 x 1 matrix, exact in float64
+    assert estimate.lower <= largest <= estimate.upper and estimate.upper / largest < 1 + 1e-12
+
+
+def test_channel_multiplier_slices_are_column_norms():
+    w = torch.randn(4, 1, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(9))  # 4 out per group
+    assert conv_kernel_norm(w).value == pytest.approx(float(w.norm(dim=0).max()), rel=1e-14)
+
+
+def test_the_same_tensor_is_computed_once_and_again_after_an_in_place_update(monkeypatch):
+    import modnorm.norms as norms
+
+    calls = []
+    original = norms._exact_stack
+    monkeypatch.setattr(norms, "_exact_stack", lambda stack: calls.append(1) or original(stack))
+    w = torch.randn(40, 60, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    first = spectral_norm(w)
+    assert spectral_norm(w.detach()) == first and spectral_norm(w.view(40, 60)) == first and len(calls) == 1
+    w.mul_(2)  # same storage, new values: the version counter moves on
+    assert spectral_norm(w).value == pytest.approx(2 * first.value, rel=1e-12) and len(calls) == 2
+
+
+def test_threads_are_restored_after_the_eigensolver():
+    before = torch.get_num_threads()
+    spectral_norms_batched(torch.randn(3, 20, 20))
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("method", ["exact", "fast"])
+def test_non_finite_weights_are_a_clear_error_not_an_eigensolver_failure(bad, method):
+    from modnorm.errors import ModnormError
+
+    w = torch.randn(64, 64)
+    w[3, 4] = bad
+    with pytest.raises(ModnormError, match="non-finite weights"):
+        spectral_norm(w, method=method)
+
+
+def test_large_work_runs_in_one_thread_so_the_output_does_not_depend_on_load(monkeypatch):
+    """A thread count chosen from the load average would change the rounding of Lanczos's products."""
+    import modnorm.norms as norms
+
+    seen = []
+    original = norms._lanczos
+    monkeypatch.setattr(norms, "_lanczos", lambda *a: seen.append(torch.get_num_threads()) or original(*a))
+    before = torch.get_num_threads()
+    norms.lanczos_spectral_norm(torch.randn(300, 400))
+    assert seen == [1] and torch.get_num_threads() == before

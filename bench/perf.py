@@ -1,0 +1,225 @@
+"""Issue 21's bench: where users wait. `python bench/perf.py [--only weights|routes|checkpoint|sweep] [--layers N]`.
+
+Every figure is a ratio measured in one run (the machine is shared; `uptime` is printed beside each section):
+  weights     measured-weight analysis (CPU build, real weights) of the vision fixtures and tiny transformers
+              configs, against the same process's import + build floor; quiet, then with two CPU-bound torch
+              processes beside it, and the slowdown factor
+  routes      op-log route vs fx route on a Llama-2-7B shape; 70B meta check vs its import+build+trace floor
+  checkpoint  a synthetic Llama-2-layout bf16 sharded safetensors checkpoint (written under /tmp, never kept in the
+              repository): `cat` of the shards vs `modnorm check --weights` (wall, peak RSS)
+  sweep       a 4 x 4 sweep with --jobs 2 vs --jobs 1 (wall, identical JSON)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+MODNORM = [PY, "-m", "modnorm.cli"]
+LLAMA2 = str(ROOT / "bench/fixtures/llama2.py")
+
+VISION = ["bench/fixtures/convnext_nano.py", "bench/fixtures/efficientnet_b0.py", "bench/models.py",
+          "fixtures/vit.py", "fixtures/mlp_mixer.py", "fixtures/bert_encoder.py", "fixtures/resnet_bn.py"]
+TINY_HF = {
+    "gpt2": "GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=100, "
+            "architectures=['GPT2LMHeadModel'])",
+    "llama": "LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, "
+             "intermediate_size=128, max_position_embeddings=64, vocab_size=100, architectures=['LlamaForCausalLM'])",
+    "bert": "BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, "
+            "max_position_embeddings=64, vocab_size=100, architectures=['BertModel'])",
+}
+
+# One child: import torch, build on CPU (the floor), then the whole measured-weight check in the same process.
+WEIGHTS_CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+import_s = time.perf_counter() - t0
+from modnorm.loading import load
+from modnorm.check import check_model
+from modnorm.config import Settings
+target = sys.argv[1]
+t0 = time.perf_counter(); load(target, device="cpu"); build_s = time.perf_counter() - t0
+t0 = time.perf_counter(); load(target, device="cpu"); warm_build_s = time.perf_counter() - t0
+t0 = time.perf_counter(); check_model(target, Settings(device="cpu")); check_s = time.perf_counter() - t0
+# The check loads (imports + builds) again, warm: its analysis is what it spends beyond a warm build. The cold
+# build (the floor) also pays first imports, e.g. transformers' modeling code for a config.json target.
+print(json.dumps({"import_s": import_s, "build_s": build_s, "analysis_s": max(check_s - warm_build_s, 0.0)}))
+"""
+
+ROUTE_CHILD = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import torch
+import_s = time.perf_counter() - t0
+from modnorm.check import check_model
+from modnorm.config import Settings
+from modnorm.loading import load
+from modnorm.routes import trace
+target, tracer, kwargs, mode = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+t0 = time.perf_counter()
+if mode == "floor":
+    loaded = load(target, device="meta", kwargs=kwargs)
+    trace(loaded.model, loaded.inputs, user_file=loaded.file, tracer="fx")
+else:
+    check_model(target, Settings(device="meta", tracer=tracer), kwargs=kwargs)
+print(json.dumps({"import_s": import_s, "s": time.perf_counter() - t0,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+BURNER = "import torch\nx = torch.randn(1500, 1500)\nwhile True:\n    x = torch.tanh(x @ x)\n"
+
+
+def load_average() -> str:
+    return f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
+def child(code: str, *args: str) -> dict:
+    out = subprocess.run([PY, "-c", code, *args], capture_output=True, text=True, env=ENV)
+    if out.returncode:
+        return {"error": (out.stderr.strip().splitlines() or ["?"])[-1][:160]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def hf_targets(folder: Path) -> list[str]:
+    import transformers
+
+    targets = []
+    for name, expression in TINY_HF.items():
+        config = eval(f"transformers.{expression}", {"transformers": transformers})  # noqa: S307 - our literal
+        config.save_pretrained(folder / name)
+        targets.append(str(folder / name / "config.json"))
+    return targets
+
+
+def weights_section() -> list[str]:
+    rows = ["| model | import+build floor s | analysis s (quiet) | analysis / floor | analysis s (2 burners) | "
+            "analysis / floor | slowdown | load |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        targets = [str(ROOT / t) for t in VISION] + hf_targets(Path(tmp))
+        for target in targets:
+            quiet_load = load_average()
+            quiet = child(WEIGHTS_CHILD, target)
+            burners = [subprocess.Popen([PY, "-c", BURNER]) for _ in range(2)]
+            try:
+                time.sleep(1.0)
+                busy = child(WEIGHTS_CHILD, target)
+                busy_load = load_average()
+            finally:
+                for burner in burners:
+                    burner.kill()
+                    burner.wait()
+            name = Path(target).parent.name if target.endswith("config.json") else Path(target).stem
+            if "error" in quiet or "error" in busy:
+                rows.append(f"| {name} | error: {quiet.get('error') or busy.get('error')} |")
+            else:
+                floor_q, floor_b = quiet["import_s"] + quiet["build_s"], busy["import_s"] + busy["build_s"]
+                rows.append(f"| {name} | {floor_q:.2f} | {quiet['analysis_s']:.2f} | "
+                            f"{quiet['analysis_s'] / floor_q:.2f} | {busy['analysis_s']:.2f} | "
+                            f"{busy['analysis_s'] / floor_b:.2f} | "
+                            f"{busy['analysis_s'] / max(quiet['analysis_s'], 1e-9):.1f}x | "
+                            f"{quiet_load} / {busy_load} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def routes_section() -> list[str]:
+    llama7b = {"vocab": 32000, "dim": 4096, "n_layers": 32, "n_heads": 32, "hidden": 11008}
+    llama70 = {"dim": 8192, "n_layers": 80, "n_heads": 64, "vocab": 32000}
+    rows = ["| case | a | s | b | s | a / b | load |", "| --- | --- | ---: | --- | ---: | ---: | --- |"]
+    fx = child(ROUTE_CHILD, LLAMA2, "fx", json.dumps(llama7b), "check")
+    oplog = child(ROUTE_CHILD, LLAMA2, "oplog", json.dumps(llama7b), "check")
+    if "error" in fx or "error" in oplog:
+        rows.append(f"| Llama-2-7B shape | error: {fx.get('error') or oplog.get('error')} |")
+    else:
+        rows.append(f"| Llama-2-7B shape, check after import | op log | {oplog['s']:.2f} | fx | {fx['s']:.2f} | "
+                    f"{oplog['s'] / fx['s']:.2f} | {load_average()} |")
+    print(rows[-1], flush=True)
+    target = str(ROOT / "fixtures/llama_block.py")
+    floor = child(ROUTE_CHILD, target, "fx", json.dumps(llama70), "floor")
+    check = child(ROUTE_CHILD, target, "auto", json.dumps(llama70), "check")
+    if "error" in floor or "error" in check:
+        rows.append(f"| Llama 70B on meta | error: {floor.get('error') or check.get('error')} |")
+    else:
+        a, b = check["import_s"] + check["s"], floor["import_s"] + floor["s"]
+        rows.append(f"| Llama 70B on meta (peak RSS {check['rss_mb']:.0f} MB) | import+check | {a:.2f} | "
+                    f"import+build+trace | {b:.2f} | {a / b:.2f} | {load_average()} |")
+    print(rows[-1], flush=True)
+    return rows
+
+
+def checkpoint_section(layers: int, keep: bool) -> list[str]:
+    kwargs = {"n_layers": layers}
+    directory = Path(tempfile.gettempdir()) / f"modnorm_bench_llama2_{layers}"
+    started = time.perf_counter()
+    if not (directory / "model.safetensors.index.json").is_file():
+        subprocess.run([PY, str(ROOT / "bench/checkpoint.py"), str(directory), "--kwargs", f"n_layers={layers}"],
+                       check=True, env=ENV, capture_output=True)
+    write_s = time.perf_counter() - started
+    shards = sorted(directory.glob("*.safetensors"))
+    size_gb = sum(s.stat().st_size for s in shards) / 1e9
+    load_before = load_average()
+    started = time.perf_counter()
+    subprocess.run(["cat", *map(str, shards)], stdout=subprocess.DEVNULL, check=True)
+    cat_s = time.perf_counter() - started
+    started = time.perf_counter()
+    out = subprocess.run(["/usr/bin/time", "-f", "RSS %M", *MODNORM, "check", LLAMA2, "--kwargs",
+                          f"n_layers={layers}", "--weights", str(directory), "-f", "json", "--exit-zero"],
+                         capture_output=True, text=True, env=ENV)
+    audit_s = time.perf_counter() - started
+    rss = next((int(line.split()[1]) / 1024 for line in out.stderr.splitlines() if line.startswith("RSS")), 0)
+    ok = out.returncode == 0 and json.loads(out.stdout)["model"]["weights"] == str(directory)
+    if not keep:
+        shutil.rmtree(directory, ignore_errors=True)
+    rows = ["| checkpoint | GB | write s | cat s | audit s | audit / cat | peak RSS MB | load |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            f"| Llama-2-7B layout, {layers} layers, bf16, {len(shards)} shards{'' if ok else ' (FAILED)'} | "
+            f"{size_gb:.1f} | {write_s:.0f} | {cat_s:.1f} | {audit_s:.0f} | {audit_s / cat_s:.0f} | {rss:.0f} | "
+            f"{load_before} / {load_average()} |"]
+    print(rows[-1], flush=True)
+    return rows
+
+
+def sweep_section() -> list[str]:
+    args = [*MODNORM, "check", str(ROOT / "fixtures/nanogpt.py"), "--kwargs", "n_head=12", "--sweep",
+            "n_embd=192,384,576,768", "--sweep", "n_layer=2,4,8,12", "-f", "json", "--exit-zero"]
+    outputs, walls = [], []
+    for jobs in ("1", "2"):
+        started = time.perf_counter()
+        out = subprocess.run([*args, "--jobs", jobs], capture_output=True, text=True, env=ENV)
+        walls.append(time.perf_counter() - started)
+        outputs.append(out.stdout if out.returncode == 0 else f"error {out.stderr[-200:]}")
+    rows = ["| sweep | --jobs 1 s | --jobs 2 s | speed-up | identical JSON | load |",
+            "| --- | ---: | ---: | ---: | --- | --- |",
+            f"| nanoGPT 4 widths x 4 depths (cold process, import included) | {walls[0]:.1f} | {walls[1]:.1f} | "
+            f"{walls[0] / walls[1]:.2f}x | {'yes' if outputs[0] == outputs[1] else 'NO'} | {load_average()} |"]
+    print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=("weights", "routes", "checkpoint", "sweep"))
+    parser.add_argument("--layers", type=int, default=32, help="decoder layers of the synthetic checkpoint")
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint under /tmp")
+    args = parser.parse_args()
+    print(f"# modnorm perf bench ({os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}, {load_average()})\n")
+    sections = {"weights": weights_section, "routes": routes_section,
+                "checkpoint": lambda: checkpoint_section(args.layers, args.keep), "sweep": sweep_section}
+    for name, run in sections.items():
+        if args.only in (None, name):
+            print("\n".join(run()) + "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()

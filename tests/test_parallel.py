@@ -1,0 +1,115 @@
+"""--jobs N: sweep grid points and several models in worker processes, results identical to the serial run; and
+the progress bar's rules (after a second, at a terminal, never in machine formats)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from modnorm import progress
+from modnorm.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, ["check", *map(str, args)])
+    assert result.exit_code in (0, 1), result.output
+    return result.stdout
+
+
+def test_sweep_with_two_jobs_is_identical_to_one():
+    args = [ROOT / "fixtures/sweep_nanogpt.py", "--sweep", "n_embd=32,64", "--sweep", "n_layer=2,4", "-f", "json"]
+    serial, parallel = run(*args, "--jobs", "1"), run(*args, "--jobs", "2")
+    assert json.loads(serial)["sweep"]["points"] and serial == parallel
+
+
+def test_several_models_with_two_jobs_are_identical_and_in_order():
+    models = [ROOT / "fixtures" / name for name in ("deep_mlp.py", "clean_mlp.py", "resnet_bn.py")]
+    serial, parallel = run(*models, "-f", "json", "-j", "1"), run(*models, "-f", "json", "-j", "2")
+    assert serial == parallel
+
+
+def test_a_bad_grid_point_in_a_worker_is_the_same_clear_error(tmp_path):
+    model = tmp_path / "picky.py"
+    model.write_text("import torch\n\n\ndef build_model(width=8):\n    if width == 24:\n"
+                     "        raise ValueError('width 24 is not supported')\n    return torch.nn.Linear(width, width)\n\n\n"
+                     "def example_inputs(model):\n    return torch.randn(2, model.in_features)\n")
+    outcomes = [runner.invoke(app, ["check", str(model), "--sweep", "width=8,16,24,32", "-j", jobs])
+                for jobs in ("1", "2")]
+    for outcome in outcomes:
+        assert outcome.exit_code == 2 and "Traceback" not in outcome.stderr
+        assert "width 24 is not supported" in outcome.stderr and "picky.py:6" in outcome.stderr
+    assert outcomes[0].stderr == outcomes[1].stderr
+
+
+def test_jobs_must_be_positive():
+    result = runner.invoke(app, ["check", str(ROOT / "fixtures/deep_mlp.py"), "--jobs", "0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------------------ progress bar
+@pytest.fixture
+def clock(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    return now
+
+
+@pytest.mark.parametrize("allowed, terminal, shown", [(True, True, True), (True, False, False),
+                                                      (False, True, False)])
+def test_bar_shows_only_when_allowed_and_at_a_terminal(monkeypatch, allowed, terminal, shown):
+    monkeypatch.setattr(progress, "_allowed", allowed)
+    monkeypatch.setattr(progress, "_stderr_is_terminal", lambda: terminal)
+    assert progress.Meter("x", 10, "tensors").show is shown
+
+
+def test_bar_appears_only_after_a_second(clock, monkeypatch):
+    opened = []
+    monkeypatch.setattr(progress.Meter, "_open", lambda self: opened.append(self.done) or setattr(self, "_bar", None))
+    bar = progress.Meter("x", 10, "tensors", show=True)
+    clock[0] = 0.5
+    bar.advance()
+    assert opened == []
+    clock[0] = 1.5
+    bar.advance()
+    assert opened == [2]
+
+
+def test_machine_formats_disallow_the_bar():
+    progress.allow(True)
+    run(ROOT / "fixtures/deep_mlp.py", "-f", "json")
+    assert progress._allowed is False
+    run(ROOT / "fixtures/deep_mlp.py", "-f", "concise")
+    assert progress._allowed is True
+    progress.allow(False)
+
+
+def test_audit_counts_every_stored_tensor_and_byte_once(tmp_path, monkeypatch):
+    """The bar's totals are the checkpoint's tensors and bytes; each read advances it by one tensor."""
+    import sys
+
+    from modnorm.check import check_model
+    from modnorm.config import Settings
+    from modnorm.weights import save_sharded
+
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    import deep_mlp
+
+    state = deep_mlp.build_model().state_dict()
+    index = save_sharded(state, tmp_path, shard_bytes=20_000)
+    meters = []
+    original = progress.Meter.__init__
+
+    def record(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        meters.append(self)
+
+    monkeypatch.setattr(progress.Meter, "__init__", record)
+    check_model(str(ROOT / "fixtures/deep_mlp.py"), Settings(weights=str(index)))
+    (bar,) = meters
+    assert bar.total == len(state) and bar.total_bytes == sum(t.numel() * t.element_size() for t in state.values())
+    assert bar.done == bar.total and bar.bytes == bar.total_bytes
