@@ -29,7 +29,8 @@ class NetworkSensitivityHigh(Rule):
     - `warn` (2.0), `error` (10.0).
 
     ## References
-    theory.md §f check 5.
+    [Well-normed modules](../theory/modular-norm.md#well-normed); [Design values](../theory/profiles.md#design);
+    [Downstream sensitivity as a path sum](../theory/dag.md#path-sum).
     """
 
     code = "MN204"

@@ -29,7 +29,8 @@ class AttentionScaledForInitialization(Rule):
     - `max_aligned_logit` (8.0): error above this `c·d`.
 
     ## References
-    theory.md §d.1 (attention) and §f check 6; Modula's golden rules.
+    [Attention](../theory/constants.md#attention); Modula's golden rules ("the dot product is the sum of
+    key.shape[0] aligned quantities").
     """
 
     code = "MN301"

@@ -29,7 +29,7 @@ class AttentionLogitDrift(Rule):
     - `max_exponent` (0.25).
 
     ## References
-    theory.md §d.1 (attention) and §f check 6.
+    [Attention](../theory/constants.md#attention); [Sweep width and depth](../guides/sweep.md).
     """
 
     code = "MN403"
