@@ -1,5 +1,5 @@
 """The modular-norm calculus on an fx graph: a forward pass of semantics and RMS bounds, then a backward pass
-of downstream sensitivities, masses, targets and residual structure (theory.md §b.3).
+of downstream sensitivities, masses, targets and residual structure (docs/theory/dag.md#path-sum).
 
 Forward (topological order): every node gets its semantics from the registry (or from a recognised pattern),
 the Lipschitz constant w.r.t. each data input, and upper/lower bounds on its output RMS. Backward: for every
@@ -51,12 +51,12 @@ def _times(a: float, b: float) -> float:
 
 
 def series(first: float, then: float) -> float:
-    """Sensitivity of `then ∘ first`: sensitivities multiply (theory.md §b.1, composition)."""
+    """Sensitivity of `then ∘ first`: sensitivities multiply (docs/theory/modular-norm.md#composition)."""
     return _times(first, then)
 
 
 def parallel(*branches: float) -> float:
-    """Sensitivity of a fan-out whose branches are summed: sensitivities add (§b.1, concatenation + Add)."""
+    """Sensitivity of a fan-out whose branches are summed: sensitivities add (concatenation + Add)."""
     return sum(branches)
 
 
@@ -425,7 +425,7 @@ def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[_Record], ctx: _C
         if fused is not None and fused.kind == "rms_norm":
             return _rms_pattern(view, fused)
         if fused is not None and fused.kind == "mean_subtract":
-            return linear(Semantics("bond", (1.0,), "MeanSubtract: orthogonal projection I - 11ᵀ/d, §d.1",
+            return linear(Semantics("bond", (1.0,), "MeanSubtract: orthogonal projection I - 11ᵀ/d",
                              label="MeanSubtract"))
         if fused is not None and fused.kind == "attention":
             return semantics.attention(view, fused.info["scale"], "attention (by hand)")
@@ -519,7 +519,7 @@ def _forward(traced: TracedModel, ctx: _Context) -> list[_Record]:
                 continue
             sem = _evaluate(node, group, inputs, ctx)
             value = node.meta.get("value")
-            if sem.kind == "atom" and sem.atom.kind != "Gain":  # a well-normed atom has sensitivity 1 (§a)
+            if sem.kind == "atom" and sem.atom.kind != "Gain":  # a well-normed atom has sensitivity 1
                 sem = replace(sem, design=(1.0,) * len(sem.lipschitz), nominal=(1.0,) * len(sem.lipschitz))
                 if ctx.options.profile == "modula":
                     sem = replace(sem, lipschitz=sem.nominal)

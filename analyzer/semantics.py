@@ -4,10 +4,11 @@ An entry maps a `call_module` class, a `call_function` target (the function obje
 which is what `F.linear` is) or a `call_method` name to a function `(op: OpView) -> Semantics`. Simple bonds are
 one line (`bond(...)`); atoms and ops whose constant depends on their inputs' bounds are small functions.
 
-Norm convention (theory.md §f): a tensor is measured by the RMS over its feature axis, maximised over every other
-position (batch, token, pixel). The feature axis is the last one, or axis 1 for NCHW feature maps; layout ops say
-where it goes. "certified" constants are worst-case over the unit ball; "modula" constants are the nominal values
-of Modula 0.0.0.0.0.2 (`--profile modula`), kept so that the paper's package can be reproduced.
+Norm convention (docs/theory/modular-norm.md#norms): a tensor is measured by the RMS over its feature axis,
+maximised over every other position (batch, token, pixel). The feature axis is the last one, or axis 1 for NCHW
+feature maps; layout ops say where it goes. "certified" constants are worst-case over the unit ball; "modula"
+constants are the nominal values of Modula 0.0.0.0.0.2 (`--profile modula`), kept so that the paper's
+package can be reproduced.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ __all__ = ["Semantics", "AtomSpec", "Bounds", "OpView", "REGISTRY", "lookup", "r
 
 INF = math.inf
 SQRT2 = math.sqrt(2.0)
-GELU_SLOPE = 1.1290  # max gelu' = Phi(sqrt2) + sqrt2 phi(sqrt2) = 1.128904 (erf), 1.128993 (tanh form), §d.1
-SILU_SLOPE = 1.0999  # max silu' = 1.099839, at x ≈ 2.40, theory.md §d.2 (also x·σ(1.702x), QuickGELU)
+GELU_SLOPE = 1.1290  # max gelu' = Phi(sqrt2) + sqrt2 phi(sqrt2) = 1.128904 (erf), 1.128993 (tanh form)
+SILU_SLOPE = 1.0999  # max silu' = 1.099839, at x ≈ 2.40 (also x·σ(1.702x), QuickGELU)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class AtomSpec:
     kind: str  # "Linear" | "Conv1d" | "Conv2d" | "Embedding" | "Gain"
     weight: str  # qualified parameter name
     shape: tuple[int, ...]
-    norm: float  # operator norm of the effective map, forward scale included (theory.md §c.2)
+    norm: float  # operator norm of the effective map, forward scale included (docs/theory/constants.md#atoms)
     norm_source: str  # "measured" | "predicted"
     scale: float = 1.0
     params: tuple[str, ...] = ()
@@ -76,7 +77,7 @@ class Semantics:
     sup: float | None = None
     fdim: int | None = -1  # -1: same as the first data input
     smooth: bool = True
-    curvature: float = 0.0  # max |phi''| of an elementwise op (sharpness, theory.md §e.4)
+    curvature: float = 0.0  # max |phi''| of an elementwise op (docs/theory/sharpness.md#atoms-and-bonds)
     # Bound on the second derivative w.r.t. the data inputs, ||D²f[u, v]|| <= hessian ||u|| ||v|| (sum norm over the
     # inputs, RMS units): 0 for ops linear in their data, None where no bound is derived — sharpness then names
     # this op as the reason it is not certified. Unknown is the default so that nothing passes silently.
@@ -134,7 +135,7 @@ def register(*spellings: Any) -> Callable[[Entry], Entry]:
 
 
 def linear(semantics: Semantics) -> Semantics:
-    """Mark an op as linear in its data inputs (second derivative 0, theory.md §e.4)."""
+    """Mark an op as linear in its data inputs (second derivative 0)."""
     return replace(semantics, hessian=0.0)
 
 
@@ -162,7 +163,7 @@ def bond(*spellings: Any, certified: float, modula: float | None = None, source:
             upper = at_zero + constant * op.bounds[0].upper
         if sup is not None:
             upper = min(sup, upper) if upper is not None else sup
-        # In RMS norms ||phi''(x) ⊙ a ⊙ b|| <= max|phi''| ||a||_inf ||b|| <= max|phi''| sqrt(d) ||a|| ||b|| (§e.4).
+        # In RMS norms ||phi''(x) ⊙ a ⊙ b|| <= max|phi''| ||a||_inf ||b|| <= max|phi''| sqrt(d) ||a|| ||b||.
         hessian = curvature * math.sqrt(feature_width(op)) if smooth else None
         return Semantics("bond", (constant,) * n, source, nominal=(nominal,) * n, smooth=smooth,
                          curvature=curvature, sup=sup, upper=upper, label=label, hessian=hessian)
@@ -213,14 +214,14 @@ ATEN_ALIASES: dict[str, Any] = {
 
 # ----------------------------------------------------------------------------------------------- elementwise bonds
 bond(nn.ReLU, F.relu, torch.relu, "relu", "relu_", F.relu_, torch.relu_, certified=1.0, modula=1 / SQRT2,
-     smooth=False, source="ReLU: Jacobian diag(1[x>0]) has norm 1 (Modula's 1/sqrt2 is typical-case), §d.1")
+     smooth=False, source="ReLU: Jacobian diag(1[x>0]) has norm 1 (Modula's 1/sqrt2 is typical-case)")
 bond(nn.GELU, F.gelu, "gelu", certified=GELU_SLOPE, modula=1 / SQRT2, curvature=0.7979,
-     source="GELU: max gelu' = 1.12900 (Modula nominal 1/sqrt2), §d.1")
-bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0999, §d.2")
+     source="GELU: max gelu' = 1.12900 (Modula nominal 1/sqrt2)")
+bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0999")
 bond(nn.Tanh, torch.tanh, F.tanh, "tanh", certified=1.0, curvature=0.7698, sup=1.0,
-     source="tanh: max tanh' = 1, §d.2")
+     source="tanh: max tanh' = 1")
 bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.09623, sup=1.0, at_zero=0.5,
-     source="sigmoid: max sigma' = 1/4, max |sigma''| = 1/(6 sqrt 3), §d.2")
+     source="sigmoid: max sigma' = 1/4, max |sigma''| = 1/(6 sqrt 3)")
 bond(nn.Hardtanh, F.hardtanh, nn.ReLU6, F.relu6, certified=1.0, smooth=False, sup=6.0, source="clip: 1-Lipschitz")
 bond(nn.Hardswish, F.hardswish, certified=1.5, smooth=False, source="hardswish: max slope (2x+3)/6 = 1.5 at x=3")
 bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6 + 1e-8, smooth=False, sup=1.0, at_zero=0.5,
@@ -228,11 +229,11 @@ bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6 + 1e-8, smooth=False, sup=1.
 bond(nn.Softplus, F.softplus, certified=1.0, curvature=0.25, at_zero=math.log(2), source="softplus: slope < 1")
 bond(nn.Mish, F.mish, certified=1.089, curvature=0.6443, source="mish: max slope 1.089")
 bond(nn.ELU, F.elu, certified=1.0, smooth=False, source="ELU(alpha=1): slope <= 1")
-bond(torch.abs, "abs", operator.abs, certified=1.0, smooth=False, source="abs: Jacobian diag(sign x), §d.1")
+bond(torch.abs, "abs", operator.abs, certified=1.0, smooth=False, source="abs: Jacobian diag(sign x)")
 bond(operator.neg, torch.neg, "neg", certified=1.0, source="negation is an isometry")
 bond(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, F.dropout, "contiguous", "clone", "detach",
      "float", "double", "half", "bfloat16", "to", "type", "type_as", "requires_grad_", certified=1.0,
-     source="identity in eval mode (dropout analysed in eval mode), §d.2")
+     source="identity in eval mode (dropout analysed in eval mode)")
 
 
 # Activation modules of libraries modnorm does not import, registered by qualified class name. The tracer keeps
@@ -297,12 +298,12 @@ def _leaky_relu(op: OpView) -> Semantics:
 # ------------------------------------------------------------------------------------------------ softmax family
 @register(nn.Softmax, F.softmax, torch.softmax, "softmax")
 def _softmax(op: OpView) -> Semantics:
-    # Jacobian diag p - p p^T: u^T J u = Var_p(u) <= 1/2 (l2), and each row has l1 norm 2p(1-p) <= 1/2 (§d.2).
+    # Jacobian diag p - p p^T: u^T J u = Var_p(u) <= 1/2 (l2), and each row has l1 norm 2p(1-p) <= 1/2 .
     width = op.out_shape()[-1] if op.out_shape() else 1
     constant = 1.0 if op.profile == "modula" else 0.5
     # D²p[a, b]_j = p_j((a_j - ā)(b_j - b̄) - Cov_p(a, b)): its l1 norm is <= 3 max|a| max|b| <= 3n ||a|| ||b||
     # in RMS units, and ||.||_RMS <= ||.||_1 / sqrt(n): 3 sqrt(n).
-    return Semantics("bond", (constant,), "softmax: ||diag p - pp^T|| <= 1/2, §d.2", nominal=(1.0,),
+    return Semantics("bond", (constant,), "softmax: ||diag p - pp^T|| <= 1/2", nominal=(1.0,),
                      curvature=1.0, sup=1.0, upper=1.0 / math.sqrt(max(width, 1)) if width else 1.0,
                      hessian=3 * math.sqrt(max(width, 1)))
 
@@ -361,7 +362,7 @@ def _add(op: OpView) -> Semantics:
     alpha = alpha if _is_number(alpha) else 1
     if n >= 2:
         lipschitz = (1.0, abs(alpha)) if n == 2 else (1.0,) * n
-        return linear(Semantics("bond", lipschitz, "Add: triangle inequality (sum norm on the pair), §d.1",
+        return linear(Semantics("bond", lipschitz, "Add: triangle inequality (sum norm on the pair)",
                          tags=("merge",), label="add"))
     shift = _shift_rms(op)
     upper = op.bounds[0].upper + shift if op.bounds else None
@@ -411,7 +412,7 @@ def _gain(op: OpView, param: str, source: str) -> Semantics:
     largest, origin = op.weights.abs_max(param)
     shape = tuple(getattr(op.weights, "shape")(param))
     atom = AtomSpec("Gain", param, shape, largest, origin, params=(param,))
-    return linear(Semantics("atom", (largest,), "diagonal gain: ||diag w|| = max|w|, §d.2", atom=atom, label="gain"))
+    return linear(Semantics("atom", (largest,), "diagonal gain: ||diag w|| = max|w|", atom=atom, label="gain"))
 
 
 def _sup(bound: Bounds, width: int) -> float:
@@ -420,7 +421,7 @@ def _sup(bound: Bounds, width: int) -> float:
 
 
 def _product(op: OpView) -> Semantics:
-    # d(a*b) = da*b + a*db: w.r.t. a the constant is ||b||_inf (theory.md §d.2, elementwise product).
+    # d(a*b) = da*b + a*db: w.r.t. a the constant is ||b||_inf (docs/theory/constants.md#products).
     width = op.out_shape()[-1] if op.out_shape() else 1
     a, b = op.bounds
     sup_a, sup_b = _sup(a, width), _sup(b, width)
@@ -428,7 +429,7 @@ def _product(op: OpView) -> Semantics:
     reason = ("product of two activations: bounded only through ||x||_inf <= sqrt(d) ||x||_RMS"
               if via_rms else "")
     # D²(a ⊙ b)[(a1, b1), (a2, b2)] = a1 ⊙ b2 + a2 ⊙ b1, and ||a1 ⊙ b2|| <= sqrt(d) ||a1|| ||b2|| in RMS norms.
-    return Semantics("bond", (sup_b, sup_a), "elementwise product: ||b||_inf and ||a||_inf, §d.2",
+    return Semantics("bond", (sup_b, sup_a), "elementwise product: ||b||_inf and ||a||_inf",
                      upper=min(sup_a * b.upper, sup_b * a.upper), reason=reason, tags=("product",),
                      smooth=True, curvature=1.0, label="a ⊙ b", hessian=math.sqrt(width))
 
@@ -436,7 +437,7 @@ def _product(op: OpView) -> Semantics:
 # ---------------------------------------------------------------------------------------------------- reductions
 @register(torch.mean, "mean")
 def _mean(op: OpView) -> Semantics:
-    return linear(Semantics("bond", (1.0,), "mean: Jensen, ||mean x|| <= ||x||, §d.1", fdim=_reduced_fdim(op),
+    return linear(Semantics("bond", (1.0,), "mean: Jensen, ||mean x|| <= ||x||", fdim=_reduced_fdim(op),
                      label="mean"))
 
 
@@ -444,7 +445,7 @@ def _mean(op: OpView) -> Semantics:
 def _sum(op: OpView) -> Semantics:
     in_shape, out_shape = op.in_shape(0), op.out_shape()
     count = max(1, math.prod(in_shape) // max(1, math.prod(out_shape)))
-    return linear(Semantics("bond", (float(count),), f"sum over {count} entries = {count} x mean, §d.2",
+    return linear(Semantics("bond", (float(count),), f"sum over {count} entries = {count} x mean",
                      fdim=_reduced_fdim(op), label="sum"))
 
 
@@ -613,7 +614,7 @@ def _split(op: OpView) -> Semantics:
     widths = [p.shape[fdim] for p in pieces if isinstance(p, torch.Tensor) and p.dim() == len(in_shape)]
     if widths and min(widths) < in_shape[fdim] and op.profile != "modula":
         constant = math.sqrt(in_shape[fdim] / min(widths))
-        return linear(Semantics("bond", (constant,), "split of the feature axis: a piece carries sqrt(F/f), §d.2",
+        return linear(Semantics("bond", (constant,), "split of the feature axis: a piece carries sqrt(F/f)",
                          fdim=fdim, tags=("layout",)))
     drop = 1 if widths == [] and pieces else 0  # unbind removes the axis
     return linear(Semantics("bond", (1.0,), "split into positions", fdim=fdim - drop if fdim > 0 else fdim,
@@ -622,7 +623,7 @@ def _split(op: OpView) -> Semantics:
 
 @register(torch.cat, torch.concat, torch.concatenate, torch.stack)
 def _cat(op: OpView) -> Semantics:
-    return linear(Semantics("bond", (1.0,) * len(op.inputs), "cat: RMS of the union <= max of the parts, §d.2",
+    return linear(Semantics("bond", (1.0,) * len(op.inputs), "cat: RMS of the union <= max of the parts",
                      tags=("layout",), label="cat"))
 
 
@@ -630,7 +631,7 @@ def _cat(op: OpView) -> Semantics:
 @register(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, F.adaptive_avg_pool1d,
           F.adaptive_avg_pool2d, F.avg_pool1d, F.avg_pool2d)
 def _avg_pool(op: OpView) -> Semantics:
-    return linear(Semantics("bond", (1.0,), "average pooling: a mean over pixels, §d.1", fdim=1, label="avgpool"))
+    return linear(Semantics("bond", (1.0,), "average pooling: a mean over pixels", fdim=1, label="avgpool"))
 
 
 @register(nn.MaxPool1d, nn.MaxPool2d, F.max_pool1d, F.max_pool2d, nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d)
@@ -638,7 +639,7 @@ def _max_pool(op: OpView) -> Semantics:
     window = _window(op)
     constant = 1.0 if op.profile == "modula" else math.sqrt(window)
     return Semantics("bond", (constant,), f"max pooling: each channel may take its max at a different pixel: "
-                     f"sqrt(window = {window}), §d.2", smooth=False, fdim=1, nominal=(1.0,), label="maxpool")
+                     f"sqrt(window = {window})", smooth=False, fdim=1, nominal=(1.0,), label="maxpool")
 
 
 def _window(op: OpView) -> int:
@@ -661,12 +662,12 @@ def _linear_atom(op: OpView, weight: str, bias: str | None, transposed: bool = F
     atom = AtomSpec("Linear", weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p), bias_rms,
                     factor=scale * math.sqrt(fan_in / fan_out))
     fdim = _first_fdim(op)
-    if fdim != len(op.in_shape(0)) - 1:  # mixes positions (token-mixing MLP): max-row l1 norm, §d.2
+    if fdim != len(op.in_shape(0)) - 1:  # mixes positions (token-mixing MLP): max-row l1 norm
         row_l1, origin = op.weights.max_row_l1(weight)
         constant = scale * row_l1
         return linear(Semantics("atom", (constant,), "Linear over a position axis: ||W||_inf->inf", atom=atom, fdim=fdim,
                          upper=constant * op.bounds[0].upper + bias_rms, label="Linear (positions)"))
-    return linear(Semantics("atom", (norm,), "Linear: |c| sqrt(in/out) ||W||_*, §c.2", atom=atom,
+    return linear(Semantics("atom", (norm,), "Linear: |c| sqrt(in/out) ||W||_*", atom=atom,
                      upper=norm * op.bounds[0].upper + bias_rms if op.bounds else None, label="Linear"))
 
 
@@ -703,10 +704,10 @@ def _matmul(op: OpView) -> Semantics:
             fan_in, fan_out = value.shape
             return linear(Semantics("bond", (norm * math.sqrt(fan_in / fan_out),), "constant matrix: ||M||_RMS->RMS"))
         return _bilinear_unknown(op, "matmul with a constant of unknown value")
-    # Two activations: |(AB)_i| <= k ||A_i||_RMS max_l ||B_l||_RMS (theory.md §d.2, matmul of activations).
+    # Two activations: |(AB)_i| <= k ||A_i||_RMS max_l ||B_l||_RMS (docs/theory/constants.md#products).
     a, b = op.bounds
     k = op.in_shape(0)[-1]
-    return Semantics("bond", (k * b.upper, k * a.upper), "matmul of activations: k ||B||, k ||A||, §d.2",
+    return Semantics("bond", (k * b.upper, k * a.upper), "matmul of activations: k ||B||, k ||A||",
                      upper=k * a.upper * b.upper, tags=("product",), label="A @ B",
                      reason="product of two activations: certified through their RMS upper bounds")
 
@@ -726,7 +727,7 @@ def _conv_atom(op: OpView, weight: str, bias: str | None, groups: int) -> Semant
     kind = "Conv1d" if len(shape) == 3 else "Conv2d"
     atom = AtomSpec(kind, weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p), bias_rms,
                     factor=scale * kernel * math.sqrt(c_in / c_out), groups=groups)
-    return linear(Semantics("atom", (norm,), "Conv: |c| k^2 sqrt(in/out) max_ij ||W_ij||_*, §c.2", atom=atom, fdim=1,
+    return linear(Semantics("atom", (norm,), "Conv: |c| k^2 sqrt(in/out) max_ij ||W_ij||_*", atom=atom, fdim=1,
                      upper=norm * op.bounds[0].upper + bias_rms, label=kind))
 
 
@@ -750,7 +751,7 @@ def _embedding_atom(op: OpView, weight: str) -> Semantics:
     scale = abs(op.scale)
     shape = tuple(op.weights.shape(weight))
     atom = AtomSpec("Embedding", weight, shape, scale * largest, origin, op.scale, (weight,), factor=scale)
-    return linear(Semantics("atom", (scale * largest,), "Embedding: |c| max row RMS (l1 -> RMS), §c.2", atom=atom,
+    return linear(Semantics("atom", (scale * largest,), "Embedding: |c| max row RMS (l1 -> RMS)", atom=atom,
                      upper=scale * largest, lower=scale * smallest, fdim=len(op.out_shape()) - 1, label="Embedding"))
 
 
@@ -770,7 +771,9 @@ def _embedding_function(op: OpView) -> Semantics:
 # ---------------------------------------------------------------------------------------------- normalization
 def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, centred: bool,
                   label: str) -> Semantics:
-    """LayerNorm/RMSNorm/RMSDivide: ||w||_inf / max(input RMS floor, sqrt(eps)), theory.md §d.1-§d.2.
+    """LayerNorm/RMSNorm/RMSDivide: ||w||_inf / max(input RMS floor, sqrt(eps)).
+
+    docs/theory/constants.md#normalization.
 
     The floor is the forward pass's lower bound on the input RMS (for RMS-type norms only: a lower bound on the
     RMS says nothing about the centred RMS), sqrt(eps), or the user's --norm-input-rms assumption. Targets use
@@ -791,7 +794,7 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
                                 if floor_from_bounds == 0 else "")
     else:
         constant, certified = INF, False
-        reason = "no eps and no lower bound on the input RMS: unbounded near 0 (§d.1)"
+        reason = "no eps and no lower bound on the input RMS: unbounded near 0"
     atom = None
     if gain:
         atom = AtomSpec("Gain", gain, tuple(op.weights.shape(gain)), w_max, origin, params=(gain,))
@@ -805,9 +808,9 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
 
 
 def _normalization_hessian(w_max: float, floor: float, profile: str, certified: bool) -> float | None:
-    """||D²(w ⊙ n(x))|| <= ||w||_inf (2/sqrt3) / r² in RMS units, r² = (input RMS floor)² + eps (theory.md §e.4:
-    x ↦ √d x/||x̃|| with x̃ = (x, √(d eps)) is the sphere map after an isometric embedding). Modula's profile
-    assumes input RMS >= 1."""
+    """||D²(w ⊙ n(x))|| <= ||w||_inf (2/sqrt3) / r² in RMS units, r² = (input RMS floor)² + eps
+    (docs/theory/sharpness.md#atoms-and-bonds: x ↦ √d x/||x̃|| with x̃ = (x, √(d eps)) is the sphere map
+    after an isometric embedding). Modula's profile assumes input RMS >= 1."""
     if profile == "modula":
         return w_max * 2 / math.sqrt(3)
     return w_max * 2 / math.sqrt(3) / floor ** 2 if certified and floor > 0 else None
@@ -853,9 +856,9 @@ def _group_norm(op: OpView) -> Semantics:
 
 @register(nn.BatchNorm1d, nn.BatchNorm2d)
 def _batch_norm(op: OpView) -> Semantics:
-    # Eval mode: a per-channel affine map with slope |gamma_c| / sqrt(running_var_c + eps), §d.2.
+    # Eval mode: a per-channel affine map with slope |gamma_c| / sqrt(running_var_c + eps).
     slope, origin = op.weights.batch_norm(op.node.target, op.module.eps)
-    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps), §d.2",
+    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps)",
                      upper=INF if origin == "unknown" else None, fdim=1, certified=origin != "unknown",
                      reason="" if origin != "unknown" else "running statistics unknown", label="BatchNorm",
                      info={"origin": origin}))
@@ -863,7 +866,7 @@ def _batch_norm(op: OpView) -> Semantics:
 
 # ------------------------------------------------------------------------------------------------- attention
 def attention(op: OpView, scale: float | None, label: str = "attention") -> Semantics:
-    """Softmax attention o = softmax(c q k^T + mask) v with logit scale c, theory.md §d.1 (Attention).
+    """Softmax attention o = softmax(c q k^T + mask) v with logit scale c, docs/theory/constants.md#attention.
 
     Per head, in the max-over-tokens RMS norm: w.r.t. v the rows of A are probability vectors (1); w.r.t. q,
     |Δs_tj| <= c d ||Δq_t|| ||k_j|| and the centred softmax derivative gives c d max||k|| max||v|| (likewise k).
@@ -884,7 +887,7 @@ def attention(op: OpView, scale: float | None, label: str = "attention") -> Sema
         keys = op.in_shape(1)[-2] if len(op.in_shape(1)) >= 2 else 1
         mask = math.sqrt(keys) * v.upper
         lipschitz, design, nominal, hessian = (*lipschitz, mask), (*design, mask), (*nominal, mask), None
-    return Semantics("bond", lipschitz, "attention: (c d ||k|| ||v||, c d ||q|| ||v||, 1), §d.1",
+    return Semantics("bond", lipschitz, "attention: (c d ||k|| ||v||, c d ||q|| ||v||, 1)",
                      design=design, nominal=nominal, upper=v.upper, curvature=aligned, hessian=hessian,
                      tags=("attention",), label=label,
                      info={"scale": c, "head_dim": d, "aligned_logit": aligned * q.upper * k.upper,
@@ -964,5 +967,5 @@ def _aten_batch_norm(op: OpView) -> Semantics:
     if weight is None:
         return _bilinear_unknown(op, "batch norm whose statistics are not buffers")
     slope, origin = op.weights.batch_norm(weight.rsplit(".", 1)[0], op.arg(7, "eps", 1e-5))
-    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps), §d.2",
+    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps)",
                             fdim=1, label="BatchNorm", info={"origin": origin}))
