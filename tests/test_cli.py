@@ -103,22 +103,30 @@ def test_input_shape_option_replaces_example_inputs(tmp_path):
 
 
 def test_a_65b_parameter_llama_shape_is_analysed_on_meta_in_little_memory():
-    """Issue #2: a 65B-parameter configuration on the meta device: no weights allocated, peak RSS well under 2 GB
-    (measured on the child process that runs the check)."""
-    import resource
+    """Issue #2: a 65B-parameter configuration on the meta device: no weights allocated. README's claim, "peak RSS
+    under 500 MB" (about 370 MB measured), is measured in a fresh child process, by the child itself
+    (RUSAGE_SELF at its exit), so no other process of the test run enters the number."""
     import subprocess
     import sys
 
-    code = ("import json, sys; from modnorm.cli import main; sys.argv = ['modnorm', 'check', sys.argv[1], "
-            "'--kwargs', 'dim=8192', '--kwargs', 'n_layers=61', '--kwargs', 'n_heads=64', '-f', 'json', "
-            "'--exit-zero']; main()")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    code = ("import resource, sys\n"
+            "from modnorm.cli import main\n"
+            "sys.argv = ['modnorm', 'check', sys.argv[1], '--kwargs', 'dim=8192', '--kwargs', 'n_layers=61',\n"
+            "            '--kwargs', 'n_heads=64', '-f', 'json', '--exit-zero']\n"
+            "try:\n"
+            "    main()\n"
+            "except SystemExit as exit:\n"
+            "    code = exit.code\n"
+            "else:\n"
+            "    code = 0\n"
+            "print(f'peak-rss-kb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)\n"
+            "sys.exit(code)\n")
     done = subprocess.run([sys.executable, "-c", code, str(ROOT / "fixtures/llama_block.py")], capture_output=True,
                           text=True, timeout=600)
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     assert done.returncode == 0, done.stderr
+    peak_mb = int(done.stderr.split("peak-rss-kb ")[-1].split()[0]) / 1024
     report = json.loads(done.stdout)
-    print(f"65B-shaped check: peak RSS {peak_mb:.0f} MB (children so far: {before / 1024:.0f} MB)")
+    print(f"65B-shaped check: peak RSS of the child {peak_mb:.0f} MB")
     assert report["model"]["device"] == "meta" and report["model"]["parameters"] >= 65e9
     assert report["network"]["unknown_ops"] == []
-    assert peak_mb < 2048
+    assert peak_mb < 500
