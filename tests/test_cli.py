@@ -130,3 +130,42 @@ def test_a_65b_parameter_llama_shape_is_analysed_on_meta_in_little_memory():
     assert report["model"]["device"] == "meta" and report["model"]["parameters"] >= 65e9
     assert report["network"]["unknown_ops"] == []
     assert peak_mb < 500
+
+
+def test_input_dtype_long_feeds_token_ids(tmp_path):
+    """--input-shape with --input-dtype long builds integer ids: the embedding is the input atom and the network's
+    sensitivity is counted from the lookup (ids carry no perturbation)."""
+    model = tmp_path / "lm.py"
+    model.write_text("from torch import nn\nmodel = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 50))\n")
+    result = run("check", model, "--input-shape", "2,6", "--input-dtype", "long", "-f", "json", "--exit-zero")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [(layer["kind"], layer["role"]) for layer in report["layers"]] == [("Embedding", "input"),
+                                                                                ("Linear", "output")]
+    assert report["network"]["sensitivity"] is not None and report["network"]["certified"]
+
+
+def test_norm_input_rms_replaces_eps_in_the_normalization_constant(tmp_path):
+    """A LayerNorm(eps=1e-5) with nothing bounding its input RMS from below has constant 1/√eps ≈ 316.2; with
+    --norm-input-rms 0.5 the constant is 1/0.5 = 2, and the assumption is listed (docs/theory/constants.md)."""
+    model = tmp_path / "ln.py"
+    model.write_text("from torch import nn\nmodel = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))\n")
+
+    def gain(*extra):
+        report = json.loads(run("check", model, "--input-shape", "2,8", "-f", "json", "--exit-zero", *extra).stdout)
+        layer = next(layer for layer in report["layers"] if layer["kind"] == "Gain")
+        return layer["sensitivity"], report["network"]["assumptions"]
+
+    plain, assumptions = gain()
+    assert plain == pytest.approx(1 / 1e-5 ** 0.5, rel=1e-3) and assumptions == []
+    assumed, assumptions = gain("--norm-input-rms", "0.5")
+    assert assumed == pytest.approx(2.0, rel=1e-6)
+    assert len(assumptions) == 1 and "0.5" in assumptions[0] and "--norm-input-rms" in assumptions[0]
+
+
+def test_verbose_adds_the_sharpness_columns():
+    quiet = run("check", ROOT / "fixtures/clean_mlp.py", "--color", "never")
+    loud = run("check", ROOT / "fixtures/clean_mlp.py", "--color", "never", "--verbose")
+    assert quiet.exit_code == loud.exit_code == 0
+    assert loud.stdout.count("α") > quiet.stdout.count("α")  # the per-layer α column, beyond the summary line
+    assert len(loud.stdout.splitlines()) > len(quiet.stdout.splitlines())
