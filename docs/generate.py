@@ -3,7 +3,8 @@
     python docs/generate.py          # write docs/rules/*.md
     python docs/generate.py --check  # exit 1 and name the stale pages (tests/test_docs.py runs this)
 
-One page per rule at docs/rules/<code>.md (the path `modnorm.docsite.rule_page` gives, which `modnorm rule` and
+docs/claims.md (README's claims and their tests, from tests/test_claims.py), and one page per rule at
+docs/rules/<code>.md (the path `modnorm.docsite.rule_page` gives, which `modnorm rule` and
 SARIF's helpUri point at) and an index, docs/rules/index.md. The docstring is the page: its sections (What it does,
 Why is this bad?, Example, Use instead, Options, References) are copied verbatim, with links relative to the page.
 """
@@ -71,11 +72,20 @@ def index_markdown(rules: dict[str, type]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def claims_markdown() -> str:
+    """docs/claims.md: README's claims and the tests that prove them (the list lives in tests/test_claims.py)."""
+    sys.path.insert(0, str(DOCS.parent))
+    from tests.test_claims import render
+
+    return render()
+
+
 def pages() -> dict[Path, str]:
     """Every generated page, by path."""
     rules, shown = all_rules(), demonstrations()
     out = {DOCS / rule_page(code): rule_markdown(rule, shown.get(code, [])) for code, rule in rules.items()}
     out[DOCS / "rules" / "index.md"] = index_markdown(rules)
+    out[DOCS / "claims.md"] = claims_markdown()
     return out
 
 

@@ -135,3 +135,15 @@ def test_site_builds_offline_with_strict_link_checking(tmp_path):
                                                                              "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "rules" / "mn201" / "index.html").exists()
+
+
+def test_sarif_rules_link_their_page_and_carry_absolute_links():
+    import json
+
+    result = CliRunner().invoke(app, ["check", str(ROOT / "fixtures/nanogpt.py"), "-f", "sarif", "--exit-zero"])
+    rules = json.loads(result.stdout)["runs"][0]["tool"]["driver"]["rules"]
+    assert rules
+    for rule in rules:
+        assert rule["helpUri"] == rule_url(rule["id"])
+        assert (DOCS / rule_page(rule["id"])).exists()
+        assert "](../" not in rule["help"]["markdown"]
