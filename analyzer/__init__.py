@@ -30,7 +30,7 @@ def analyze(model: Any, example_inputs: Any, options: "Options | None" = None, *
     so that its norms are predicted from the init it really uses.
     """
     from .calculus import Options, analyze_traced
-    from .tracing import trace
+    from .routes import trace
 
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     options = options or Options(**option_fields)

@@ -1,5 +1,5 @@
 """The modular-norm calculus on an fx graph: a forward pass of semantics and RMS bounds, then a backward pass
-of downstream sensitivities, masses, targets and residual structure (docs/theory/dag.md#path-sum).
+of downstream sensitivities, masses, targets and residual structure (theory.md §b.3).
 
 Forward (topological order): every node gets its semantics from the registry (or from a recognised pattern),
 the Lipschitz constant w.r.t. each data input, and upper/lower bounds on its output RMS. Backward: for every
@@ -11,226 +11,31 @@ t_i = (m_i / M) / S_down(i) and their term in the modular norm ||w||_M = max_i |
 from __future__ import annotations
 
 import fnmatch
-import functools
 import math
 import operator
-from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from . import initlaw, norms, semantics, sharpness
-from .errors import ModnormError, short_path
+from . import semantics, sharpness
+from .combinators import parallel, series
+from .errors import ModnormError
+from .folding import abs_bound
 from .patterns import Fused, find_patterns
-from .result import Analysis, BlockSharpness, Layer, LossBound, MassGroup, Merge, ModelInfo, Network, Op, Sharpness, Stream
+from .records import Context, Options, Record
+from .result import Analysis, Layer, Merge, ModelInfo, Stream
 from .semantics import INF, Bounds, Semantics, linear
+from .sourcelines import definition
 from .tracing import TracedModel, call_site, is_compiled, node_location
+from .weightstore import WeightStore
+from .summary import (block_sharpness_of, mass_groups, network_of, op_of, records_named, sharpness_of,
+                      tied_weights)
 
-__all__ = ["Options", "analyze_traced", "series", "parallel"]
+__all__ = ["Options", "analyze_traced", "series", "parallel", "WeightStore"]
 
-
-@dataclass(frozen=True)
-class Options:
-    """How to run the calculus (all of it is configurable from the CLI and pyproject)."""
-
-    profile: str = "certified"  # "certified" | "modula"
-    mass: str = "roles"  # "roles" | "uniform"
-    hidden_mass: float = 1.0
-    mass_of: tuple[tuple[str, float], ...] = ()
-    norm_input_rms: float | None = None  # an assumed floor for normalizer inputs, stated in the report
-    loss: str = "xent"  # "xent" | "mse": the loss of the gradient Lipschitz bound
-    input_rms: float = 1.0  # inputs are assumed to have max-position RMS <= this
-
-
-# --------------------------------------------------------------------------------------------- combinators
-def _times(a: float, b: float) -> float:
-    """a · b with 0 · inf = 0: a path through a zero constant carries nothing."""
-    return 0.0 if a == 0 or b == 0 else a * b
-
-
-def series(first: float, then: float) -> float:
-    """Sensitivity of `then ∘ first`: sensitivities multiply (docs/theory/modular-norm.md#composition)."""
-    return _times(first, then)
-
-
-def parallel(*branches: float) -> float:
-    """Sensitivity of a fan-out whose branches are summed: sensitivities add (concatenation + Add)."""
-    return sum(branches)
-
-
-# ------------------------------------------------------------------------------------------------ weights
-_DEFAULT_BIAS_LAW = ("uniform_fan_in",)
-
-
-class WeightStore:
-    """Norms of parameters: measured on real weights, predicted from the init law on the meta device."""
-
-    def __init__(self, root: nn.Module, laws: dict[str, Any] | None = None, checkpoint: Any = None) -> None:
-        self.root = root
-        self.laws = laws or {}  # recorded init laws of meta parameters (initlaw.py)
-        self.checkpoint = checkpoint  # (weights.Checkpoint, model name -> stored name) for --weights PATH
-        self.graph_module: nn.Module | None = None  # where torch.export keeps lifted constants
-        self.predicted: dict[str, float] = {}  # the init-law prediction of a measured tensor's norm
-        self.measured: dict[str, float] = {}
-        self._cache: dict[tuple, tuple] = {}
-
-    def _law(self, name: str) -> tuple[Any, str]:
-        """The recorded init law of a meta tensor, or None with the reason the default law is used."""
-        law = self.laws.get(name)
-        if law is not None and law.known:
-            return law, f"predicted from {law.source}"
-        if law is not None:
-            return None, f"predicted from the default init ({law.source}: not understood)"
-        return None, "predicted from the default init"
-
-    def tensor(self, name: str) -> torch.Tensor:
-        """The parameter or buffer `name`; from the checkpoint when the model is on meta (read now, not kept).
-        Constants that torch.export lifted live on the graph module, not on the model."""
-        obj: Any = self.root
-        try:
-            for part in name.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            if self.graph_module is None:
-                raise
-            obj = self.graph_module
-            for part in name.split("."):
-                obj = getattr(obj, part)
-        if self.checkpoint is not None and isinstance(obj, torch.Tensor) and obj.is_meta:
-            stored, names = self.checkpoint
-            if name in names:
-                return stored.load(names[name]).to(torch.float64 if obj.is_floating_point() else obj.dtype)
-        return obj
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.tensor(name).shape)
-
-    def _owner(self, name: str) -> nn.Module | None:
-        path = name.rsplit(".", 1)[0] if "." in name else ""
-        try:
-            return self.root.get_submodule(path)
-        except AttributeError:
-            return None
-
-    def _cached(self, key: tuple, compute: Any) -> Any:
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
-
-    def _law_std(self, name: str) -> float:
-        """Entry std of PyTorch's default init for the owner's type (kaiming_uniform(a=sqrt5) for Linear/Conv)."""
-        owner, shape = self._owner(name), self.shape(name)
-        if isinstance(owner, nn.Embedding):
-            return 1.0
-        fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
-        if isinstance(owner, (nn.Conv1d, nn.Conv2d)):
-            fan_in = math.prod(shape[1:])
-        return 1.0 / math.sqrt(3 * fan_in)
-
-    def spectral(self, name: str, transpose: bool = False) -> tuple[float, str]:
-        def compute() -> tuple[float, str]:
-            w = self.tensor(name)
-            rows, cols = w.shape[0], math.prod(w.shape[1:])
-            law, source = self._law(name)
-            if not w.is_meta:
-                measured = norms.spectral_norm(w.detach()).upper
-                if law is not None:  # both exist: keep the prediction for "predicted vs measured"
-                    self.predicted[name] = initlaw.spectral(law, *((cols, rows) if transpose else (rows, cols)))
-                    self.measured[name] = measured
-                return measured, "measured"
-            if transpose:
-                rows, cols = cols, rows
-            if law is not None:
-                return initlaw.spectral(law, rows, cols), source
-            std = self._law_std(name)
-            return std * (math.sqrt(rows) + math.sqrt(cols)), source
-        return self._cached(("spectral", name), compute)
-
-    def conv(self, name: str, groups: int) -> tuple[float, str]:
-        def compute() -> tuple[float, str]:
-            w = self.tensor(name)
-            c_out, c_in_g = w.shape[0], w.shape[1]
-            if not w.is_meta:
-                grouped = w.detach().reshape(groups, c_out // groups, c_in_g, -1)
-                slices = grouped.permute(0, 3, 1, 2).reshape(-1, c_out // groups, c_in_g)
-                return norms.conv_kernel_norm(slices.permute(1, 2, 0)).upper, "measured"
-            law, source = self._law(name)
-            if law is not None and law.kind != "orthogonal":  # an orthogonal conv init is orthogonal as a whole
-                return initlaw.spectral(law, c_out // groups, c_in_g) * 1.05, source
-            std = self._law_std(name)
-            return std * (math.sqrt(c_out // groups) + math.sqrt(c_in_g)) * 1.05, source
-        return self._cached(("conv", name, groups), compute)
-
-    def row_rms(self, name: str) -> tuple[float, float, str]:
-        def compute() -> tuple[float, float, str]:
-            w = self.tensor(name)
-            n, d = w.shape
-            law, source = self._law(name)
-            if not w.is_meta:
-                rms = w.detach().double().pow(2).mean(1).sqrt()
-                if law is not None:
-                    self.predicted[name], self.measured[name] = initlaw.row_rms(law, n, d), float(rms.max())
-                return float(rms.max()), float(rms.min()), "measured"
-            if law is not None:
-                return initlaw.row_rms(law, n, d), 0.0, source
-            std = self._law_std(name)
-            return std * (1 + math.sqrt(math.log(max(n, 2)) / d)), 0.0, source
-        return self._cached(("row_rms", name), compute)
-
-    def abs_max(self, name: str) -> tuple[float, str]:
-        def compute() -> tuple[float, str]:
-            w = self.tensor(name)
-            if not w.is_meta:
-                return float(w.detach().abs().max()) if w.numel() else 0.0, "measured"
-            law, source = self._law(name)
-            if law is not None and not math.isnan(initlaw.abs_max(law, w.numel())):
-                return initlaw.abs_max(law, w.numel()), source
-            if w.dim() == 1:  # normalization gains initialise to ones
-                return 1.0, source
-            return math.sqrt(3) * self._law_std(name), source
-        return self._cached(("abs_max", name), compute)
-
-    def abs_min(self, name: str) -> tuple[float, str]:
-        w = self.tensor(name)
-        if not w.is_meta:
-            return float(w.detach().abs().min()) if w.numel() else 0.0, "measured"
-        law, source = self._law(name)
-        if law is not None and law.kind == "constant":
-            return abs(law.mean), source
-        return (1.0 if w.dim() == 1 and law is None else 0.0), source
-
-    def rms(self, name: str) -> tuple[float, str]:
-        def compute() -> tuple[float, str]:
-            w = self.tensor(name)
-            if not w.is_meta:
-                return float(w.detach().double().pow(2).mean().sqrt()) if w.numel() else 0.0, "measured"
-            law, source = self._law(name)
-            if law is not None and not math.isnan(initlaw.rms(law)):
-                return initlaw.rms(law), source
-            owner = self._owner(name)
-            if isinstance(owner, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
-                return 0.0, source
-            weight = getattr(owner, "weight", None)
-            fan_in = math.prod(weight.shape[1:]) if weight is not None and weight.dim() > 1 else w.shape[0]
-            return 1.0 / math.sqrt(3 * fan_in), source
-        return self._cached(("rms", name), compute)
-
-    def max_row_l1(self, name: str) -> tuple[float, str]:
-        w = self.tensor(name)
-        if not w.is_meta:
-            return float(w.detach().abs().sum(1).max()), "measured"
-        fan_in = w.shape[1]
-        return fan_in * math.sqrt(3) * self._law_std(name), "predicted (worst case of the init law)"
-
-    def batch_norm(self, prefix: str, eps: float) -> tuple[float, str]:
-        module = self.root.get_submodule(prefix)
-        var = self.tensor(f"{prefix}.running_var") if module.running_var is not None else None
-        if var is None or var.is_meta:
-            return 1.0 / math.sqrt(1.0 + eps), "predicted"
-        gamma = self.tensor(f"{prefix}.weight").detach().abs() if module.weight is not None else torch.ones_like(var)
-        return float((gamma / (var + eps).sqrt()).max()), "measured"
 
 
 # --------------------------------------------------------------------------------------------- op views
@@ -238,7 +43,7 @@ class _View:
     """The OpView handed to registry entries (see semantics.OpView)."""
 
     def __init__(self, node: fx.Node, output: fx.Node, inputs: list[fx.Node], bounds: list[Bounds],
-                 ctx: "_Context", scale: float = 1.0) -> None:
+                 ctx: "Context", scale: float = 1.0) -> None:
         self.node, self.output, self.inputs, self.bounds = node, output, inputs, bounds
         self.ctx, self.scale = ctx, scale
         self.profile = ctx.options.profile
@@ -274,7 +79,7 @@ class _View:
 
     def constant_abs_bound(self, index: int, name: str) -> float | None:
         """max |c| of a constant argument whose values are unknown (meta), from the formula that made it."""
-        return _abs_bound(self.arg(index, name), self.weights, 0)
+        return abs_bound(self.arg(index, name), self.weights)
 
     @property
     def value(self) -> Any:
@@ -291,71 +96,6 @@ class _View:
         if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
             value = value[0]
         return tuple(value.shape) if isinstance(value, torch.Tensor) else ()
-
-
-_BOUNDED = {"cos": 1.0, "sin": 1.0, "tanh": 1.0, "sigmoid": 1.0, "softmax": 1.0}
-_PASSTHROUGH = {"getitem", "view", "reshape", "unsqueeze", "squeeze", "expand", "expand_as", "to", "float",
-                "double", "half", "bfloat16", "type_as", "contiguous", "transpose", "permute", "repeat", "flatten",
-                "clone", "detach", "narrow", "select", "slice", "alias", "_to_copy", "t", "unflatten"}
-
-
-def _abs_bound(arg: Any, weights: "WeightStore", depth: int) -> float | None:
-    """An upper bound on max |c| for a constant: its values when real, else from its formula (rotary tables are
-    cos and sin of something: |c| <= 1, whatever the model was built on)."""
-    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
-        return abs(float(arg))
-    if isinstance(arg, torch.Tensor):
-        return None if arg.is_meta else float(arg.detach().float().abs().max()) if arg.numel() else 0.0
-    if not isinstance(arg, fx.Node) or depth > 24:
-        return None
-    value = arg.meta.get("value")
-    if isinstance(value, torch.Tensor) and not value.is_meta:
-        return float(value.detach().float().abs().max()) if value.numel() else 0.0
-    if arg.op == "get_attr":
-        tensor = weights.tensor(arg.target)
-        return None if not isinstance(tensor, torch.Tensor) or tensor.is_meta else float(tensor.float().abs().max())
-    if arg.op not in ("call_function", "call_method"):
-        return None
-    target = arg.target
-    name = target if isinstance(target, str) else (target.overloadpacket.__name__ if isinstance(
-        target, torch._ops.OpOverload) else getattr(target, "__name__", ""))
-    if name in _BOUNDED:
-        return _BOUNDED[name]
-    if name in _PASSTHROUGH and arg.args:
-        return _abs_bound(arg.args[0], weights, depth + 1)
-    if name in ("cat", "stack") and arg.args and isinstance(arg.args[0], (list, tuple)):
-        parts = [_abs_bound(a, weights, depth + 1) for a in arg.args[0]]
-        return None if any(p is None for p in parts) else max(parts, default=0.0)
-    if name in ("mul", "neg") and arg.args:
-        parts = [_abs_bound(a, weights, depth + 1) for a in arg.args[:2]] if name == "mul" else [
-            _abs_bound(arg.args[0], weights, depth + 1)]
-        return None if any(p is None for p in parts) else math.prod(parts)
-    return None
-
-
-@dataclass
-class _Record:
-    node: fx.Node
-    kind: str
-    inputs: list["_Record"]
-    semantics: Semantics | None
-    bounds: Bounds
-    lipschitz: tuple[float, ...] = ()
-    design: tuple[float, ...] = ()
-    index: int = 0
-    down: float = 0.0
-    design_down: float = 0.0
-    module: str = ""
-    target: str = ""
-
-
-@dataclass
-class _Context:
-    root: nn.Module
-    weights: WeightStore
-    options: Options
-    user_file: str | None
-    parameter_names: set[str] = field(default_factory=set)
 
 
 # --------------------------------------------------------------------------------------------- the pass
@@ -417,7 +157,7 @@ def _is_discrete(value: Any) -> bool:
     return False
 
 
-def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[_Record], ctx: _Context) -> Semantics:
+def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[Record], ctx: Context) -> Semantics:
     base = fused.info["atom"] if fused is not None and fused.kind == "scaled_atom" else node
     scale = fused.info["scale"] if fused is not None and fused.kind == "scaled_atom" else 1.0
     view = _View(base, node, [r.node for r in inputs], [r.bounds for r in inputs], ctx, scale)
@@ -425,7 +165,7 @@ def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[_Record], ctx: _C
         if fused is not None and fused.kind == "rms_norm":
             return _rms_pattern(view, fused)
         if fused is not None and fused.kind == "mean_subtract":
-            return linear(Semantics("bond", (1.0,), "MeanSubtract: orthogonal projection I - 11ᵀ/d",
+            return linear(Semantics("bond", (1.0,), "MeanSubtract: orthogonal projection I - 11ᵀ/d, §d.1",
                              label="MeanSubtract"))
         if fused is not None and fused.kind == "attention":
             return semantics.attention(view, fused.info["scale"], "attention (by hand)")
@@ -454,14 +194,14 @@ def _rms_pattern(view: _View, fused: Fused) -> Semantics:
                    label="l2 normalize (by hand)")
 
 
-def _bounds_out(sem: Semantics, inputs: list[_Record], value: Any) -> Bounds:
+def _bounds_out(sem: Semantics, inputs: list[Record], value: Any) -> Bounds:
     if _is_discrete(value):
         return Bounds(upper=0.0, fdim=None, discrete=True)
     upper = sem.upper
     if upper is None and inputs and all(r.bounds.discrete for r in inputs):
         upper = INF  # a float made from ids or masks: its size is not known statically
     elif upper is None:
-        upper = sum(_times(c, r.bounds.upper) for c, r in zip(sem.lipschitz, inputs) if not r.bounds.discrete)
+        upper = sum(series(c, r.bounds.upper) for c, r in zip(sem.lipschitz, inputs) if not r.bounds.discrete)
     fdim = sem.fdim
     if fdim == -1:
         fdim = next((r.bounds.fdim for r in inputs if r.bounds.fdim is not None), None)
@@ -477,21 +217,21 @@ def _input_bounds(value: Any, options: Options) -> Bounds:
     return Bounds(upper=options.input_rms, lower=0.0, fdim=fdim)
 
 
-def _fit(constants: tuple[float, ...], inputs: list[_Record]) -> tuple[float, ...]:
+def _fit(constants: tuple[float, ...], inputs: list[Record]) -> tuple[float, ...]:
     """One constant per data input; discrete inputs (ids, masks) carry no perturbation."""
     return tuple(0.0 if record.bounds.discrete else (constants[i] if i < len(constants) else INF)
                  for i, record in enumerate(inputs))
 
 
-def _forward(traced: TracedModel, ctx: _Context) -> list[_Record]:
+def _forward(traced: TracedModel, ctx: Context) -> list[Record]:
     graph, root = traced.graph, ctx.root
     fused = find_patterns(graph, root)
     absorbed = set()
     for group in fused.values():
         absorbed |= group.members - {group.output}
     depends: dict[fx.Node, bool] = {}
-    records: dict[fx.Node, _Record] = {}
-    ordered: list[_Record] = []
+    records: dict[fx.Node, Record] = {}
+    ordered: list[Record] = []
     for index, node in enumerate(graph.nodes):
         if node.op == "placeholder":  # token ids and masks are not perturbed: they are not data
             depends[node] = not _is_discrete(node.meta.get("value"))
@@ -501,12 +241,12 @@ def _forward(traced: TracedModel, ctx: _Context) -> list[_Record]:
             continue
         group = fused.get(node)
         if node.op == "placeholder":
-            record = _Record(node, "input", [], None, _input_bounds(node.meta.get("value"), ctx.options))
+            record = Record(node, "input", [], None, _input_bounds(node.meta.get("value"), ctx.options))
         elif node.op == "get_attr":
             continue
         elif node.op == "output":
             inputs = [records[n] for n in _data_inputs(node, depends) if n in records]
-            record = _Record(node, "output", inputs, None, Bounds())
+            record = Record(node, "output", inputs, None, Bounds())
         else:
             if group is not None and group.kind != "scaled_atom":
                 input_nodes = group.inputs
@@ -519,7 +259,7 @@ def _forward(traced: TracedModel, ctx: _Context) -> list[_Record]:
                 continue
             sem = _evaluate(node, group, inputs, ctx)
             value = node.meta.get("value")
-            if sem.kind == "atom" and sem.atom.kind != "Gain":  # a well-normed atom has sensitivity 1
+            if sem.kind == "atom" and sem.atom.kind != "Gain":  # a well-normed atom has sensitivity 1 (§a)
                 sem = replace(sem, design=(1.0,) * len(sem.lipschitz), nominal=(1.0,) * len(sem.lipschitz))
                 if ctx.options.profile == "modula":
                     sem = replace(sem, lipschitz=sem.nominal)
@@ -528,7 +268,7 @@ def _forward(traced: TracedModel, ctx: _Context) -> list[_Record]:
             if _is_discrete(value) and any(not r.bounds.discrete for r in inputs):
                 sem = replace(sem, certified=False, kind="bond",
                               reason="a comparison or rounding of activations is piecewise constant with jumps")
-            record = _Record(node, sem.kind, inputs, sem, _bounds_out(sem, inputs, value), lipschitz, design)
+            record = Record(node, sem.kind, inputs, sem, _bounds_out(sem, inputs, value), lipschitz, design)
             record.target = _readable_target(group.info["atom"] if group is not None and group.kind ==
                                              "scaled_atom" else node, root, group)
         record.index = index
@@ -546,7 +286,7 @@ def _may_be_atom(node: fx.Node, group: Fused | None, root: nn.Module) -> bool:
                                            or base.target is torch.ops.aten.embedding.default)
 
 
-def _backward(records: list[_Record]) -> None:
+def _backward(records: list[Record]) -> None:
     for record in records:
         record.down = record.design_down = 0.0
     for record in reversed(records):
@@ -556,12 +296,12 @@ def _backward(records: list[_Record]) -> None:
                 inp.design_down += 1.0
             continue
         for inp, c, d in zip(record.inputs, record.lipschitz, record.design):
-            inp.down += _times(record.down, c)
-            inp.design_down += _times(record.design_down, d)
+            inp.down += series(record.down, c)
+            inp.design_down += series(record.design_down, d)
 
 
 # ------------------------------------------------------------------------------------------- masses, layers
-def _roles(records: list[_Record]) -> dict[int, str]:
+def _roles(records: list[Record]) -> dict[int, str]:
     is_atom = {id(r): r.kind == "atom" and r.semantics.atom.kind != "Gain" for r in records}
     up: dict[int, bool] = {}
     for r in records:
@@ -577,13 +317,13 @@ def _roles(records: list[_Record]) -> dict[int, str]:
     return roles
 
 
-def _masses(atoms: list[_Record], roles: dict[int, str], options: Options, names: dict[int, str]) -> dict[int, float]:
+def _masses(atoms: list[Record], roles: dict[int, str], options: Options, names: dict[int, str]) -> dict[int, float]:
     masses: dict[int, float] = {}
     counted = [a for a in atoms if a.semantics.atom.kind != "Gain"]
     if options.mass == "uniform":
         masses = {id(a): 1.0 for a in counted}
     elif options.mass == "roles":
-        groups: dict[str, list[_Record]] = {"input": [], "hidden": [], "output": []}
+        groups: dict[str, list[Record]] = {"input": [], "hidden": [], "output": []}
         for a in counted:
             groups[roles[id(a)]].append(a)
         totals = {"input": 1.0, "output": 1.0, "hidden": options.hidden_mass}
@@ -604,12 +344,12 @@ def _masses(atoms: list[_Record], roles: dict[int, str], options: Options, names
     return masses
 
 
-def _layer_name(record: _Record) -> str:
+def _layer_name(record: Record) -> str:
     weight = record.semantics.atom.weight
     return weight[: -len(".weight")] if weight.endswith(".weight") else weight
 
 
-def _layers(records: list[_Record], ctx: _Context) -> tuple[list[Layer], float]:
+def _layers(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
     atoms = [r for r in records if r.kind == "atom"]
     roles = _roles(records)
     names = {id(a): _layer_name(a) for a in atoms}
@@ -634,7 +374,7 @@ def _layers(records: list[_Record], ctx: _Context) -> tuple[list[Layer], float]:
             downstream_sensitivity=a.down, design_downstream_sensitivity=a.design_down, target_norm=target,
             norm_at_init=spec.norm, norm_source=spec.norm_source, scale=spec.scale,
             certified=a.semantics.certified, op=a.node.name, weight=spec.weight, params=spec.params,
-            file=file, line=line, module_type=module_type, defined_at=_definition(ctx.root, owner),
+            file=file, line=line, module_type=module_type, defined_at=definition(ctx.root, owner),
             predicted_norm=_predicted_norm(ctx.weights, spec), norm_factor=spec.factor, groups=spec.groups))
     return layers, total
 
@@ -649,75 +389,7 @@ def _predicted_norm(weights: WeightStore, spec: Any) -> float | None:
     return spec.norm * predicted / measured
 
 
-def _definition(root: nn.Module, path: str) -> tuple[str, int] | None:
-    """Where the module at `path` is created in its owner's __init__, best effort: `self.attn = ...`, or the
-    key `wte=` / `"wte":` of a ModuleDict. An index inside a ModuleList/Sequential points at the container's line.
-    """
-    import inspect
-    import re
-
-    containers = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
-    parts = path.split(".") if path else []
-    while parts:
-        attr, parent_path = parts[-1], ".".join(parts[:-1])
-        parts = parts[:-1]
-        try:
-            parent = root.get_submodule(parent_path)
-        except AttributeError:
-            return None
-        if attr.isdigit() or (isinstance(parent, containers) and type(parent) in containers):
-            if isinstance(parent, nn.ModuleDict) and parts:
-                found = _assignment(type(root.get_submodule(".".join(parts[:-1]))),
-                                    rf"(\b{re.escape(attr)}\s*=(?!=)|['\"]{re.escape(attr)}['\"]\s*:)")
-                if found:
-                    return found
-            continue
-        return _assignment(type(parent), rf"\bself\.{re.escape(attr)}\b[^=\n]*=(?!=)")
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def _assignment(owner: type, pattern: str) -> tuple[str, int] | None:
-    """The first line of `owner.__init__` matching `pattern` (cached: one parse per class, not per layer)."""
-    import inspect
-    import re
-
-    try:
-        lines, start = inspect.getsourcelines(owner.__init__)
-        file = inspect.getsourcefile(owner.__init__)
-    except (OSError, TypeError):
-        return None
-    if file is None or "/torch/" in file:
-        return None
-    regex = re.compile(pattern)
-    return next(((file, start + i) for i, text in enumerate(lines) if regex.search(text)), None)
-
-
-def _mass_groups(layers: list[Layer]) -> tuple[MassGroup, ...]:
-    """Mass shares by role (input / hidden / output) and by top-level block (`blocks.3`, `lm_head`)."""
-    groups: dict[tuple[str, str], list[Layer]] = {}
-    for layer in layers:
-        if layer.mass <= 0 and layer.role == "gain":
-            continue
-        groups.setdefault(("role", layer.role), []).append(layer)
-    for layer in layers:
-        if layer.mass > 0:
-            groups.setdefault(("block", _block_of(layer.name)), []).append(layer)
-    return tuple(MassGroup(by, name, len(members), sum(l.mass for l in members), sum(l.mass_share for l in members))
-                 for (by, name), members in groups.items())
-
-
-def _block_of(name: str) -> str:
-    """The top-level block of a module path: through the first index (`transformer.h.3`), else two parts."""
-    parts = name.split(".")
-    for i, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[: i + 1])
-    return ".".join(parts[:2])
-
-
-# ------------------------------------------------------------------------------------------- residual merges
-def _strip_scalars(record: _Record) -> tuple[_Record, float]:
+def _strip_scalars(record: Record) -> tuple[Record, float]:
     coefficient = 1.0
     while (record.semantics is not None and "scalar" in record.semantics.tags and len(record.inputs) == 1
            and "factor" in record.semantics.info):
@@ -726,9 +398,9 @@ def _strip_scalars(record: _Record) -> tuple[_Record, float]:
     return record, coefficient
 
 
-def _between(skip: _Record, branch: _Record) -> list[_Record] | None:
+def _between(skip: Record, branch: Record) -> list[Record] | None:
     """Records on paths from `skip` to `branch` (inclusive of branch), or None if branch does not depend on skip."""
-    seen: dict[int, _Record] = {}
+    seen: dict[int, Record] = {}
     todo = [branch]
     reaches = False
     while todo:
@@ -745,15 +417,15 @@ def _between(skip: _Record, branch: _Record) -> list[_Record] | None:
     return sorted(seen.values(), key=lambda r: r.index)
 
 
-def _branch_sensitivity(skip: _Record, block: list[_Record], design: bool) -> float:
+def _branch_sensitivity(skip: Record, block: list[Record], design: bool) -> float:
     sens = {id(skip): 1.0}
     for record in block:
         constants = record.design if design else record.lipschitz
-        sens[id(record)] = sum(_times(c, sens.get(id(i), 0.0)) for i, c in zip(record.inputs, constants))
+        sens[id(record)] = sum(series(c, sens.get(id(i), 0.0)) for i, c in zip(record.inputs, constants))
     return sens[id(block[-1])]
 
 
-def _stream_source(record: _Record) -> str:
+def _stream_source(record: Record) -> str:
     """Walk back through single-input bonds (relu after the add, dropout) to the op that feeds the stream."""
     while (record.kind == "bond" and len(record.inputs) == 1 and record.semantics is not None
            and not {"normalization", "merge"} & set(record.semantics.tags)):
@@ -761,7 +433,7 @@ def _stream_source(record: _Record) -> str:
     return record.node.name
 
 
-def _merges(records: list[_Record], ctx: _Context) -> tuple[list[Merge], list[Stream]]:
+def _merges(records: list[Record], ctx: Context) -> tuple[list[Merge], list[Stream]]:
     records_by_name = {r.node.name: r for r in records}
     merges: list[Merge] = []
     for record in records:
@@ -808,20 +480,20 @@ def analyze_traced(traced: TracedModel, options: Options = Options(), user_file:
     root = traced.root
     store = WeightStore(root, init_laws, checkpoint)
     store.graph_module = traced.graph_module
-    ctx = _Context(root, store, options, user_file,
+    ctx = Context(root, store, options, user_file,
                    {name for name, _ in root.named_parameters(remove_duplicate=False)})
     records = _forward(traced, ctx)
     _backward(records)
     layers, total_mass = _layers(records, ctx)
     merges, streams = _merges(records, ctx)
     triples = sharpness.propagate(records, layers, options.profile)
-    streams = [replace(st, alphas=tuple(triples[id(r)].alpha for r in _records_named(records, st.merges)))
+    streams = [replace(st, alphas=tuple(triples[id(r)].alpha for r in records_named(records, st.merges)))
                for st in streams]
-    ops = tuple(_op(r, ctx, triples[id(r)]) for r in records)
-    sharp, loss = _sharpness(records, triples, ctx)
-    network = replace(_network(records, layers, total_mass, ctx), tied_weights=_tied(root),
-                      mass_groups=_mass_groups(layers), sharpness=sharp, loss=loss,
-                      block_sharpness=_block_sharpness(records, layers, ctx))
+    ops = tuple(op_of(r, ctx, triples[id(r)]) for r in records)
+    sharp, loss = sharpness_of(records, triples, ctx)
+    network = replace(network_of(records, layers, total_mass, ctx), tied_weights=tied_weights(root),
+                      mass_groups=mass_groups(layers), sharpness=sharp, loss=loss,
+                      block_sharpness=block_sharpness_of(records, layers, ctx))
     parameters = sum(p.numel() for p in root.parameters())
     info = ModelInfo(user_file, entry, traced.tracer, device, parameters, len(records), tuple(traced.attempts))
     analysis = Analysis(info, options.profile, options.mass, options.hidden_mass, tuple(layers), ops,
@@ -833,123 +505,3 @@ def analyze_traced(traced: TracedModel, options: Options = Options(), user_file:
     return analysis
 
 
-def _tied(root: nn.Module) -> tuple[tuple[str, ...], ...]:
-    names: dict[int, list[str]] = {}
-    for name, param in root.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
-    return tuple(tuple(group) for group in names.values() if len(group) > 1)
-
-
-def _records_named(records: list[_Record], names: Iterable[str]) -> list[_Record]:
-    by_name = {r.node.name: r for r in records}
-    return [by_name[n] for n in names]
-
-
-def _sharpness(records: list[_Record], triples: dict, ctx: _Context) -> tuple[Sharpness | None, LossBound | None]:
-    output = next((r for r in records if r.kind == "output"), None)
-    if output is None:
-        return None, None
-    t = triples[id(output)]
-    reason = ""
-    if t.blocker is not None:
-        blocker = t.blocker
-        file, line = node_location(blocker.node, ctx.user_file)
-        where = f" at {short_path(file)}:{line}" if file else ""
-        sem = blocker.semantics
-        why = "non-smooth" if sem is not None and not sem.smooth else \
-            (sem.reason if sem is not None and sem.reason else "no second-order bound derived")
-        reason = f"{blocker.semantics.label or blocker.target if blocker.semantics else blocker.target}{where}: {why}"
-    elif not t.certified:
-        reason = "a first-order constant on the way is unbounded"
-    sharp = Sharpness(t.alpha, t.beta, t.gamma, t.A, t.certified, reason, ctx.options.profile == "modula")
-    width = _output_width(output)
-    upper = sum(i.bounds.upper for i in output.inputs)
-    sigma, tau, norm = sharpness.loss_constants(ctx.options.loss, width, upper)
-    lipschitz = _times(sigma, t.alpha) + _times(tau, t.A * t.A) if t.certified else math.inf
-    step = 1 / lipschitz if lipschitz > 0 else math.inf
-    return sharp, LossBound(ctx.options.loss, sigma, tau, norm, lipschitz, step)
-
-
-def _block_sharpness(records: list[_Record], layers: list[Layer], ctx: _Context) -> tuple[BlockSharpness, ...]:
-    """Each top-level block (`blocks.3`, `transformer.h.0`) with atoms, in its own norm (sharpness.submodule)."""
-    modules = dict(ctx.root.named_modules())
-    blocks = [b for b in dict.fromkeys(_block_of(layer.name) for layer in layers if layer.mass > 0)
-              if b in modules and b != ""]
-    members: dict[str, list[_Record]] = {b: [] for b in blocks}
-    users: dict[int, list[_Record]] = {}
-    for r in records:  # one pass: each record to the block whose path prefixes its module path
-        for i in r.inputs:
-            users.setdefault(id(i), []).append(r)
-        if r.kind in ("input", "output"):
-            continue
-        parts = r.module.split(".")
-        for end in range(len(parts), 0, -1):
-            if ".".join(parts[:end]) in members:
-                members[".".join(parts[:end])].append(r)
-                break
-    out = []
-    for name in blocks:
-        t = sharpness.submodule(records, layers, name, ctx.options.profile, members[name], users)
-        if t is not None:
-            out.append(BlockSharpness(name, t.alpha, t.beta, t.gamma, t.A, t.S, t.certified))
-    return tuple(out)
-
-
-def _output_width(output: _Record) -> int:
-    for record in output.inputs:
-        value = record.node.meta.get("value")
-        if isinstance(value, torch.Tensor) and value.dim():
-            fdim = record.bounds.fdim if record.bounds.fdim is not None else -1
-            return int(value.shape[fdim])
-    return 1
-
-
-def _op(record: _Record, ctx: _Context, triple: Any = None) -> Op:
-    sem = record.semantics
-    file, line = node_location(record.node, ctx.user_file)
-    return Op(
-        name=record.node.name, target=record.target or record.node.op, kind=record.kind,
-        inputs=tuple(i.node.name for i in record.inputs), lipschitz=record.lipschitz,
-        downstream_sensitivity=record.down, upper=record.bounds.upper, lower=record.bounds.lower,
-        certified=sem.certified if sem else True, reason=sem.reason if sem else "", source=sem.source if sem else "",
-        module=record.module, file=file, line=line, tags=sem.tags if sem else (),
-        nominal=sem.nominal if sem else None, smooth=sem.smooth if sem else True,
-        curvature=sem.curvature if sem else 0.0, info=dict(sem.info) if sem else {},
-        sharpness=(triple.alpha, triple.beta, triple.gamma) if triple is not None else None,
-        weight_sensitivity=triple.A if triple is not None else 0.0)
-
-
-def _network(records: list[_Record], layers: list[Layer], total_mass: float, ctx: _Context) -> Network:
-    inputs = [r for r in records if r.kind == "input"]
-    continuous = {r.node.name: r.down for r in inputs if not r.bounds.discrete}
-    design_continuous = [r.design_down for r in inputs if not r.bounds.discrete]
-    convention = "max over continuous inputs of S_down(input) (sum norm on the input tuple)"
-    if continuous:
-        sensitivity, design = max(continuous.values()), max(design_continuous)
-    else:  # token ids: measure from the embedding lookups, as Modula's Embedding and Enumerate do
-        embeddings = [r for r in records if r.kind == "atom" and r.semantics.atom.kind == "Embedding"]
-        sensitivity = sum(_times(r.down, r.lipschitz[0] if r.lipschitz else r.semantics.atom.norm) for r in embeddings)
-        design = sum(_times(r.design_down, r.semantics.atom.norm) for r in embeddings)
-        convention = ("discrete input: sum over embedding lookups (token ids and positions alike) of "
-                      "S_down(embedding) x its l1->RMS norm, as Modula counts Embedding and Enumerate")
-    reasons, unknown, assumptions = [], [], []
-    for r in records:
-        sem = r.semantics
-        if sem is None:
-            continue
-        file, line = node_location(r.node, ctx.user_file)
-        where = f"{file}:{line}" if file else r.node.name
-        if sem.kind == "unknown":
-            unknown.append(f"{r.target} at {where}")
-        if not sem.certified and r.down > 0:
-            reasons.append(f"{sem.label or r.target} at {where}: {sem.reason}")
-        if sem.info.get("assumption"):
-            assumptions.append(f"{sem.label} at {where}: {sem.info['assumption']}")
-    modular_norm = max((l.weighted_norm for l in layers if l.mass > 0), default=math.nan)
-    finite = math.isfinite(sensitivity)
-    if not finite and not reasons:
-        reasons.append("a path from the input carries an unbounded constant")
-    return Network(mass=total_mass, sensitivity=sensitivity, design_sensitivity=design,
-                   certified=finite and not reasons, uncertified_reasons=tuple(dict.fromkeys(reasons)),
-                   unknown_ops=tuple(dict.fromkeys(unknown)), assumptions=tuple(dict.fromkeys(assumptions)),
-                   input_sensitivities=continuous, input_convention=convention, modular_norm_at_init=modular_norm)

@@ -29,7 +29,7 @@ def check_sweep(target: str, settings: Settings, axes: Any, *, input_shape: tupl
     from . import suppression, sweep as sweeping
     from modnorm.rules import run_sweep_rules, sort_findings
 
-    result, last = sweeping.run(target, settings, axes, input_shape=input_shape, input_dtype=input_dtype,
+    result, last = sweeping.run(target, settings, axes, check_model, input_shape=input_shape, input_dtype=input_dtype,
                                 kwargs=kwargs)
     selection = selection_of(settings)
     file = last.analysis.model.file
@@ -70,7 +70,7 @@ def check_model(target: str, settings: Settings, *, input_shape: tuple[int, ...]
     from . import suppression
     from .calculus import Options, analyze_traced
     from .loading import load
-    from .tracing import trace
+    from .routes import trace
     from modnorm.rules import all_rules, run_rules, sort_findings
 
     loaded = load(target, device=settings.device, max_params=settings.max_params, input_shape=input_shape,

@@ -19,6 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from .result import Analysis
+from .tracing import TracedModel, trace_fx
 
 __all__ = ["trace_modules", "withhold_graph_quantities"]
 
@@ -64,7 +65,6 @@ def _splice(graph: fx.Graph, path: str, sub: fx.Graph) -> Any:
 def trace_modules(model: nn.Module, why: str, attempts: list[str]) -> Any:
     """Each atom-bearing submodule traced alone on a probe input (the shape-aware fx route), all gathered."""
     from .errors import ModnormError
-    from .tracing import TracedModel, trace_fx
 
     graph = fx.Graph()
     outputs: list[Any] = []

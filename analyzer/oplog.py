@@ -25,7 +25,7 @@ import torch.fx as fx
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .tracing import ShapeTracer, autograd_functions_as_leaves, function_leaf, to_meta
+from .tracing import ShapeTracer, TracedModel, autograd_functions_as_leaves, function_leaf, to_meta
 
 __all__ = ["trace_oplog"]
 
@@ -184,7 +184,7 @@ def trace_oplog(model: nn.Module, example_inputs: tuple[Any, ...], user_file: st
                 leaf_types: tuple[type, ...] = (), attempts: list[str] | None = None) -> Any:
     """Run `model` on its example inputs (on the device its weights live on) and return the logged graph as a
     TracedModel with tracer "oplog"."""
-    from .tracing import TracedModel
+
 
     builder = _Builder(model, leaf_types, user_file)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from .atoms import Conv, Linear, Matrix, atom_class, make_atom
 from .result import Analysis
 
 __all__ = ["ModularNormalized", "AtomUpdate", "atoms_of", "natural_norm", "orthogonalize", "normalize_"]
@@ -40,7 +41,7 @@ class AtomUpdate:
     """One atom of the analysis as the optimizer sees it."""
 
     name: str
-    kind: str  # "Linear" | "Conv1d" | "Conv2d" | "Embedding" | "Gain"
+    kind: str  # an atoms.AtomKind value
     weight: torch.nn.Parameter
     bias: torch.nn.Parameter | None
     target: float
@@ -66,13 +67,6 @@ def atoms_of(model: nn.Module, analysis: Analysis) -> list[AtomUpdate]:
     return atoms
 
 
-def _kernel_slices(delta: torch.Tensor, groups: int) -> torch.Tensor:
-    """(positions × groups, out/groups, in/groups): the matrices whose largest σ is a conv's raw norm."""
-    out_channels, in_per_group = delta.shape[:2]
-    w = delta.reshape(groups, out_channels // groups, in_per_group, -1)
-    return w.permute(0, 3, 1, 2).reshape(-1, out_channels // groups, in_per_group)
-
-
 def _power_sigma(matrices: torch.Tensor, atom: AtomUpdate, steps: int) -> float:
     """Largest σ over a batch of matrices by warm-started power iteration (a lower estimate of the truth)."""
     batch, _, cols = matrices.shape
@@ -90,17 +84,10 @@ def natural_norm(atom: AtomUpdate, delta: torch.Tensor, method: str = "power", s
     """‖delta‖ in the atom's natural norm (module docstring), forward scale included."""
     d = delta.detach()
     d = d if d.dtype in (torch.float32, torch.float64) else d.float()
-    if atom.kind == "Embedding":
-        raw = float(d.pow(2).mean(1).sqrt().max())
-    elif atom.kind == "Gain":
-        raw = float(d.abs().max())
-    else:
-        matrices = d.unsqueeze(0) if d.dim() == 2 else _kernel_slices(d, atom.groups)
-        if method == "exact":
-            raw = float(torch.linalg.matrix_norm(matrices.double(), ord=2).max())
-        else:
-            raw = _power_sigma(matrices, atom, steps)
-    return atom.factor * raw
+    geometry = make_atom(atom.kind, tuple(d.shape), atom.scale, atom.groups)
+    if isinstance(geometry, Matrix) and method != "exact":  # a warm-started estimate instead of an exact SVD
+        return atom.factor * _power_sigma(geometry.matrices(d), atom, steps)
+    return atom.factor * geometry.raw_norm(d)
 
 
 def orthogonalize(delta: torch.Tensor, steps: int = 5) -> torch.Tensor:
@@ -132,7 +119,7 @@ def normalize_(updates: dict[str, torch.Tensor], atoms: Iterable[AtomUpdate], lr
 
 def _normalize_atom(atom: AtomUpdate, delta: torch.Tensor, bias: torch.Tensor | None, lr: float, dualize: bool,
                     norm: str, power_steps: int) -> None:
-    if dualize and atom.kind in ("Linear", "Conv1d", "Conv2d"):
+    if dualize and issubclass(atom_class(atom.kind), (Linear, Conv)):  # orthogonalize() reads (out, in, *kernel)
         delta.copy_(orthogonalize(delta))
     size = natural_norm(atom, delta, norm, power_steps)
     delta.mul_(lr * atom.target / size if size > 0 else 0.0)

@@ -225,14 +225,32 @@ def _match_attention(node: fx.Node) -> Fused | None:
         return None
     members.add(logits)
     q, kt = logits.args
-    if _is(kt, "transpose") and {a % 4 if isinstance(a, int) else a for a in kt.args[1:3]} in ({2, 3}, {-1, -2}) \
-            or _is(kt, "transpose", "mT"):
+    if _swaps_last_two(kt):
         members.add(kt)
         k = kt.args[0]
     else:
         return None
     # Scale may also sit on q before the product: (q * c) @ k^T is left to the scalar bond (same bound).
     return Fused("attention", node, [q, k, v], members, {"scale": abs(scale)})
+
+
+def _rank(node: Any) -> int | None:
+    value = node.meta.get("value") if isinstance(node, fx.Node) else None
+    return value.dim() if isinstance(value, torch.Tensor) else None
+
+
+def _swaps_last_two(node: Any) -> bool:
+    """k.mT, k.transpose(-2, -1) or, on a tensor of known rank n, k.transpose(n-2, n-1): kᵀ of q @ kᵀ. Any
+    other transpose (a 3-D k.transpose(1, 2) swaps heads and tokens) is not the key matrix transposed."""
+    if _is(node, "mT"):
+        return True
+    if not _is(node, "transpose") or len(node.args) < 3 or not all(isinstance(d, int) for d in node.args[1:3]):
+        return False
+    dims = set(node.args[1:3])
+    if dims == {-2, -1}:
+        return True
+    rank = _rank(node.args[0])
+    return rank is not None and {d % rank for d in dims} == {rank - 2, rank - 1}
 
 
 def _is_atom_node(node: fx.Node, root: torch.nn.Module) -> bool:

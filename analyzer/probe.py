@@ -20,7 +20,8 @@ from typing import Any, Callable
 import torch
 from torch.func import functional_call, jvp, vjp
 
-from .result import Analysis
+from .atoms import AtomKind, make_atom
+from .result import Analysis, Layer
 
 __all__ = ["Probe", "Row", "probe"]
 
@@ -68,18 +69,9 @@ def _output(y: Any) -> torch.Tensor:
     return None
 
 
-def _natural_norm(kind: str, weight: torch.Tensor, scale: float) -> float:
-    w = weight.detach().double()
-    if kind == "Linear":
-        return abs(scale) * math.sqrt(w.shape[1] / w.shape[0]) * float(torch.linalg.matrix_norm(w, 2))
-    if kind == "Embedding":
-        return abs(scale) * float(w.pow(2).mean(1).sqrt().max())
-    if kind in ("Conv1d", "Conv2d"):
-        c_out, c_in = w.shape[:2]
-        k = math.prod(w.shape[2:])
-        slices = w.reshape(c_out, c_in, -1).permute(2, 0, 1)
-        return abs(scale) * k * math.sqrt(c_in / c_out) * float(torch.linalg.matrix_norm(slices, 2).max())
-    return float(w.abs().max())
+def _natural_norm(layer: Layer, weight: torch.Tensor) -> float:
+    """‖weight‖ in the atom's natural norm: the analysis's factor (shape, groups, storage order, scale) × raw norm."""
+    return layer.norm_factor * make_atom(layer.kind, layer.shape, layer.scale, layer.groups).raw_norm(weight)
 
 
 def probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, *, trials: int = 4,
@@ -120,7 +112,7 @@ def _probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, 
         rows.append(_input_lipschitz(run, params, inputs, continuous[0], fdim, analysis, steps, trials))
     else:
         notes.append("token-id inputs: no input Lipschitz constant to measure (ids are not perturbed)")
-    atoms = [l for l in analysis.layers if l.mass > 0 and l.weight in params and l.kind != "Gain"]
+    atoms = [l for l in analysis.layers if l.mass > 0 and l.weight in params and l.kind != AtomKind.GAIN]
     rows += _weight_rows(run, params, inputs, atoms, analysis, trials)
     rows += _normalization_rows(model, inputs, analysis)
     if analysis.network.sharpness is not None and analysis.network.sharpness.certified and atoms:
@@ -150,7 +142,7 @@ def _direction(atoms: list, params: dict, scale_to_target: bool) -> dict[str, to
     out = {k: torch.zeros_like(v) for k, v in params.items()}
     for layer in atoms:
         d = torch.randn_like(params[layer.weight])
-        norm = _natural_norm(layer.kind, d, layer.scale)
+        norm = _natural_norm(layer, d)
         out[layer.weight] = d * ((layer.target_norm if scale_to_target else 1.0) / norm)
     return out
 
@@ -170,7 +162,7 @@ def _weight_rows(run: Callable, params: dict, inputs: tuple, atoms: list, analys
     contributions = {}
     for layer in atoms:
         source = analysis.op(analysis.op(layer.op).inputs[0]) if analysis.op(layer.op).inputs else None
-        R = 1.0 if source is None or layer.kind == "Embedding" else source.upper
+        R = 1.0 if source is None or layer.kind == AtomKind.EMBEDDING else source.upper
         best = 0.0
         for _ in range(trials):
             d = {k: torch.zeros_like(v) for k, v in params.items()}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Op", "Layer", "Merge", "Stream", "Network", "MassGroup", "Sharpness", "BlockSharpness", "LossBound", "Analysis", "Finding", "ModelInfo"]
+__all__ = ["Op", "Layer", "Merge", "Stream", "Network", "MassGroup", "Sharpness", "BlockSharpness", "LossBound", "Analysis", "Finding", "Severity",
+           "ModelInfo"]
 
 
 @dataclass(frozen=True)
@@ -193,13 +195,26 @@ class ModelInfo:
     weights: str = "init"  # "init" (the model's own initialisation) or the checkpoint audited (--weights)
 
 
+class Severity(enum.StrEnum):
+    """How bad a finding is; the one declaration (str-valued: JSON, config and comparisons with "error" unchanged).
+    Declared from least to most severe, so `Severity.rank` orders them."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return list(Severity).index(self)
+
+
 @dataclass(frozen=True)
 class Finding:
     """One rule violation, located in the user's code."""
 
     code: str
     name: str
-    severity: str  # "error" | "warning" | "info"
+    severity: Severity
     message: str
     fix: str
     module: str

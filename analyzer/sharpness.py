@@ -48,16 +48,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from .combinators import series
 from .result import Layer
 
 __all__ = ["Triple", "propagate", "loss_constants", "INF"]
 
 INF = math.inf
-
-
-def _times(a: float, b: float) -> float:
-    """a·b with 0·∞ = 0: a path that carries no perturbation stays at zero even through an unbounded op."""
-    return 0.0 if a == 0 or b == 0 else a * b
 
 
 @dataclass
@@ -79,20 +75,20 @@ class Triple:
 def _second_order(kappa: float | None, As: float, Ss: float) -> tuple[float, float, float]:
     """κ-terms of α, β, γ; an underived κ costs nothing where no perturbation arrives."""
     k = INF if kappa is None else kappa
-    return _times(k, _times(As, As)), _times(k, _times(As, Ss)), _times(k, _times(Ss, Ss))
+    return series(k, series(As, As)), series(k, series(As, Ss)), series(k, series(Ss, Ss))
 
 
 def _bond(record: Any, inputs: list[Triple]) -> Triple:
     sem = record.semantics
     c = record.lipschitz
-    As = sum(_times(cj, t.A) for cj, t in zip(c, inputs))
-    Ss = sum(_times(cj, t.S) for cj, t in zip(c, inputs))
+    As = sum(series(cj, t.A) for cj, t in zip(c, inputs))
+    Ss = sum(series(cj, t.S) for cj, t in zip(c, inputs))
     raw_A, raw_S = sum(t.A for t in inputs), sum(t.S for t in inputs)
     ka, kb, kg = _second_order(sem.hessian if sem is not None else None, raw_A, raw_S)
     out = Triple(A=As, S=Ss,
-                 alpha=ka + sum(_times(cj, t.alpha) for cj, t in zip(c, inputs)),
-                 beta=kb + sum(_times(cj, t.beta) for cj, t in zip(c, inputs)),
-                 gamma=kg + sum(_times(cj, t.gamma) for cj, t in zip(c, inputs)))
+                 alpha=ka + sum(series(cj, t.alpha) for cj, t in zip(c, inputs)),
+                 beta=kb + sum(series(cj, t.beta) for cj, t in zip(c, inputs)),
+                 gamma=kg + sum(series(cj, t.gamma) for cj, t in zip(c, inputs)))
     out.blocker = next((t.blocker for t in inputs if t.blocker is not None), None)
     if out.blocker is None and (sem is None or sem.hessian is None) and (raw_A > 0 or raw_S > 0):
         out.blocker = record
@@ -105,9 +101,9 @@ def _atom(record: Any, inputs: list[Triple], target: float, profile: str) -> Tri
     discrete = source is None or source.discrete
     N = record.lipschitz[0] if record.lipschitz else 0.0
     R = 1.0 if discrete or profile == "modula" else source.upper  # an embedding reads a one-hot
-    out = Triple(A=_times(target, R) + _times(N, x.A), S=_times(N, x.S),
-                 alpha=_times(2 * target, x.A) + _times(N, x.alpha),
-                 beta=_times(target, x.S) + _times(N, x.beta), gamma=_times(N, x.gamma), blocker=x.blocker)
+    out = Triple(A=series(target, R) + series(N, x.A), S=series(N, x.S),
+                 alpha=series(2 * target, x.A) + series(N, x.alpha),
+                 beta=series(target, x.S) + series(N, x.beta), gamma=series(N, x.gamma), blocker=x.blocker)
     return out
 
 
@@ -118,10 +114,10 @@ def _normalization(record: Any, inputs: list[Triple], target: float, profile: st
     floor = 1.0 if profile == "modula" else sem.info.get("floor", 0.0)
     inv_r = 1 / floor if floor > 0 else INF
     ka, kb, kg = _second_order(sem.hessian, x.A, x.S)
-    out = Triple(A=target + _times(c, x.A), S=_times(c, x.S),
-                 alpha=_times(2 * target, _times(inv_r, x.A)) + ka + _times(c, x.alpha),
-                 beta=_times(target, _times(inv_r, x.S)) + kb + _times(c, x.beta),
-                 gamma=kg + _times(c, x.gamma), blocker=x.blocker)
+    out = Triple(A=target + series(c, x.A), S=series(c, x.S),
+                 alpha=series(2 * target, series(inv_r, x.A)) + ka + series(c, x.alpha),
+                 beta=series(target, series(inv_r, x.S)) + kb + series(c, x.beta),
+                 gamma=kg + series(c, x.gamma), blocker=x.blocker)
     if out.blocker is None and sem.hessian is None and (x.A > 0 or x.S > 0):
         out.blocker = record
     return out
@@ -156,7 +152,7 @@ def submodule(records: list[Any], layers: Iterable[Layer], prefix: str, profile:
     for r in reversed(inside):
         for i, d in zip(r.inputs, r.design):
             if id(i) in ids:
-                down[id(i)] += _times(down[id(r)], d)
+                down[id(i)] += series(down[id(r)], d)
     masses = {layer.op: layer.mass for layer in layers}
     total = sum(masses.get(r.node.name, 0.0) for r in inside if r.kind == "atom")
     if total <= 0:

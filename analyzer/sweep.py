@@ -166,11 +166,11 @@ def _series(role: str, quantity: str, values: tuple[float, ...], axes: Sequence[
     return Series(role, quantity, values, fit_exponents(points, values, axes), spread, flat, file, line)
 
 
-def run(target: str, settings: Any, axes: Sequence[Axis], *, input_shape: Any = None, input_dtype: str | None = None,
-        kwargs: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> Sweep:
-    """Analyse `target` at every grid point (rules run on the largest model only; MN4xx on the sweep)."""
-    from .check import check_model
-
+def run(target: str, settings: Any, axes: Sequence[Axis], check_model: Callable[..., Any], *, input_shape: Any = None,
+        input_dtype: str | None = None, kwargs: dict[str, Any] | None = None,
+        progress: Callable[[str], None] | None = None) -> tuple[Sweep, Any]:
+    """Analyse `target` at every grid point with `check_model` (check.check_model: passed in, so that sweep does not
+    import check, which imports sweep); rules run on the largest model only, MN4xx on the sweep."""
     points = grid(axes)
     analyses, results = [], []
     for point in points:

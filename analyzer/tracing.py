@@ -21,10 +21,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .semantics import LEAF_CLASS_NAMES, lookup
-from .errors import ModnormError, frame_of_exception, resolved, short_path, user_frame
+from .semantics import REGISTRY, lookup
+from .errors import ModnormError, frame_of_exception, resolved, user_frame
 
-__all__ = ["TracedModel", "trace", "to_meta", "node_value", "node_location"]
+__all__ = ["TracedModel", "trace_fx", "trace_export", "to_meta", "node_location"]
 
 _MISSING = object()
 
@@ -39,11 +39,6 @@ def to_meta(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: to_meta(v) for k, v in value.items()}
     return value
-
-
-def node_value(node: fx.Node) -> Any:
-    """The meta value a node took during tracing (None if it could not be computed)."""
-    return node.meta.get("value")
 
 
 def node_location(node: fx.Node, user_file: str | None = None) -> tuple[str | None, int | None]:
@@ -257,7 +252,7 @@ class ShapeTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self._leaf_types and isinstance(m, self._leaf_types) or is_compiled(m):
             return True
-        if f"{type(m).__module__}.{type(m).__qualname__}" in LEAF_CLASS_NAMES:
+        if REGISTRY.names_class(type(m)):  # registered by name (also after import): its entry describes it whole
             return True
         if isinstance(m, nn.MultiheadAttention):  # traced through: its projections are atoms, its core is sdpa
             return False
@@ -468,58 +463,6 @@ def _concrete_args(model: nn.Module, n_inputs: int) -> dict[str, Any] | None:
                 "return one tensor per required argument from example_inputs(), or give defaults")
         concrete[param.name] = param.default
     return concrete or None
-
-
-def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
-          leaf_types: tuple[type, ...] = (), tracer: str = "auto") -> TracedModel:
-    """Trace `model` by the first route that gets through, each failure recorded in `attempts` with its file and
-    line: the shape-aware fx tracer, `torch.export` (non-strict, on meta), the op log (oplog.py), and last the
-    module hierarchy alone (module_only.py), which always succeeds and withholds what needs a graph.
-    `tracer="fx" | "export" | "oplog" | "modules"` forces one route and raises its failure."""
-    from .module_only import trace_modules
-    from .oplog import trace_oplog
-
-    routes = {
-        "fx": lambda attempts: trace_fx(model, example_inputs, user_file, leaf_types),
-        "export": lambda attempts: trace_export(model, example_inputs, user_file, attempts),
-        "oplog": lambda attempts: _explained(trace_oplog, "op log", model, example_inputs, user_file,
-                                             leaf_types, attempts),
-    }
-    if tracer in routes:
-        return routes[tracer]([])
-    if tracer == "modules":
-        return trace_modules(model, "forced with --tracer modules", [])
-    attempts: list[str] = []
-    failures: list[ModnormError] = []
-    for name, route in routes.items():
-        try:
-            traced = route(list(attempts))
-        except ModnormError as failure:
-            failures.append(failure)
-            where = f" at {short_path(failure.file)}:{failure.line}" if failure.file and failure.line else ""
-            problem = failure.problem if len(failure.problem) <= 400 else failure.problem[:399] + "…"
-            attempts.append(f"{'fx_values' if name == 'fx' else name}: failed{where} ({problem})")
-            continue
-        if attempts:
-            traced.attempts = [*attempts, *traced.attempts[-1:]]
-        return traced
-    first = failures[0]
-    return trace_modules(model, f"every graph route failed; the first stopped at "
-                                f"{short_path(first.file) if first.file else 'the model'}"
-                                f"{f':{first.line}' if first.line else ''}", attempts)
-
-
-def _explained(route: Any, label: str, model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None,
-               leaf_types: tuple[type, ...], attempts: list[str]) -> TracedModel:
-    try:
-        return route(model, example_inputs, user_file, leaf_types, attempts)
-    except ModnormError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - explained to the user
-        raise _route_failure(exc, f"the {label} cannot run", user_file,
-                             "a model built on the meta device has no values to branch on: make the branch depend "
-                             "on shapes, mark the module as a leaf (--leaf), or raise --max-params so the model is "
-                             "built on the CPU with real values") from exc
 
 
 def _route_failure(exc: BaseException, what: str, user_file: str | None, remedy: str) -> ModnormError:

@@ -23,7 +23,7 @@ def points(kwargs, sweep):
 
 def floor(target, kwargs, sweep):
     from modnorm.loading import load
-    from modnorm.tracing import trace
+    from modnorm.routes import trace
 
     build_s = trace_s = 0.0
     plain_s, nodes, parameters = 0.0, 0, 0

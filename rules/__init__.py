@@ -15,11 +15,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Iterator
 
-from modnorm.result import Analysis, Finding, Layer
+from modnorm.result import Analysis, Finding, Layer, Severity
 
-__all__ = ["Rule", "RuleSelection", "all_rules", "run_rules", "run_sweep_rules", "sort_findings", "SEVERITIES"]
+__all__ = ["Rule", "RuleSelection", "all_rules", "run_rules", "run_sweep_rules", "sort_findings", "SEVERITIES",
+           "Severity"]
 
-SEVERITIES = ("info", "warning", "error")
+SEVERITIES = tuple(Severity)  # ("info", "warning", "error")
 _CODE = re.compile(r"^MN\d{3}$")
 
 
@@ -28,7 +29,7 @@ class Rule:
 
     code: ClassVar[str]
     name: ClassVar[str]
-    severity: ClassVar[str] = "warning"
+    severity: ClassVar[Severity] = Severity.WARNING
     options: ClassVar[dict[str, Any]] = {}
     registry: ClassVar[dict[str, type["Rule"]]] = {}
 
@@ -49,7 +50,8 @@ class Rule:
         self.config = {**self.options, **options}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
-        raise NotImplementedError
+        """Rules on single analyses override this; a rule on scale sweeps only (MN4xx) keeps it: nothing."""
+        return iter(())
 
     def check_sweep(self, sweep: Any) -> Iterator[Finding]:
         """Rules on a scale sweep (modnorm.sweep.Sweep) override this; the others see single analyses only."""
@@ -58,7 +60,7 @@ class Rule:
     def finding(self, message: str, *, fix: str = "", module: str = "", file: str | None = None,
                 line: int | None = None, op: str = "", severity: str | None = None,
                 related: tuple[tuple[str, int], ...] = ()) -> Finding:
-        return Finding(self.code, self.name, severity or self.severity, message, fix, module, file, line, op,
+        return Finding(self.code, self.name, Severity(severity or self.severity), message, fix, module, file, line, op,
                        related)
 
     def layer_finding(self, layer: Layer, message: str, *, fix: str = "", severity: str | None = None,
@@ -107,7 +109,7 @@ def _matches(code: str, pattern: str) -> bool:
     return pattern == "ALL" or code.startswith(pattern.upper())
 
 
-_ORDER = {"error": 0, "warning": 1, "info": 2}
+_ORDER = {s: -s.rank for s in Severity}  # most severe first
 
 
 def run_rules(analysis: Analysis, selection: RuleSelection = RuleSelection()) -> tuple[Finding, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class UnusedSuppression(Rule):
@@ -34,7 +34,7 @@ class UnusedSuppression(Rule):
 
     code = "MN001"
     name = "unused-suppression"
-    severity = "warning"
+    severity = Severity.WARNING
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         """Suppressions live in source files, not in the analysis: the check pipeline reports them."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class AtomNormOutOfBand(Rule):
@@ -35,7 +35,7 @@ class AtomNormOutOfBand(Rule):
 
     code = "MN101"
     name = "atom-norm-out-of-band"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"low": 0.5, "high": 1.25, "error": 4.0}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
@@ -45,7 +45,7 @@ class AtomNormOutOfBand(Rule):
             norm = layer.norm_at_init
             if self.config["low"] <= norm <= self.config["high"]:
                 continue
-            severity = "error" if norm > self.config["error"] else "warning"
+            severity = Severity.ERROR if norm > self.config["error"] else Severity.WARNING
             yield self.layer_finding(
                 layer, f"{layer.kind} `{layer.name}` {'×'.join(map(str, layer.shape))} has norm {norm:.3g} at init "
                 f"({layer.norm_source}); well-normed is 1",

@@ -6,7 +6,7 @@ import math
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class FanInDrift(Rule):
@@ -38,7 +38,7 @@ class FanInDrift(Rule):
 
     code = "MN102"
     name = "fan-in-drift"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"max_ratio": 4.0, "high": 1.25}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:

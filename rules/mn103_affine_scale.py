@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class AffineScale(Rule):
@@ -35,7 +35,7 @@ class AffineScale(Rule):
 
     code = "MN103"
     name = "affine-scale"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"low": 0.25, "high": 2.0}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:

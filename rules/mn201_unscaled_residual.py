@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
-from modnorm.rules.mn202_underscaled_residual_branch import is_underscaled_branch
+from modnorm.rules import Rule, Severity
+from modnorm.rules.mn202_underscaled_residual_branch import is_underscaled_branch, merges_over_budget
 
 
 class UnscaledResidual(Rule):
@@ -35,22 +35,16 @@ class UnscaledResidual(Rule):
 
     code = "MN201"
     name = "unscaled-residual"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"slack": 2.0}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
-        for stream in analysis.streams:
-            depth = stream.depth
-            for name in stream.merges:
-                merge = analysis.merge(name)
-                block = merge.design_block_sensitivity
-                if block <= 1 + self.config["slack"] / depth + 1e-9:
-                    continue
-                if is_underscaled_branch(abs(merge.skip_coefficient), abs(merge.branch_coefficient)):
-                    continue  # MN202 reports x + b·f(x) with 0 < b < 1
-                a, b = merge.skip_coefficient, merge.branch_coefficient
-                yield self.finding(
-                    f"residual merge {a:.3g}·x + {b:.3g}·f(x) has block sensitivity {block:.3g} "
-                    f"(limit {1 + self.config['slack'] / depth:.3g} for {depth} merges in the stream)",
-                    fix=f"scale the skip by {1 - 1 / depth:.3g} and the branch by {1 / depth:.3g} (1 - 1/L and 1/L)",
-                    module=merge.module, file=merge.file, line=merge.line, op=merge.op)
+        for merge, depth, block in merges_over_budget(analysis, self.config["slack"]):
+            if is_underscaled_branch(abs(merge.skip_coefficient), abs(merge.branch_coefficient)):
+                continue  # MN202 reports x + b·f(x) with 0 < b < 1
+            a, b = merge.skip_coefficient, merge.branch_coefficient
+            yield self.finding(
+                f"residual merge {a:.3g}·x + {b:.3g}·f(x) has block sensitivity {block:.3g} "
+                f"(limit {1 + self.config['slack'] / depth:.3g} for {depth} merges in the stream)",
+                fix=f"scale the skip by {1 - 1 / depth:.3g} and the branch by {1 / depth:.3g} (1 - 1/L and 1/L)",
+                module=merge.module, file=merge.file, line=merge.line, op=merge.op)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.result import Analysis, Finding, Merge
+from modnorm.rules import Rule, Severity
 
 
 class UnderscaledResidualBranch(Rule):
@@ -36,26 +36,33 @@ class UnderscaledResidualBranch(Rule):
 
     code = "MN202"
     name = "underscaled-residual-branch"
-    severity = "error"
+    severity = Severity.ERROR
     options = {"slack": 2.0}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
-        for stream in analysis.streams:
-            depth = stream.depth
-            for name in stream.merges:
-                merge = analysis.merge(name)
-                a, b = abs(merge.skip_coefficient), abs(merge.branch_coefficient)
-                block = merge.design_block_sensitivity
-                if not is_underscaled_branch(a, b) or block <= 1 + self.config["slack"] / depth + 1e-9:
-                    continue
-                growth = block ** depth
-                yield self.finding(
-                    f"residual merge x + {b:.3g}·f(x) keeps the skip at 1: block sensitivity {block:.3g}, "
-                    f"×{growth:.3g} over the {depth} merges of the stream"
-                    + (f" (b ≥ 1/√L = {1 / math.sqrt(depth):.3g}: growth ≈ e^√L)" if b >= 1 / math.sqrt(depth) - 1e-9
-                       else ""),
-                    fix=f"scale the skip too: {1 - 1 / depth:.3g}·x + {1 / depth:.3g}·f(x) (1 - 1/L and 1/L)",
-                    module=merge.module, file=merge.file, line=merge.line, op=merge.op)
+        for merge, depth, block in merges_over_budget(analysis, self.config["slack"]):
+            a, b = abs(merge.skip_coefficient), abs(merge.branch_coefficient)
+            if not is_underscaled_branch(a, b):
+                continue
+            growth = block ** depth
+            yield self.finding(
+                f"residual merge x + {b:.3g}·f(x) keeps the skip at 1: block sensitivity {block:.3g}, "
+                f"×{growth:.3g} over the {depth} merges of the stream"
+                + (f" (b ≥ 1/√L = {1 / math.sqrt(depth):.3g}: growth ≈ e^√L)" if b >= 1 / math.sqrt(depth) - 1e-9
+                   else ""),
+                fix=f"scale the skip too: {1 - 1 / depth:.3g}·x + {1 / depth:.3g}·f(x) (1 - 1/L and 1/L)",
+                module=merge.module, file=merge.file, line=merge.line, op=merge.op)
+
+
+def merges_over_budget(analysis: Analysis, slack: float) -> Iterator[tuple[Merge, int, float]]:
+    """(merge, L, block sensitivity) for each residual merge whose block sensitivity exceeds 1 + slack/L, L the
+    number of merges in its stream: the budget under which L blocks compound to at most e^slack."""
+    for stream in analysis.streams:
+        for name in stream.merges:
+            merge = analysis.merge(name)
+            block = merge.design_block_sensitivity
+            if block > 1 + slack / stream.depth + 1e-9:
+                yield merge, stream.depth, block
 
 
 def is_underscaled_branch(skip: float, branch: float) -> bool:

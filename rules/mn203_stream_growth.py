@@ -6,7 +6,7 @@ import math
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class ResidualStreamGrowth(Rule):
@@ -36,7 +36,7 @@ class ResidualStreamGrowth(Rule):
 
     code = "MN203"
     name = "residual-stream-growth"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"warn": math.e, "error": 10.0}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
@@ -45,7 +45,7 @@ class ResidualStreamGrowth(Rule):
             if growth <= self.config["warn"]:
                 continue
             last = analysis.merge(stream.merges[-1])
-            severity = "error" if growth > self.config["error"] else "warning"
+            severity = Severity.ERROR if growth > self.config["error"] else Severity.WARNING
             yield self.finding(
                 f"residual stream of {stream.depth} merges grows ×{growth:.3g} "
                 f"(×{growth ** (1 / stream.depth):.3g} per merge)",

@@ -6,7 +6,7 @@ import math
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class NetworkSensitivityHigh(Rule):
@@ -35,14 +35,14 @@ class NetworkSensitivityHigh(Rule):
 
     code = "MN204"
     name = "network-sensitivity-high"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"warn": 2.0, "error": 10.0}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         s = analysis.network.design_sensitivity
         if not math.isfinite(s) or s <= self.config["warn"]:
             return
-        severity = "error" if s > self.config["error"] else "warning"
+        severity = Severity.ERROR if s > self.config["error"] else Severity.WARNING
         first = analysis.layers[0] if analysis.layers else None
         yield self.finding(
             f"network sensitivity {s:.3g} (design constants; certified bound {analysis.network.sensitivity:.3g})",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class AttentionScaledForInitialization(Rule):
@@ -27,6 +27,7 @@ class AttentionScaledForInitialization(Rule):
 
     ## Options
     - `max_aligned_logit` (8.0): error above this `c·d`.
+    - `min_aligned_logit` (1.5): no finding at or below this `c·d` (1/d scaling gives exactly 1).
 
     ## References
     [Attention](../theory/constants.md#attention); Modula's golden rules ("the dot product is the sum of
@@ -35,8 +36,10 @@ class AttentionScaledForInitialization(Rule):
 
     code = "MN301"
     name = "attention-scaled-for-initialization"
-    severity = "warning"
-    options = {"max_aligned_logit": 8.0}
+    severity = Severity.WARNING
+    # 1.5 sits between 1/d scaling (c·d = 1 at every width) and 1/sqrt(d) at the smallest head dim where the two
+    # differ clearly (d = 4: c·d = 2), so only the second is flagged.
+    options = {"max_aligned_logit": 8.0, "min_aligned_logit": 1.5}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for op in analysis.ops:
@@ -46,9 +49,9 @@ class AttentionScaledForInitialization(Rule):
             if not scale or not d:
                 continue
             aligned = scale * d
-            if aligned <= 1.5:
+            if aligned <= self.config["min_aligned_logit"]:
                 continue
-            severity = "error" if aligned > self.config["max_aligned_logit"] else "warning"
+            severity = Severity.ERROR if aligned > self.config["max_aligned_logit"] else Severity.WARNING
             yield self.finding(
                 f"attention logits scaled by {scale:.3g} with head dim {d}: aligned q·k reaches {aligned:.3g} "
                 f"(scaled for initialization, not alignment)",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
-from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.result import Finding
+from modnorm.rules import Rule, Severity
 
 
 class WidthDrift(Rule):
@@ -38,11 +38,8 @@ class WidthDrift(Rule):
 
     code = "MN401"
     name = "width-drift"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"max_exponent": 0.25}
-
-    def check(self, analysis: Analysis) -> Iterator[Finding]:
-        return iter(())
 
     def check_sweep(self, sweep: Any) -> Iterator[Finding]:
         widths = [a for a in sweep.axes if not a.is_depth]

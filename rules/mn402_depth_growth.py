@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
-from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.result import Finding
+from modnorm.rules import Rule, Severity
 
 
 class DepthGrowth(Rule):
@@ -40,13 +40,10 @@ class DepthGrowth(Rule):
 
     code = "MN402"
     name = "depth-growth"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"max_exponent": 0.25}
 
     _GROWING = ("sensitivity", "design_sensitivity", "alpha", "gradient_lipschitz")
-
-    def check(self, analysis: Analysis) -> Iterator[Finding]:
-        return iter(())
 
     def check_sweep(self, sweep: Any) -> Iterator[Finding]:
         limit = self.config["max_exponent"]

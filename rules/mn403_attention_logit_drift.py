@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
-from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.result import Finding
+from modnorm.rules import Rule, Severity
 
 
 class AttentionLogitDrift(Rule):
@@ -34,11 +34,8 @@ class AttentionLogitDrift(Rule):
 
     code = "MN403"
     name = "attention-logit-drift"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"max_exponent": 0.25}
-
-    def check(self, analysis: Analysis) -> Iterator[Finding]:
-        return iter(())
 
     def check_sweep(self, sweep: Any) -> Iterator[Finding]:
         series = next((s for s in sweep.series if s.quantity == "attention_logit_bound"), None)

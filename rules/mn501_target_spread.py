@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class TargetSpread(Rule):
@@ -32,7 +32,7 @@ class TargetSpread(Rule):
 
     code = "MN501"
     name = "target-spread"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"max_ratio": 100.0, "max_share": 0.5}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class IoMassStarved(Rule):
@@ -33,7 +33,7 @@ class IoMassStarved(Rule):
 
     code = "MN503"
     name = "io-mass-starved"
-    severity = "warning"
+    severity = Severity.WARNING
     options = {"min_share": 0.01}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:

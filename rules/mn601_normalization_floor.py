@@ -6,7 +6,7 @@ import math
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class NormalizationWithoutFloor(Rule):
@@ -35,7 +35,7 @@ class NormalizationWithoutFloor(Rule):
 
     code = "MN601"
     name = "normalization-without-floor"
-    severity = "info"
+    severity = Severity.INFO
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for op in analysis.ops:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class NominalConstantUnderestimates(Rule):
@@ -33,7 +33,7 @@ class NominalConstantUnderestimates(Rule):
 
     code = "MN602"
     name = "nominal-constant-underestimates"
-    severity = "info"
+    severity = Severity.INFO
     options = {"min_factor": 1.05}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:

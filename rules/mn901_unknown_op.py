@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class UncertifiedOp(Rule):
@@ -33,13 +33,13 @@ class UncertifiedOp(Rule):
 
     code = "MN901"
     name = "uncertified-op"
-    severity = "warning"
+    severity = Severity.WARNING
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for op in analysis.ops:
             if op.certified or op.downstream_sensitivity == 0 or "normalization" in op.tags:
                 continue
-            severity = "error" if op.kind == "unknown" else "warning"
+            severity = Severity.ERROR if op.kind == "unknown" else Severity.WARNING
             yield self.finding(f"{op.target}: {op.reason or 'bound not certified'}",
                                fix="rewrite with registered ops, or mark the module a leaf and register its "
                                    "semantics", module=op.module, file=op.file, line=op.line, op=op.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class ActivationProduct(Rule):
@@ -32,7 +32,7 @@ class ActivationProduct(Rule):
 
     code = "MN902"
     name = "activation-product"
-    severity = "info"
+    severity = Severity.INFO
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for op in analysis.ops:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 
 class TiedWeights(Rule):
@@ -32,7 +32,7 @@ class TiedWeights(Rule):
 
     code = "MN903"
     name = "tied-weights"
-    severity = "info"
+    severity = Severity.INFO
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for group in analysis.network.tied_weights:

@@ -6,7 +6,7 @@ import re
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
-from modnorm.rules import Rule
+from modnorm.rules import Rule, Severity
 
 _WHERE = re.compile(r"failed at (?P<file>[^:()]+):(?P<line>\d+)")
 
@@ -47,7 +47,7 @@ class TracingFallback(Rule):
 
     code = "MN904"
     name = "tracing-fallback"
-    severity = "warning"
+    severity = Severity.WARNING
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         model = analysis.model
@@ -59,7 +59,7 @@ class TracingFallback(Rule):
         if model.tracer == "oplog":
             message = ("the graph was recorded from one run of the example inputs (op log): bounds hold for the "
                        "path those inputs took")
-            severity = "info" if not failures else self.severity
+            severity = Severity.INFO if not failures else self.severity
         else:
             message = ("no graph could be traced; only each atom's own norm and sensitivity are computed, not "
                        "targets, residual streams, network sensitivity or sharpness")

@@ -17,3 +17,11 @@ def _seed():
 
 
 pytest_plugins = ["pytester"]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The adversarial verifier's table: the tightest measured/bound ratio per registry entry (tests/adversary.py)."""
+    adversary = sys.modules.get("tests.adversary")
+    if adversary is not None and adversary.WORST:
+        terminalreporter.write_sep("-", "adversarial verifier: worst measured / certified bound per registry entry")
+        terminalreporter.write_line(adversary.table())

@@ -124,3 +124,28 @@ def test_a_power_is_bounded_through_its_inputs_sup(power):
     measured = max(measured_lipschitz(cube, 0.9 * z / max_position_rms(z, -1), -1, -1)
                    for z in torch.randn(4, 3, 6, dtype=torch.float64))
     assert measured <= analysis.network.sensitivity * (1 + 1e-6)
+
+
+def test_a_power_between_one_and_two_is_lipschitz_not_unbounded():
+    """x^1.5 on [0, 1] has slope 1.5·x^0.5 <= 1.5 (before the fix it was marked unbounded); its second derivative
+    0.75·x^-0.5 is unbounded near 0, so it is not smooth. Measured below the bound."""
+    from tests.test_soundness import max_position_rms, measured_lipschitz
+
+    torch.manual_seed(0)
+
+    class Power(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(6, 6).double()
+
+        def forward(self, x):
+            return torch.sigmoid(self.layer(x)) ** 1.5
+
+    model = Power()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    analysis = modnorm.analyze(model, 0.9 * x / max_position_rms(x, -1))
+    op = next(o for o in analysis.ops if "pow" in o.target)
+    assert op.certified and op.lipschitz[0] == pytest.approx(1.5)  # sigmoid: sup 1, slope 1.5 · 1^0.5
+    measured = max(measured_lipschitz(model, 0.9 * z / max_position_rms(z, -1), -1, -1)
+                   for z in torch.randn(4, 3, 6, dtype=torch.float64))
+    assert 0 < measured <= analysis.network.sensitivity * (1 + 1e-6)

@@ -77,6 +77,21 @@ def test_attention_by_hand_is_one_op_with_its_scale(style):
     assert len(attention) == 1 and attention[0].info["scale"] == pytest.approx(1 / 8)
 
 
+def test_attention_needs_the_key_transposed_on_its_last_two_axes():
+    """q @ k.transpose(0, 1) on 3-D tensors swaps batch and tokens; it is not kᵀ, so no attention is fused (before
+    the fix any transpose was accepted). The shapes only line up because B = T = C = 8."""
+    def swapped(x):  # (B, T, C)
+        return F.softmax(x @ x.transpose(0, 1) / 8, dim=-1) @ x
+
+    def attention(x):
+        return F.softmax(x @ x.transpose(1, 2) / 8, dim=-1) @ x
+
+    x = torch.randn(8, 8, 8)
+    fused = {name: [op for op in modnorm.analyze(Lambda(fn, width=8), x).ops if "attention" in op.tags]
+             for name, fn in (("swapped", swapped), ("attention", attention))}
+    assert fused["swapped"] == [] and len(fused["attention"]) == 1
+
+
 class ScaledLinear(nn.Module):
     def __init__(self, spelling):
         super().__init__()

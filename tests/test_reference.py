@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import modnorm
-from tests.models import modula_composites
+from tests.models import modula_composites, modula_spellings
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = json.loads((ROOT / "tests/data/modula_reference.json").read_text())
@@ -67,3 +67,57 @@ def test_modula_profile_reproduces_the_reference(config):
 
 def test_every_ok_config_is_covered():
     assert len(OK) == 39
+
+
+# Two more plain-torch spellings of each reference architecture (issue 16): the atom's multiplier written at the
+# call site, before or after the call or with torch.mul, followed by the residual's constant and the merge.
+# Modula's values do not depend on the spelling, so each must reproduce them exactly like the fixtures do.
+SPELLING_CASES = [(config, spelling) for config in OK if config["arch"] in modula_spellings.SPELLINGS
+                  for spelling in modula_spellings.SPELLINGS[config["arch"]]]
+# What fails today and why (the calibration work flips these): a multiplier written after an atom and followed
+# by another constant or a merge is not counted as part of the atom, so the atom's norm at init is off by that
+# multiplier and its S_down (hence its target) is too (e.g. GPT embeddings S_down 1.5 vs Modula's 0.5 at d=16).
+CHAIN_CAUSE = ("atom multiplier followed by another constant or a merge is not fused into the atom (issue 16 "
+               "item 4): at d=16 with 2 blocks tok_emb/pos_emb read norm 0.25 (Modula 1), S_down 1.53 (0.5), target 0.047 "
+               "(0.143); mlp.fc2 norm 2 (1), S_down 0.109 (0.25)")
+SPELLING_XFAIL = {("GPT", "after"): CHAIN_CAUSE, ("GPT", "before"): CHAIN_CAUSE}
+
+
+def _is_small(config):
+    """The smallest sizes run by default; the rest of the grid is `slow` (same code paths, more time)."""
+    p = config["params"]
+    return p.get("width", p.get("d_embed")) in (8, 16, 32) and p["num_blocks"] <= 4
+
+
+def _spelling_params(config):
+    params = dict(config["params"])
+    if config["arch"] == "GPT":
+        params.update(d_query=params["d_embed"] // params["num_heads"], d_value=params["d_embed"] // params["num_heads"])
+    return params
+
+
+@pytest.mark.parametrize("config, spelling", [
+    pytest.param(c, s, id=f"{c['name']}-{s}",
+                 marks=([pytest.mark.xfail(strict=True, reason=SPELLING_XFAIL[(c["arch"], s)])]
+                        if (c["arch"], s) in SPELLING_XFAIL else []) + ([] if _is_small(c) else [pytest.mark.slow]))
+    for c, s in SPELLING_CASES])
+def test_plain_torch_spellings_reproduce_the_reference(config, spelling):
+    model = modula_spellings.ARCHITECTURES[config["arch"]](spelling, **_spelling_params(config))
+    analysis = modnorm.analyze(model, modula_spellings.example_inputs(model), profile="modula", mass="roles",
+                               hidden_mass=HIDDEN_MASS[config["arch"]])
+    layers = {layer.weight: layer for layer in analysis.layers}
+
+    assert sorted(layers) == sorted(a["torch_param"] for a in config["atoms"])
+    assert analysis.network.mass == pytest.approx(config["total_mass"], rel=1e-6)
+    for atom in config["atoms"]:
+        layer, name = layers[atom["torch_param"]], atom["torch_param"]
+        assert layer.norm_at_init == pytest.approx(atom["norm_at_init"], rel=1e-5), name
+        assert layer.target_norm == pytest.approx(atom["target_norm"], rel=1e-6), name
+        assert layer.mass_share == pytest.approx(atom["mass_share"], rel=1e-6), name
+        assert layer.downstream_sensitivity == pytest.approx(atom["downstream_sensitivity"], rel=1e-6), name
+    assert analysis.network.sensitivity == pytest.approx(config["total_sensitivity"], rel=1e-6)
+
+
+def test_every_reference_architecture_has_two_new_spellings():
+    assert {arch: len(s) for arch, s in modula_spellings.SPELLINGS.items()} == {"ResMLP": 2, "ResCNN": 2, "GPT": 2}
+    assert len(SPELLING_CASES) == 2 * sum(c["arch"] in HIDDEN_MASS for c in OK)

@@ -1,0 +1,52 @@
+"""Constant folding for the calculus: a bound on max |c| of a constant whose values are unknown (a meta tensor), from
+the formula that made it (rotary tables are cos and sin of something: |c| <= 1, whatever the model was built on)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+__all__ = ["abs_bound"]
+
+
+_BOUNDED = {"cos": 1.0, "sin": 1.0, "tanh": 1.0, "sigmoid": 1.0, "softmax": 1.0}
+_PASSTHROUGH = {"getitem", "view", "reshape", "unsqueeze", "squeeze", "expand", "expand_as", "to", "float",
+                "double", "half", "bfloat16", "type_as", "contiguous", "transpose", "permute", "repeat", "flatten",
+                "clone", "detach", "narrow", "select", "slice", "alias", "_to_copy", "t", "unflatten"}
+
+
+def abs_bound(arg: Any, weights: Any, depth: int = 0) -> float | None:
+    """An upper bound on max |c| for a constant: its values when real, else from its formula (rotary tables are
+    cos and sin of something: |c| <= 1, whatever the model was built on)."""
+    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        return abs(float(arg))
+    if isinstance(arg, torch.Tensor):
+        return None if arg.is_meta else float(arg.detach().float().abs().max()) if arg.numel() else 0.0
+    if not isinstance(arg, fx.Node) or depth > 24:
+        return None
+    value = arg.meta.get("value")
+    if isinstance(value, torch.Tensor) and not value.is_meta:
+        return float(value.detach().float().abs().max()) if value.numel() else 0.0
+    if arg.op == "get_attr":
+        tensor = weights.tensor(arg.target)
+        return None if not isinstance(tensor, torch.Tensor) or tensor.is_meta else float(tensor.float().abs().max())
+    if arg.op not in ("call_function", "call_method"):
+        return None
+    target = arg.target
+    name = target if isinstance(target, str) else (target.overloadpacket.__name__ if isinstance(
+        target, torch._ops.OpOverload) else getattr(target, "__name__", ""))
+    if name in _BOUNDED:
+        return _BOUNDED[name]
+    if name in _PASSTHROUGH and arg.args:
+        return abs_bound(arg.args[0], weights, depth + 1)
+    if name in ("cat", "stack") and arg.args and isinstance(arg.args[0], (list, tuple)):
+        parts = [abs_bound(a, weights, depth + 1) for a in arg.args[0]]
+        return None if any(p is None for p in parts) else max(parts, default=0.0)
+    if name in ("mul", "neg") and arg.args:
+        parts = [abs_bound(a, weights, depth + 1) for a in arg.args[:2]] if name == "mul" else [
+            abs_bound(arg.args[0], weights, depth + 1)]
+        return None if any(p is None for p in parts) else math.prod(parts)
+    return None

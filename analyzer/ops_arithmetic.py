@@ -1,0 +1,151 @@
+"""Arithmetic and reductions of the registry: +, -, ×, ÷ by constants, gains, activation products, mean, sum."""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import torch
+
+from . import atoms
+from .registry import AtomSpec, INF, OpView, Semantics, is_number, linear, register, sup_bound
+
+
+# ---------------------------------------------------------------------------------------------------- arithmetic
+@register(operator.mul, torch.mul, "mul", operator.imul, "mul_")
+def _mul(op: OpView) -> Semantics:
+    if len(op.inputs) == 2:
+        return _product(op)
+    factor = _constant_factor(op)
+    if factor is None:
+        return _unknown_factor(op, "multiplication")
+    kind, value, source = factor
+    if kind == "gain":
+        return _gain(op, value, source)
+    return linear(Semantics("bond", (abs(value),), f"scalar multiple |c| = {abs(value):.4g}", label=f"× {value:.4g}",
+                     tags=("scalar",), info={"factor": value}))
+
+
+@register(operator.truediv, torch.div, torch.true_divide, "div", "true_divide", operator.itruediv, "div_")
+def _div(op: OpView) -> Semantics:
+    if op.bounds and len(op.inputs) == 1 and op.inputs[0] is op.node.args[0]:
+        divisor = op.arg(1, "other")
+        if is_number(divisor):
+            if divisor == 0:
+                return Semantics("bond", (INF,), "division by zero", certified=False, reason="divides by 0")
+            return linear(Semantics("bond", (1 / abs(divisor),), f"scalar multiple 1/|c| = {1 / abs(divisor):.4g}",
+                             label=f"÷ {divisor:.4g}", tags=("scalar",), info={"factor": 1 / divisor}))
+        value = op.constant_value(1, "other")
+        if value is not None:
+            smallest = float(value.abs().min())
+            if smallest > 0:
+                return linear(Semantics("bond", (1 / smallest,), "division by a constant tensor: 1 / min|c|",
+                                 tags=("scalar",)))
+    return Semantics("bond", (INF,) * max(1, len(op.inputs)), "division by an activation",
+                     certified=False, reason="division by an activation is not Lipschitz without a lower bound "
+                     "on the divisor (write the normalization in a recognised form)")
+
+
+@register(operator.add, torch.add, "add", operator.iadd, "add_", operator.sub, torch.sub, "sub", operator.isub,
+          "sub_", torch.rsub)
+def _add(op: OpView) -> Semantics:
+    n = len(op.inputs)
+    alpha = op.arg(2, "alpha", 1)  # x + alpha·y (torch.add) or x.add(y, alpha=...): same position
+    alpha = alpha if is_number(alpha) else 1
+    if n >= 2:
+        lipschitz = (1.0, abs(alpha)) if n == 2 else (1.0,) * n
+        return linear(Semantics("bond", lipschitz, "Add: triangle inequality (sum norm on the pair), §d.1",
+                         tags=("merge",), label="add"))
+    shift = _shift_rms(op)
+    upper = op.bounds[0].upper + shift if op.bounds else None
+    return linear(Semantics("bond", (1.0,), "adding a constant does not change the Lipschitz constant",
+                     upper=upper, label="+ const"))
+
+
+def _shift_rms(op: OpView) -> float:
+    for index, name in ((1, "other"), (0, "input")):
+        raw = op.arg(index, name)
+        if is_number(raw):
+            return abs(float(raw))
+        value = op.constant_value(index, name)
+        if value is not None:
+            return float(value.float().abs().max())
+    return INF
+
+
+def _constant_factor(op: OpView) -> tuple[str, Any, str] | None:
+    """The non-data factor of a product: ("scalar", c) or ("gain", param name)."""
+    data = op.inputs[0]
+    for index, name in ((0, "input"), (1, "other")):
+        raw = op.arg(index, name)
+        if raw is data:
+            continue
+        if is_number(raw):
+            return "scalar", float(raw), "number"
+        param = op.param_name(index, name)
+        if param is not None:
+            return "gain", param, "parameter"
+        value = op.constant_value(index, name)
+        if value is not None:
+            return "scalar", float(value.float().abs().max()), "constant tensor: max |c|"
+        bound = op.constant_abs_bound(index, name) if hasattr(op, "constant_abs_bound") else None
+        if bound is not None:
+            return "scalar", bound, "constant tensor of unknown values: |c| bounded by its formula (cos, sin, ...)"
+    return None
+
+
+def _unknown_factor(op: OpView, what: str) -> Semantics:
+    return Semantics("bond", (INF,), f"{what} by a constant of unknown value", certified=False,
+                     reason=f"{what} by a constant tensor whose values are unknown on the meta device "
+                     f"(build with --device cpu so modnorm can read it)")
+
+
+def _gain(op: OpView, param: str, source: str) -> Semantics:
+    largest, origin = op.weights.abs_max(param)
+    shape = tuple(getattr(op.weights, "shape")(param))
+    atom = AtomSpec(atoms.Gain.kind, param, shape, atoms.Gain(shape).factor * largest, origin, params=(param,))
+    return linear(Semantics("atom", (largest,), "diagonal gain: ||diag w|| = max|w|, §d.2", atom=atom, label="gain"))
+
+
+def _product(op: OpView) -> Semantics:
+    # d(a*b) = da*b + a*db: w.r.t. a the constant is ||b||_inf (theory.md §d.2, elementwise product).
+    width = op.out_shape()[-1] if op.out_shape() else 1
+    a, b = op.bounds
+    sup_a, sup_b = sup_bound(a, width), sup_bound(b, width)
+    via_rms = a.sup is None and b.sup is None
+    reason = ("product of two activations: bounded only through ||x||_inf <= sqrt(d) ||x||_RMS"
+              if via_rms else "")
+    # D²(a ⊙ b)[(a1, b1), (a2, b2)] = a1 ⊙ b2 + a2 ⊙ b1, and ||a1 ⊙ b2|| <= sqrt(d) ||a1|| ||b2|| in RMS norms.
+    return Semantics("bond", (sup_b, sup_a), "elementwise product: ||b||_inf and ||a||_inf, §d.2",
+                     upper=min(sup_a * b.upper, sup_b * a.upper), reason=reason, tags=("product",),
+                     smooth=True, curvature=1.0, label="a ⊙ b", hessian=math.sqrt(width))
+
+
+# ---------------------------------------------------------------------------------------------------- reductions
+@register(torch.mean, "mean")
+def _mean(op: OpView) -> Semantics:
+    return linear(Semantics("bond", (1.0,), "mean: Jensen, ||mean x|| <= ||x||, §d.1", fdim=_reduced_fdim(op),
+                     label="mean"))
+
+
+@register(torch.sum, "sum")
+def _sum(op: OpView) -> Semantics:
+    in_shape, out_shape = op.in_shape(0), op.out_shape()
+    count = max(1, math.prod(in_shape) // max(1, math.prod(out_shape)))
+    return linear(Semantics("bond", (float(count),), f"sum over {count} entries = {count} x mean, §d.2",
+                     fdim=_reduced_fdim(op), label="sum"))
+
+
+def _reduced_fdim(op: OpView) -> int:
+    in_shape, out_shape = op.in_shape(0), op.out_shape()
+    fdim = op.bounds[0].fdim if op.bounds and op.bounds[0].fdim is not None else len(in_shape) - 1
+    if len(out_shape) == len(in_shape):
+        return fdim
+    dims = op.arg(1, "dim")
+    if dims is None:
+        return max(0, len(out_shape) - 1)
+    dims = [d % len(in_shape) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    if fdim in dims:
+        return max(0, len(out_shape) - 1)
+    return fdim - sum(1 for d in dims if d < fdim)

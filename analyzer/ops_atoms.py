@@ -1,0 +1,133 @@
+"""Atom ops of the registry: Linear (and GPT-2's addmm Conv1D), matmul by a weight, Conv, Embedding.
+
+The natural norm of each kind is modnorm.atoms'; these entries find the weight in the graph and read its norm."""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import atoms
+from .registry import AtomSpec, INF, OpView, Semantics, linear, register
+from .ops_shape import first_fdim
+
+
+# ----------------------------------------------------------------------------------------------------- atoms
+def _linear_atom(op: OpView, weight: str, bias: str | None, transposed: bool = False) -> Semantics:
+    spectral, origin = op.weights.spectral(weight, transpose=transposed)
+    shape = tuple(op.weights.shape(weight))
+    geometry = atoms.Linear(shape, op.scale, transposed=transposed)
+    scale = abs(op.scale)
+    norm = geometry.factor * spectral
+    bias_rms = op.weights.rms(bias)[0] * scale if bias else 0.0
+    atom = AtomSpec(geometry.kind, weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p),
+                    bias_rms, factor=geometry.factor)
+    fdim = first_fdim(op)
+    if fdim != len(op.in_shape(0)) - 1:  # mixes positions (token-mixing MLP): max-row l1 norm, §d.2
+        row_l1, origin = op.weights.max_row_l1(weight)
+        constant = scale * row_l1
+        return linear(Semantics("atom", (constant,), "Linear over a position axis: ||W||_inf->inf", atom=atom, fdim=fdim,
+                         upper=constant * op.bounds[0].upper + bias_rms, label="Linear (positions)"))
+    return linear(Semantics("atom", (norm,), "Linear: |c| sqrt(in/out) ||W||_*, §c.2", atom=atom,
+                     upper=norm * op.bounds[0].upper + bias_rms if op.bounds else None, label="Linear"))
+
+
+@register(nn.Linear, F.linear)
+def _linear(op: OpView) -> Semantics:
+    if op.module is not None:
+        prefix = op.node.target
+        bias = f"{prefix}.bias" if op.module.bias is not None else None
+        return _linear_atom(op, f"{prefix}.weight", bias)
+    weight = op.param_name(1, "weight")
+    if weight is None:
+        return unknown_weight(op, "F.linear with a weight that is not a parameter")
+    return _linear_atom(op, weight, op.param_name(2, "bias"))
+
+
+@register(torch.addmm)
+def _addmm(op: OpView) -> Semantics:
+    # GPT-2's Conv1D: addmm(bias, x, W) with W stored (in, out).
+    weight = op.param_name(2, "mat2")
+    if weight is None:
+        return unknown_weight(op, "addmm without a parameter weight")
+    return _linear_atom(op, weight, op.param_name(0, "input"), transposed=True)
+
+
+@register(operator.matmul, torch.matmul, "matmul", torch.mm, "mm", torch.bmm, "bmm")
+def _matmul(op: OpView) -> Semantics:
+    if len(op.inputs) == 1:
+        weight = op.param_name(1, "other")
+        if weight is not None and len(op.weights.shape(weight)) == 2:
+            return _linear_atom(op, weight, None, transposed=True)
+        value = op.constant_value(1, "other")
+        if value is not None and value.dim() == 2:
+            norm = float(torch.linalg.matrix_norm(value.double(), ord=2))
+            fan_in, fan_out = value.shape
+            return linear(Semantics("bond", (norm * math.sqrt(fan_in / fan_out),), "constant matrix: ||M||_RMS->RMS"))
+        return unknown_weight(op, "matmul with a constant of unknown value")
+    # Two activations: |(AB)_i| <= k ||A_i||_RMS max_l ||B_l||_RMS (theory.md §d.2, matmul of activations).
+    a, b = op.bounds
+    k = op.in_shape(0)[-1]
+    return Semantics("bond", (k * b.upper, k * a.upper), "matmul of activations: k ||B||, k ||A||, §d.2",
+                     upper=k * a.upper * b.upper, tags=("product",), label="A @ B",
+                     reason="product of two activations: certified through their RMS upper bounds")
+
+
+def unknown_weight(op: OpView, why: str) -> Semantics:
+    return Semantics("unknown", (INF,) * max(1, len(op.inputs)), why, certified=False, reason=why)
+
+
+def _conv_atom(op: OpView, weight: str, bias: str | None, groups: int) -> Semantics:
+    shape = tuple(op.weights.shape(weight))
+    slice_norm, origin = op.weights.conv(weight, groups)
+    geometry = atoms.Conv(shape, op.scale, groups)
+    norm = geometry.factor * slice_norm
+    bias_rms = op.weights.rms(bias)[0] * abs(op.scale) if bias else 0.0
+    kind = atoms.Conv.kind_of(shape)
+    atom = AtomSpec(kind, weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p), bias_rms,
+                    factor=geometry.factor, groups=groups)
+    return linear(Semantics("atom", (norm,), "Conv: |c| k^2 sqrt(in/out) max_ij ||W_ij||_*, §c.2", atom=atom, fdim=1,
+                     upper=norm * op.bounds[0].upper + bias_rms, label=kind))
+
+
+@register(nn.Conv1d, nn.Conv2d)
+def _conv_module(op: OpView) -> Semantics:
+    prefix = op.node.target
+    bias = f"{prefix}.bias" if op.module.bias is not None else None
+    return _conv_atom(op, f"{prefix}.weight", bias, op.module.groups)
+
+
+@register(F.conv1d, F.conv2d, torch.conv1d, torch.conv2d)
+def _conv_function(op: OpView) -> Semantics:
+    weight = op.param_name(1, "weight")
+    if weight is None:
+        return unknown_weight(op, "convolution with a weight that is not a parameter")
+    return _conv_atom(op, weight, op.param_name(2, "bias"), op.arg(6, "groups", 1) or 1)
+
+
+def embedding_atom(op: OpView, weight: str) -> Semantics:
+    largest, smallest, origin = op.weights.row_rms(weight)
+    scale = abs(op.scale)
+    shape = tuple(op.weights.shape(weight))
+    geometry = atoms.Embedding(shape, op.scale)
+    atom = AtomSpec(geometry.kind, weight, shape, geometry.factor * largest, origin, op.scale, (weight,),
+                    factor=geometry.factor)
+    return linear(Semantics("atom", (scale * largest,), "Embedding: |c| max row RMS (l1 -> RMS), §c.2", atom=atom,
+                     upper=scale * largest, lower=scale * smallest, fdim=len(op.out_shape()) - 1, label="Embedding"))
+
+
+@register(nn.Embedding)
+def _embedding_module(op: OpView) -> Semantics:
+    return embedding_atom(op, f"{op.node.target}.weight")
+
+
+@register(F.embedding)
+def _embedding_function(op: OpView) -> Semantics:
+    weight = op.param_name(1, "weight")
+    if weight is None:
+        return unknown_weight(op, "embedding lookup in a tensor that is not a parameter")
+    return embedding_atom(op, weight)

@@ -1,0 +1,127 @@
+"""Elementwise ops of the registry: activations (bonds), powers, where, softmax family."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import GELU_SLOPE, INF, OpView, SILU_SLOPE, SQRT2, Semantics, bond, is_number, linear, register, sup_bound
+
+
+# ----------------------------------------------------------------------------------------------- elementwise bonds
+# Curvatures max |phi''| (sharpness, §e.4), each derived here and measured on a grid in tests/test_constants.py:
+#   GELU   x·Φ(x): phi'' = φ(x)(2 - x²), largest at 0: 2φ(0) = √(2/π) = 0.797885 -> 0.7979 (rounded up); the tanh
+#          form has the same value at 0 (it matches erf-GELU to third order there).
+#   SiLU   x·σ(x): phi'' = σ'(x)(2 + x(1 - 2σ(x))), largest at 0: 2σ'(0) = 1/2.
+#   tanh   phi'' = -2 tanh(x) sech²(x), largest at tanh x = 1/√3: 4/(3√3) = 0.769800 -> 0.7698 (its fourth digit
+#          rounds down by 2e-7; the test's tolerance 1e-4 covers it).
+#   sigmoid  σ'' = σ(1-σ)(1-2σ), largest at σ = 1/2 ± 1/(2√3): 1/(6√3) = 0.096225 -> 0.09623.
+#   Mish   no closed form: measured max |phi''| = 0.64420 on [-30, 30] (grid step 1e-4) -> 0.6443.
+#   QuickGELU  x·σ(1.702x) = silu(1.702x)/1.702: phi'' = 1.702·silu''(1.702x), largest 1.702/2 = 0.851.
+bond(nn.ReLU, F.relu, torch.relu, "relu", "relu_", F.relu_, torch.relu_, certified=1.0, modula=1 / SQRT2,
+     smooth=False, source="ReLU: Jacobian diag(1[x>0]) has norm 1 (Modula's 1/sqrt2 is typical-case), §d.1")
+bond(nn.GELU, F.gelu, "gelu", certified=GELU_SLOPE, modula=1 / SQRT2, curvature=0.7979,
+     source="GELU: max gelu' = 1.12900 (Modula nominal 1/sqrt2), §d.1")
+bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0999, §d.2")
+bond(nn.Tanh, torch.tanh, F.tanh, "tanh", certified=1.0, curvature=0.7698, sup=1.0,
+     source="tanh: max tanh' = 1, §d.2")
+bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.09623, sup=1.0, at_zero=0.5,
+     source="sigmoid: max sigma' = 1/4, max |sigma''| = 1/(6 sqrt 3), §d.2")
+bond(nn.Hardtanh, F.hardtanh, nn.ReLU6, F.relu6, certified=1.0, smooth=False, sup=6.0, source="clip: 1-Lipschitz")
+bond(nn.Hardswish, F.hardswish, certified=1.5, smooth=False, source="hardswish: max slope (2x+3)/6 = 1.5 at x=3")
+bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6 + 1e-8, smooth=False, sup=1.0, at_zero=0.5,
+     source="hardsigmoid: slope 1/6 (torch's kernel multiplies by float32 1/6: 0.16666667)")
+bond(nn.Softplus, F.softplus, certified=1.0, curvature=0.25, at_zero=math.log(2), source="softplus: slope < 1")
+bond(nn.Mish, F.mish, certified=1.089, curvature=0.6443, source="mish: max slope 1.089")
+bond(nn.ELU, F.elu, certified=1.0, smooth=False, source="ELU(alpha=1): slope <= 1")
+bond(torch.abs, "abs", operator.abs, certified=1.0, smooth=False, source="abs: Jacobian diag(sign x), §d.1")
+bond(operator.neg, torch.neg, "neg", certified=1.0, source="negation is an isometry")
+bond(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, F.dropout, "contiguous", "clone", "detach",
+     "float", "double", "half", "bfloat16", "to", "type", "type_as", "requires_grad_", certified=1.0,
+     source="identity in eval mode (dropout analysed in eval mode), §d.2")
+
+
+# Activation modules of libraries modnorm does not import, registered by qualified class name. The tracer keeps
+# them whole (a leaf), as it keeps torch.nn's, so the pattern of their formula need not be recognised.
+bond("transformers.activations.NewGELUActivation", "transformers.activations.GELUActivation",
+     "transformers.activations.FastGELUActivation", "transformers.activations.PytorchGELUTanh",
+     "transformers.activations.GELUTanh", "timm.layers.activations.GELU", "timm.layers.activations.GELUTanh",
+     certified=GELU_SLOPE, modula=1 / SQRT2, curvature=0.7979, source="GELU (tanh or erf form): max slope 1.12900")
+bond("transformers.activations.QuickGELUActivation", certified=SILU_SLOPE, curvature=0.851,
+     source="QuickGELU x·σ(1.702x): max slope = max silu' = 1.0999")
+bond("transformers.activations.SiLUActivation", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max slope 1.0999")
+
+
+@register(torch.pow, "pow", operator.pow, "square", torch.square)
+def _power(op: OpView) -> Semantics:
+    """x^p elementwise (p a constant ≥ 1): |d/dx x^p| = p |x|^(p-1) <= p s^(p-1) with s the input's sup bound
+    (√d × its RMS bound when nothing tighter is known). Sound, and as loose as that sup; p < 1 is not Lipschitz."""
+    exponent = 2.0 if op.node.target in ("square", torch.square) else op.arg(1, "exponent")
+    if not op.inputs or op.arg(0, "input") not in op.inputs or not is_number(exponent):
+        return Semantics("unknown", (INF,) * max(1, len(op.inputs)), "pow", certified=False,
+                         reason="a power with a data-dependent exponent or base is not modelled")
+    p = float(exponent)
+    if p == 1.0:
+        return linear(Semantics("bond", (1.0,), "x^1", label="pow"))
+    if p < 1.0:
+        return Semantics("bond", (INF,), f"x^{p:g}", certified=False, smooth=False,
+                         reason=f"x^{p:g} has an unbounded slope near 0")
+    width = op.out_shape()[-1] if op.out_shape() else 1
+    sup = sup_bound(op.bounds[0], width)
+    slope = Semantics("bond", (p * sup ** (p - 1),), f"x^{p:g}: slope p·sup|x|^(p-1) with sup from the input bound",
+                      upper=sup ** p, label=f"x^{p:g}")
+    if p < 2.0 and p != int(p):  # 1 < p < 2: the slope is bounded, but x^(p-2) in the second derivative is not
+        return replace(slope, smooth=False, hessian=None)
+    return replace(slope, curvature=p * (p - 1) * sup ** (p - 2),
+                   hessian=p * (p - 1) * sup ** (p - 2) * math.sqrt(max(width, 1)))
+
+
+@register(torch.where, "where")
+def _where(op: OpView) -> Semantics:
+    condition = op.arg(0, "condition")
+    if condition in op.inputs:
+        return Semantics("bond", (INF,) * len(op.inputs), "where", certified=False, smooth=False,
+                         reason="torch.where on a condition computed from activations jumps between branches")
+    # A fixed mask picks each output element from one input or a constant: 1-Lipschitz in each data input (sum
+    # norm), affine, so no curvature. The RMS of a constant fill is at most its magnitude.
+    fills = [abs(v) for v in (op.arg(1, "input"), op.arg(2, "other")) if isinstance(v, (int, float))]
+    data = sum(b.upper for b in op.bounds) if op.bounds else 0.0
+    return linear(Semantics("bond", (1.0,) * len(op.inputs), "where with a fixed mask: a selection, 1-Lipschitz",
+                            upper=data + sum(fills)))
+
+
+@register(torch._assert, torch.fx._symbolic_trace._assert_is_none)
+def _assertion(op: OpView) -> Semantics:
+    return Semantics("constant", (0.0,) * len(op.inputs), "an assertion carries no data", upper=0.0)
+
+
+@register(nn.LeakyReLU, F.leaky_relu)
+def _leaky_relu(op: OpView) -> Semantics:
+    slope = op.module.negative_slope if op.module is not None else op.arg(1, "negative_slope", 0.01)
+    constant = max(1.0, abs(slope))
+    return Semantics("bond", (constant,), "leaky ReLU: max(1, |slope|)", smooth=False)
+
+
+# ------------------------------------------------------------------------------------------------ softmax family
+@register(nn.Softmax, F.softmax, torch.softmax, "softmax")
+def _softmax(op: OpView) -> Semantics:
+    # Jacobian diag p - p p^T: u^T J u = Var_p(u) <= 1/2 (l2), and each row has l1 norm 2p(1-p) <= 1/2 (§d.2).
+    width = op.out_shape()[-1] if op.out_shape() else 1
+    constant = 1.0 if op.profile == "modula" else 0.5
+    # D²p[a, b]_j = p_j((a_j - ā)(b_j - b̄) - Cov_p(a, b)): its l1 norm is <= 3 max|a| max|b| <= 3n ||a|| ||b||
+    # in RMS units, and ||.||_RMS <= ||.||_1 / sqrt(n): 3 sqrt(n).
+    return Semantics("bond", (constant,), "softmax: ||diag p - pp^T|| <= 1/2, §d.2", nominal=(1.0,),
+                     curvature=1.0, sup=1.0, upper=1.0 / math.sqrt(max(width, 1)) if width else 1.0,
+                     hessian=3 * math.sqrt(max(width, 1)))
+
+
+@register(nn.LogSoftmax, F.log_softmax, torch.log_softmax, "log_softmax")
+def _log_softmax(op: OpView) -> Semantics:
+    width = op.out_shape()[-1]
+    return Semantics("bond", (1.0 + math.sqrt(width),), "log_softmax: ||I - 1p^T|| <= 1 + sqrt(n)",
+                     upper=INF, reason="log-probabilities are unbounded")

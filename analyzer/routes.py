@@ -1,0 +1,67 @@
+"""The route chain: trace a model by the first route that gets through (fx with values, torch.export, the op log,
+the module hierarchy alone), each failure recorded. One function that knows every route, so that no route module
+imports another: tracing.py (fx, export), oplog.py and module_only.py each build on tracing.py only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .errors import ModnormError, short_path
+from .module_only import trace_modules
+from .oplog import trace_oplog
+from . import tracing
+from .tracing import TracedModel, _route_failure
+
+__all__ = ["trace"]
+
+
+def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
+          leaf_types: tuple[type, ...] = (), tracer: str = "auto") -> TracedModel:
+    """Trace `model` by the first route that gets through, each failure recorded in `attempts` with its file and
+    line: the shape-aware fx tracer, `torch.export` (non-strict, on meta), the op log (oplog.py), and last the
+    module hierarchy alone (module_only.py), which always succeeds and withholds what needs a graph.
+    `tracer="fx" | "export" | "oplog" | "modules"` forces one route and raises its failure."""
+    # routes are looked up on their module at call time, so a test may replace one (monkeypatch tracing.trace_fx)
+    routes = {
+        "fx": lambda attempts: tracing.trace_fx(model, example_inputs, user_file, leaf_types),
+        "export": lambda attempts: tracing.trace_export(model, example_inputs, user_file, attempts),
+        "oplog": lambda attempts: _explained(trace_oplog, "op log", model, example_inputs, user_file,
+                                             leaf_types, attempts),
+    }
+    if tracer in routes:
+        return routes[tracer]([])
+    if tracer == "modules":
+        return trace_modules(model, "forced with --tracer modules", [])
+    attempts: list[str] = []
+    failures: list[ModnormError] = []
+    for name, route in routes.items():
+        try:
+            traced = route(list(attempts))
+        except ModnormError as failure:
+            failures.append(failure)
+            where = f" at {short_path(failure.file)}:{failure.line}" if failure.file and failure.line else ""
+            problem = failure.problem if len(failure.problem) <= 400 else failure.problem[:399] + "…"
+            attempts.append(f"{'fx_values' if name == 'fx' else name}: failed{where} ({problem})")
+            continue
+        if attempts:
+            traced.attempts = [*attempts, *traced.attempts[-1:]]
+        return traced
+    first = failures[0]
+    return trace_modules(model, f"every graph route failed; the first stopped at "
+                                f"{short_path(first.file) if first.file else 'the model'}"
+                                f"{f':{first.line}' if first.line else ''}", attempts)
+
+
+def _explained(route: Any, label: str, model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None,
+               leaf_types: tuple[type, ...], attempts: list[str]) -> TracedModel:
+    try:
+        return route(model, example_inputs, user_file, leaf_types, attempts)
+    except ModnormError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - explained to the user
+        raise _route_failure(exc, f"the {label} cannot run", user_file,
+                             "a model built on the meta device has no values to branch on: make the branch depend "
+                             "on shapes, mark the module as a leaf (--leaf), or raise --max-params so the model is "
+                             "built on the CPU with real values") from exc

@@ -1,0 +1,183 @@
+"""Weight access for the calculus: the norms of parameters, measured on real weights, read from a checkpoint, or
+predicted from the init law on the meta device. The natural norm of each atom kind is modnorm.atoms'; this module
+only provides the raw norms (sigma_max, kernel slices, row RMS, max |w|) that entry functions ask for."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import atoms, initlaw, norms
+
+__all__ = ["WeightStore"]
+
+
+class WeightStore:
+    """Norms of parameters: measured on real weights, predicted from the init law on the meta device."""
+
+    def __init__(self, root: nn.Module, laws: dict[str, Any] | None = None, checkpoint: Any = None) -> None:
+        self.root = root
+        self.laws = laws or {}  # recorded init laws of meta parameters (initlaw.py)
+        self.checkpoint = checkpoint  # (weights.Checkpoint, model name -> stored name) for --weights PATH
+        self.graph_module: nn.Module | None = None  # where torch.export keeps lifted constants
+        self.predicted: dict[str, float] = {}  # the init-law prediction of a measured tensor's norm
+        self.measured: dict[str, float] = {}
+        self._cache: dict[tuple, tuple] = {}
+
+    def _law(self, name: str) -> tuple[Any, str]:
+        """The recorded init law of a meta tensor, or None with the reason the default law is used."""
+        law = self.laws.get(name)
+        if law is not None and law.known:
+            return law, f"predicted from {law.source}"
+        if law is not None:
+            return None, f"predicted from the default init ({law.source}: not understood)"
+        return None, "predicted from the default init"
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The parameter or buffer `name`; from the checkpoint when the model is on meta (read now, not kept).
+        Constants that torch.export lifted live on the graph module, not on the model."""
+        obj: Any = self.root
+        try:
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            if self.graph_module is None:
+                raise
+            obj = self.graph_module
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        if self.checkpoint is not None and isinstance(obj, torch.Tensor) and obj.is_meta:
+            stored, names = self.checkpoint
+            if name in names:
+                return stored.load(names[name]).to(torch.float64 if obj.is_floating_point() else obj.dtype)
+        return obj
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensor(name).shape)
+
+    def _owner(self, name: str) -> nn.Module | None:
+        path = name.rsplit(".", 1)[0] if "." in name else ""
+        try:
+            return self.root.get_submodule(path)
+        except AttributeError:
+            return None
+
+    def _cached(self, key: tuple, compute: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def _law_std(self, name: str) -> float:
+        """Entry std of PyTorch's default init for the owner's type (kaiming_uniform(a=sqrt5) for Linear/Conv)."""
+        owner, shape = self._owner(name), self.shape(name)
+        if isinstance(owner, nn.Embedding):
+            return 1.0
+        fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+        if isinstance(owner, (nn.Conv1d, nn.Conv2d)):
+            fan_in = math.prod(shape[1:])
+        return 1.0 / math.sqrt(3 * fan_in)
+
+    def spectral(self, name: str, transpose: bool = False) -> tuple[float, str]:
+        def compute() -> tuple[float, str]:
+            w = self.tensor(name)
+            rows, cols = w.shape[0], math.prod(w.shape[1:])
+            law, source = self._law(name)
+            if not w.is_meta:
+                measured = norms.spectral_norm(w.detach()).upper
+                if law is not None:  # both exist: keep the prediction for "predicted vs measured"
+                    self.predicted[name] = initlaw.spectral(law, *((cols, rows) if transpose else (rows, cols)))
+                    self.measured[name] = measured
+                return measured, "measured"
+            if transpose:
+                rows, cols = cols, rows
+            if law is not None:
+                return initlaw.spectral(law, rows, cols), source
+            std = self._law_std(name)
+            return std * (math.sqrt(rows) + math.sqrt(cols)), source
+        return self._cached(("spectral", name), compute)
+
+    def conv(self, name: str, groups: int) -> tuple[float, str]:
+        def compute() -> tuple[float, str]:
+            w = self.tensor(name)
+            c_out, c_in_g = w.shape[0], w.shape[1]
+            if not w.is_meta:
+                slices = atoms.Conv(tuple(w.shape), groups=groups).matrices(w.detach())
+                return norms.conv_kernel_norm(slices.permute(1, 2, 0)).upper, "measured"
+            law, source = self._law(name)
+            if law is not None and law.kind != "orthogonal":  # an orthogonal conv init is orthogonal as a whole
+                return initlaw.spectral(law, c_out // groups, c_in_g) * 1.05, source
+            std = self._law_std(name)
+            return std * (math.sqrt(c_out // groups) + math.sqrt(c_in_g)) * 1.05, source
+        return self._cached(("conv", name, groups), compute)
+
+    def row_rms(self, name: str) -> tuple[float, float, str]:
+        def compute() -> tuple[float, float, str]:
+            w = self.tensor(name)
+            n, d = w.shape
+            law, source = self._law(name)
+            if not w.is_meta:
+                rms = w.detach().double().pow(2).mean(1).sqrt()
+                if law is not None:
+                    self.predicted[name], self.measured[name] = initlaw.row_rms(law, n, d), float(rms.max())
+                return float(rms.max()), float(rms.min()), "measured"
+            if law is not None:
+                return initlaw.row_rms(law, n, d), 0.0, source
+            std = self._law_std(name)
+            return std * (1 + math.sqrt(math.log(max(n, 2)) / d)), 0.0, source
+        return self._cached(("row_rms", name), compute)
+
+    def abs_max(self, name: str) -> tuple[float, str]:
+        def compute() -> tuple[float, str]:
+            w = self.tensor(name)
+            if not w.is_meta:
+                return float(w.detach().abs().max()) if w.numel() else 0.0, "measured"
+            law, source = self._law(name)
+            if law is not None and not math.isnan(initlaw.abs_max(law, w.numel())):
+                return initlaw.abs_max(law, w.numel()), source
+            if w.dim() == 1:  # normalization gains initialise to ones
+                return 1.0, source
+            return math.sqrt(3) * self._law_std(name), source
+        return self._cached(("abs_max", name), compute)
+
+    def abs_min(self, name: str) -> tuple[float, str]:
+        w = self.tensor(name)
+        if not w.is_meta:
+            return float(w.detach().abs().min()) if w.numel() else 0.0, "measured"
+        law, source = self._law(name)
+        if law is not None and law.kind == "constant":
+            return abs(law.mean), source
+        return (1.0 if w.dim() == 1 and law is None else 0.0), source
+
+    def rms(self, name: str) -> tuple[float, str]:
+        def compute() -> tuple[float, str]:
+            w = self.tensor(name)
+            if not w.is_meta:
+                return float(w.detach().double().pow(2).mean().sqrt()) if w.numel() else 0.0, "measured"
+            law, source = self._law(name)
+            if law is not None and not math.isnan(initlaw.rms(law)):
+                return initlaw.rms(law), source
+            owner = self._owner(name)
+            if isinstance(owner, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
+                return 0.0, source
+            weight = getattr(owner, "weight", None)
+            fan_in = math.prod(weight.shape[1:]) if weight is not None and weight.dim() > 1 else w.shape[0]
+            return 1.0 / math.sqrt(3 * fan_in), source
+        return self._cached(("rms", name), compute)
+
+    def max_row_l1(self, name: str) -> tuple[float, str]:
+        w = self.tensor(name)
+        if not w.is_meta:
+            return float(w.detach().abs().sum(1).max()), "measured"
+        fan_in = w.shape[1]
+        return fan_in * math.sqrt(3) * self._law_std(name), "predicted (worst case of the init law)"
+
+    def batch_norm(self, prefix: str, eps: float) -> tuple[float, str]:
+        module = self.root.get_submodule(prefix)
+        var = self.tensor(f"{prefix}.running_var") if module.running_var is not None else None
+        if var is None or var.is_meta:
+            return 1.0 / math.sqrt(1.0 + eps), "predicted"
+        gamma = self.tensor(f"{prefix}.weight").detach().abs() if module.weight is not None else torch.ones_like(var)
+        return float((gamma / (var + eps).sqrt()).max()), "measured"

@@ -1,0 +1,170 @@
+"""Issue 15, one test per construct whose certified bound measurement exceeded: each *measures* (float64 gradient
+ascent in modnorm's norms, tests/adversary.py) and asserts measured <= bound. Those that fail today are
+xfail(strict=True) with their cause, so the fix flips them and the strict mark tells the fixer to remove it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import jvp
+
+import modnorm
+from tests.adversary import Budget, Case, explain, measure_case, rms_max
+
+SEARCH = Budget(examples=1, restarts=3, steps=50)
+
+
+class Fn(nn.Module):
+    """A model written as a function of (self, x), with the layers it uses."""
+
+    def __init__(self, fn, **layers: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+        for name, layer in layers.items():
+            setattr(self, name, layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self, x)
+
+
+def bn(channels: int, bias: float) -> nn.Module:
+    layer = nn.BatchNorm1d(channels)
+    with torch.no_grad():
+        layer.bias.fill_(bias)
+    return layer.eval()
+
+
+def fc(n: int, m: int | None = None, bias: bool = True) -> nn.Linear:
+    return nn.Linear(n, m or n, bias=bias)
+
+
+def identity(n: int) -> nn.Linear:
+    layer = nn.Linear(n, n, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(n))
+    return layer
+
+
+def one_column(n: int) -> nn.Linear:
+    """Every output copies feature 0: natural norm sqrt(n) (σ = sqrt(n)), but every row has l1 norm 1, so judged
+    as a map across positions (inf -> inf) it looks 1-Lipschitz."""
+    layer = nn.Linear(n, n, bias=False)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight[:, 0] = 1.0
+    return layer
+
+
+def _case(label: str, fn, shape: tuple[int, ...], atoms: tuple[str, ...] = (), **layers: nn.Module) -> Case:
+    torch.manual_seed(0)
+    layers = {k: v() if callable(v) and not isinstance(v, nn.Module) else v for k, v in layers.items()}
+    return Case(label, Fn(fn, **layers).double().eval(), torch.randn(shape, dtype=torch.float64), atoms)
+
+
+def xfail(cause: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=cause)
+
+
+# (id, builder, cause if it fails today). Builders are lambdas so that collection stays cheap.
+ROWS = [
+    pytest.param(lambda: _case("ELU(alpha=3)", lambda s, x: s.f(x), (2, 5, 16), f=nn.ELU(alpha=3.0)),
+                 id="elu-alpha", marks=xfail("the ELU bond ignores alpha: its slope is max(1, alpha)")),
+    pytest.param(lambda: _case("x.unbind(-1)[0]", lambda s, x: x.unbind(-1)[0], (1, 8, 64)),
+                 id="unbind-feature-axis",
+                 marks=xfail("unbinding the feature axis costs sqrt(d), not 1: the result's last axis is tokens")),
+    pytest.param(lambda: _case("head(stack([l1(x), l2(x)], 0).mean(0))",
+                               lambda s, x: s.head(torch.stack([s.l1(x), s.l2(x)], 0).mean(0)), (1, 4, 64),
+                               l1=identity(64), l2=identity(64), head=one_column(64)),
+                 id="stack-dim0-mean",
+                 marks=xfail("stack(dim=0) keeps the old feature-axis index; the head is judged in the wrong norm")),
+    pytest.param(lambda: _case("x.transpose(1, 2) @ x", lambda s, x: x.transpose(1, 2) @ x, (1, 4, 64)),
+                 id="transpose-matmul", marks=xfail("the activation matmul rule assumes A's feature axis is last")),
+    pytest.param(lambda: _case("softmax(20 x, dim=1)", lambda s, x: torch.softmax(20 * x, dim=1), (1, 65, 64)),
+                 id="softmax-dim", marks=xfail("softmax ignores dim for its constant and its output bound")),
+    pytest.param(lambda: _case("eval BatchNorm1d bias 10, then h*h", lambda s, x: s.bn(x) * s.bn(x), (4, 8),
+                               bn=bn(8, 10.0)),
+                 id="batchnorm-shift", marks=xfail("BN's output bound drops the shift beta - gamma mu / sigma")),
+    pytest.param(lambda: _case("1.0 / fc(x)", lambda s, x: 1.0 / s.fc(x), (2, 3, 8), fc=fc(8)),
+                 id="reciprocal-of-atom", marks=xfail("c / atom(x) is fused as atom(x) / c")),
+    pytest.param(lambda: _case("x * x on NCHW", lambda s, x: x * x, (1, 64, 2, 2)), id="nchw-product",
+                 marks=xfail("products and powers take the width from the last axis (W) instead of channels")),
+    pytest.param(lambda: _case("x * sigmoid(x) on NCHW", lambda s, x: x * torch.sigmoid(x), (1, 64, 2, 2)),
+                 id="nchw-gating"),
+    pytest.param(lambda: _case("GroupNorm(1, 4) on 16x16", lambda s, x: s.gn(x), (1, 4, 16, 16), ("gn.weight",),
+                               gn=nn.GroupNorm(1, 4)),
+                 id="groupnorm", marks=xfail("group normalizers couple positions: the per-position 1/sqrt(eps) "
+                                             "does not hold, and the gain's input ||n(x)|| exceeds 1")),
+    pytest.param(lambda: _case("LayerNorm([256, 4]) over (T, D), then h*h", lambda s, x: s.ln(x) * s.ln(x),
+                               (1, 256, 4), ln=nn.LayerNorm([256, 4])),
+                 id="multi-axis-layernorm", marks=xfail("multi-axis LayerNorm couples positions: the per-position "
+                                                        "1/sqrt(eps) does not hold")),
+    pytest.param(lambda: _case("rms pattern whose mean square has another user",
+                               lambda s, x: x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+                               + 10 * x.pow(2).mean(-1, keepdim=True), (2, 3, 8)),
+                 id="pattern-absorbs-shared-node"),
+    pytest.param(lambda: _case("attention with an additive bias computed from the input", _attention_with_bias,
+                               (1, 6, 8), qkv=fc(8, 24, bias=False)),
+                 id="attention-bias-from-input",
+                 marks=xfail("an additive attention bias computed from the input is absorbed without becoming an "
+                             "input of the fused attention")),
+    pytest.param(lambda: _case("Conv1d on (B, C, L)", lambda s, x: s.conv(x), (1, 8, 32), conv=nn.Conv1d(8, 8, 3)),
+                 id="conv1d-feature-axis"),  # found only intermittently today (1.78 > 1.65 in one search): no
+    # strict mark until the search finds it every time; the feature-axis convention conflict is real (issue 15)
+    pytest.param(lambda: _case("fc(x.transpose(1, 2)) (token mixing)",
+                               lambda s, x: s.fc(x.transpose(1, 2)).transpose(1, 2), (1, 64, 16), ("fc.weight",),
+                               fc=fc(64)),
+                 id="linear-across-tokens-weight",
+                 marks=xfail("a Linear across tokens is bounded by an inf->inf-type norm, up to sqrt(T) larger than "
+                             "its spectral natural norm: the weight-perturbation bound uses the latter")),
+    pytest.param(lambda: _case("eval BN bias 3, then Linear", lambda s, x: s.fc(s.bn(x)), (4, 8), ("fc.weight",),
+                               bn=bn(8, 3.0), fc=fc(8)),
+                 id="batchnorm-bias-before-linear",
+                 marks=xfail("BN's output bound drops its shift, so R(x) of the next atom is too small")),
+    pytest.param(lambda: _case("fc(softmax(x, dim=1))", lambda s, x: s.fc(torch.softmax(x, dim=1)), (1, 16, 64),
+                               ("fc.weight",), fc=fc(64)),
+                 id="linear-after-softmax-dim1",
+                 marks=xfail("softmax's output bound 1/sqrt(n) assumes dim is the feature axis")),
+]
+
+
+def _attention_with_bias(s: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    q, k, v = s.qkv(x).split(8, -1)
+    bias = 10 * x.mean(-1).unsqueeze(1)  # (B, 1, T): an additive logit bias computed from the input
+    return torch.softmax(q @ k.transpose(-2, -1) / 8 + bias, dim=-1) @ v
+
+
+@pytest.mark.parametrize("build", ROWS)
+def test_measured_never_exceeds_the_bound(build) -> None:
+    case = build()
+    measurements = measure_case(case, SEARCH)
+    assert all(m.holds for m in measurements), explain(case, measurements)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="--norm-input-rms is an assumption: inside the unit ball a LayerNorm input "
+                   "can fall below RMS 1, yet the bound is printed as certified")
+def test_norm_input_rms_assumption_is_not_a_certified_bound() -> None:
+    """With --norm-input-rms 1 the bound either holds in the whole unit ball, or is not labelled certified."""
+    case = _case("LayerNorm with --norm-input-rms 1", lambda s, x: s.ln(x), (2, 4, 16), ln=nn.LayerNorm(16))
+    case.options = {"norm_input_rms": 1.0}
+    (measurement,) = measure_case(case, SEARCH)
+    network = modnorm.analyze(case.model, case.x, norm_input_rms=1.0).network
+    assert measurement.holds or not network.certified, (measurement, network.certified)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Softplus curvature is hard-coded for beta = 1 (max |phi''| = beta / 4)")
+def test_softplus_curvature_reads_beta() -> None:
+    """γ bounds the input-input second derivative ||D²f[u, u]|| over unit u; softplus(beta) reaches beta/4."""
+    beta, width = 10.0, 8
+    model = nn.Sequential(nn.Softplus(beta=beta)).double().eval()
+    x = torch.zeros(1, 1, width, dtype=torch.float64)  # phi'' is largest at 0: beta sigma(0)(1 - sigma(0)) = beta/4
+    u = torch.zeros_like(x)
+    u[..., 0] = math.sqrt(width)  # unit RMS, all of it on one entry: ||phi''(0) u²||_RMS = (beta/4) sqrt(width)
+    second = jvp(lambda z: jvp(model, (z,), (u,))[1], (x,), (u,))[1]
+    measured = float(rms_max(second))
+    sharpness = modnorm.analyze(model, x).network.sharpness
+    assert measured <= sharpness.gamma * (1 + 1e-6), (measured, sharpness.gamma)
