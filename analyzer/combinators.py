@@ -1,4 +1,5 @@
-"""The paper's combinators on sensitivities (theory.md §b.1): what the passes (calculus, sharpness) compose with."""
+"""The paper's combinators on sensitivities (docs/theory/modular-norm.md#composition): what the passes (calculus,
+sharpness) compose with."""
 
 from __future__ import annotations
 

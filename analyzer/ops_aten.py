@@ -66,5 +66,5 @@ def _aten_batch_norm(op: OpView) -> Semantics:
     if weight is None:
         return unknown_weight(op, "batch norm whose statistics are not buffers")
     slope, origin = op.weights.batch_norm(weight.rsplit(".", 1)[0], op.arg(7, "eps", 1e-5))
-    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps), §d.2",
+    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps)",
                             fdim=1, label="BatchNorm", info={"origin": origin}))

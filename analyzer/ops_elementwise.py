@@ -14,7 +14,7 @@ from .registry import GELU_SLOPE, INF, OpView, SILU_SLOPE, SQRT2, Semantics, bon
 
 
 # ----------------------------------------------------------------------------------------------- elementwise bonds
-# Curvatures max |phi''| (sharpness, §e.4), each derived here and measured on a grid in tests/test_constants.py:
+# Curvatures max |phi''| (sharpness), each derived here and measured on a grid in tests/test_constants.py:
 #   GELU   x·Φ(x): phi'' = φ(x)(2 - x²), largest at 0: 2φ(0) = √(2/π) = 0.797885 -> 0.7979 (rounded up); the tanh
 #          form has the same value at 0 (it matches erf-GELU to third order there).
 #   SiLU   x·σ(x): phi'' = σ'(x)(2 + x(1 - 2σ(x))), largest at 0: 2σ'(0) = 1/2.
@@ -24,14 +24,14 @@ from .registry import GELU_SLOPE, INF, OpView, SILU_SLOPE, SQRT2, Semantics, bon
 #   Mish   no closed form: measured max |phi''| = 0.64420 on [-30, 30] (grid step 1e-4) -> 0.6443.
 #   QuickGELU  x·σ(1.702x) = silu(1.702x)/1.702: phi'' = 1.702·silu''(1.702x), largest 1.702/2 = 0.851.
 bond(nn.ReLU, F.relu, torch.relu, "relu", "relu_", F.relu_, torch.relu_, certified=1.0, modula=1 / SQRT2,
-     smooth=False, source="ReLU: Jacobian diag(1[x>0]) has norm 1 (Modula's 1/sqrt2 is typical-case), §d.1")
+     smooth=False, source="ReLU: Jacobian diag(1[x>0]) has norm 1 (Modula's 1/sqrt2 is typical-case)")
 bond(nn.GELU, F.gelu, "gelu", certified=GELU_SLOPE, modula=1 / SQRT2, curvature=0.7979,
-     source="GELU: max gelu' = 1.12900 (Modula nominal 1/sqrt2), §d.1")
-bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0999, §d.2")
+     source="GELU: max gelu' = 1.12900 (Modula nominal 1/sqrt2)")
+bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0999")
 bond(nn.Tanh, torch.tanh, F.tanh, "tanh", certified=1.0, curvature=0.7698, sup=1.0,
-     source="tanh: max tanh' = 1, §d.2")
+     source="tanh: max tanh' = 1")
 bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.09623, sup=1.0, at_zero=0.5,
-     source="sigmoid: max sigma' = 1/4, max |sigma''| = 1/(6 sqrt 3), §d.2")
+     source="sigmoid: max sigma' = 1/4, max |sigma''| = 1/(6 sqrt 3)")
 bond(nn.Hardtanh, F.hardtanh, nn.ReLU6, F.relu6, certified=1.0, smooth=False, sup=6.0, source="clip: 1-Lipschitz")
 bond(nn.Hardswish, F.hardswish, certified=1.5, smooth=False, source="hardswish: max slope (2x+3)/6 = 1.5 at x=3")
 bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6 + 1e-8, smooth=False, sup=1.0, at_zero=0.5,
@@ -39,11 +39,11 @@ bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6 + 1e-8, smooth=False, sup=1.
 bond(nn.Softplus, F.softplus, certified=1.0, curvature=0.25, at_zero=math.log(2), source="softplus: slope < 1")
 bond(nn.Mish, F.mish, certified=1.089, curvature=0.6443, source="mish: max slope 1.089")
 bond(nn.ELU, F.elu, certified=1.0, smooth=False, source="ELU(alpha=1): slope <= 1")
-bond(torch.abs, "abs", operator.abs, certified=1.0, smooth=False, source="abs: Jacobian diag(sign x), §d.1")
+bond(torch.abs, "abs", operator.abs, certified=1.0, smooth=False, source="abs: Jacobian diag(sign x)")
 bond(operator.neg, torch.neg, "neg", certified=1.0, source="negation is an isometry")
 bond(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, F.dropout, "contiguous", "clone", "detach",
      "float", "double", "half", "bfloat16", "to", "type", "type_as", "requires_grad_", certified=1.0,
-     source="identity in eval mode (dropout analysed in eval mode), §d.2")
+     source="identity in eval mode (dropout analysed in eval mode)")
 
 
 # Activation modules of libraries modnorm does not import, registered by qualified class name. The tracer keeps
@@ -115,7 +115,7 @@ def _softmax(op: OpView) -> Semantics:
     constant = 1.0 if op.profile == "modula" else 0.5
     # D²p[a, b]_j = p_j((a_j - ā)(b_j - b̄) - Cov_p(a, b)): its l1 norm is <= 3 max|a| max|b| <= 3n ||a|| ||b||
     # in RMS units, and ||.||_RMS <= ||.||_1 / sqrt(n): 3 sqrt(n).
-    return Semantics("bond", (constant,), "softmax: ||diag p - pp^T|| <= 1/2, §d.2", nominal=(1.0,),
+    return Semantics("bond", (constant,), "softmax: ||diag p - pp^T|| <= 1/2", nominal=(1.0,),
                      curvature=1.0, sup=1.0, upper=1.0 / math.sqrt(max(width, 1)) if width else 1.0,
                      hessian=3 * math.sqrt(max(width, 1)))
 

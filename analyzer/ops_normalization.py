@@ -14,7 +14,7 @@ from .registry import AtomSpec, INF, OpView, Semantics, linear, register
 # ---------------------------------------------------------------------------------------------- normalization
 def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, centred: bool,
                   label: str) -> Semantics:
-    """LayerNorm/RMSNorm/RMSDivide: ||w||_inf / max(input RMS floor, sqrt(eps)), theory.md §d.1-§d.2.
+    """LayerNorm/RMSNorm/RMSDivide: ||w||_inf / max(input RMS floor, sqrt(eps)), docs/theory/constants.md#normalization.
 
     The floor is the forward pass's lower bound on the input RMS (for RMS-type norms only: a lower bound on the
     RMS says nothing about the centred RMS), sqrt(eps), or the user's --norm-input-rms assumption. Targets use
@@ -49,7 +49,8 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
 
 
 def _normalization_hessian(w_max: float, floor: float, profile: str, certified: bool) -> float | None:
-    """||D²(w ⊙ n(x))|| <= ||w||_inf (2/sqrt3) / r² in RMS units, r² = (input RMS floor)² + eps (theory.md §e.4:
+    """||D²(w ⊙ n(x))|| <= ||w||_inf (2/sqrt3) / r² in RMS units, r² = (input RMS floor)² + eps
+    (docs/theory/sharpness.md#atoms-and-bonds:
     x ↦ √d x/||x̃|| with x̃ = (x, √(d eps)) is the sphere map after an isometric embedding). Modula's profile
     assumes input RMS >= 1."""
     if profile == "modula":
@@ -100,5 +101,5 @@ def _batch_norm(op: OpView) -> Semantics:
     # Eval mode: a per-channel affine map with slope |gamma_c| / sqrt(running_var_c + eps), §d.2.
     slope, origin = op.weights.batch_norm(op.node.target, op.module.eps)
     # origin is "measured" (running statistics read) or "predicted" (meta device: var = 1, the init value)
-    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps), §d.2",
+    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps)",
                             fdim=1, label="BatchNorm", info={"origin": origin}))
