@@ -91,8 +91,12 @@ def _continuous_fixtures():
     return cases
 
 
+SLOW_TOKEN_MODELS = {"nanogpt", "llama_block", "bert_encoder"}  # tens of CPU seconds each: CI's slow step
+
+
 def _token_fixtures():
-    return _fixtures(token_ids=True)
+    return [pytest.param(*case.values, id=case.id, marks=pytest.mark.slow) if case.id in SLOW_TOKEN_MODELS else case
+            for case in _fixtures(token_ids=True)]
 
 
 def first_output(out):
@@ -128,10 +132,12 @@ def input_shape_of(model, x, module):
     return seen[0]
 
 
-def check_atoms_alone(model, x, analysis):
+def check_atoms_alone(model, x, analysis, kinds_to_measure=("Linear", "Conv1d", "Conv2d", "Embedding", "Gain")):
     """Each atom's sensitivity (its effective operator norm) bounds the atom alone, measured on real weights."""
     kinds = set()
     for layer in analysis.layers:
+        if layer.kind not in kinds_to_measure:
+            continue
         if layer.kind in ("Linear", "Conv1d", "Conv2d"):
             measured = measure_matrix_atom(model, analysis, layer)
         elif layer.kind == "Embedding":
@@ -230,7 +236,7 @@ def test_token_models_are_bounded_from_each_embedding(model, tokens):
 
         try:
             with sdpa_kernel(SDPBackend.MATH):
-                measured = measured_lipschitz(logits, torch.zeros(shape, dtype=torch.float64), -1, -1, steps=12)
+                measured = measured_lipschitz(logits, torch.zeros(shape, dtype=torch.float64), -1, -1, steps=8)
         finally:
             handle.remove()
         bound = layer.downstream_sensitivity
@@ -239,5 +245,5 @@ def test_token_models_are_bounded_from_each_embedding(model, tokens):
             assert 0 < measured <= bound * (1 + 1e-6), (layer.name, measured, bound)
         else:
             assert not analysis.network.certified
-    kinds = check_atoms_alone(model, tokens, analysis)
+    kinds = check_atoms_alone(model, tokens, analysis, ("Embedding", "Gain"))  # Linear: the continuous models
     assert "Embedding" in kinds
