@@ -5,7 +5,7 @@ estimate of the true Lipschitz constant in that norm: power iteration on JᵀJ (
 unit-RMS inputs gives directions Δx; each gives the ratio ‖JΔx‖ / ‖Δx‖, and the largest ratio must stay below
 the static bound. The ratio measured/bound (tightness) is printed.
 
-Models on continuous inputs are measured from their input; models on token ids (nanoGPT, Llama, BERT, the tied LM,
+Models on continuous inputs are measured from their input; models on token ids (nanoGPT, Llama, the tied LM,
 Modula's GPT) from each embedding's output, whose downstream sensitivity bounds how the logits move. Every atom kind
 is measured alone: Linear, Conv1d, Conv2d, Embedding (ℓ1 → RMS: the largest row), and the gains of normalizations.
 """
