@@ -1,4 +1,5 @@
-"""Atom kinds: one class per kind of weight, and the one place that knows its natural norm (theory.md §c.2).
+"""Atom kinds: one class per kind of weight, and the one place that knows its natural norm
+(docs/theory/constants.md#atoms).
 
 An atom is a weight tensor with a forward multiplier `scale` (|c| in `c · x Wᵀ`). Its natural norm is the operator
 norm of the map it computes, in the RMS norms of its input and output features:

@@ -1,5 +1,5 @@
 """The modular-norm calculus on an fx graph: a forward pass of semantics and RMS bounds, then a backward pass
-of downstream sensitivities, masses, targets and residual structure (theory.md §b.3).
+of downstream sensitivities, masses, targets and residual structure (docs/theory/dag.md#path-sum).
 
 Forward (topological order): every node gets its semantics from the registry (or from a recognised pattern),
 the Lipschitz constant w.r.t. each data input, and upper/lower bounds on its output RMS. Backward: for every
@@ -165,7 +165,7 @@ def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[Record], ctx: Con
         if fused is not None and fused.kind == "rms_norm":
             return _rms_pattern(view, fused)
         if fused is not None and fused.kind == "mean_subtract":
-            return linear(Semantics("bond", (1.0,), "MeanSubtract: orthogonal projection I - 11ᵀ/d, §d.1",
+            return linear(Semantics("bond", (1.0,), "MeanSubtract: orthogonal projection I - 11ᵀ/d",
                              label="MeanSubtract"))
         if fused is not None and fused.kind == "attention":
             return semantics.attention(view, fused.info["scale"], "attention (by hand)")
@@ -259,7 +259,7 @@ def _forward(traced: TracedModel, ctx: Context) -> list[Record]:
                 continue
             sem = _evaluate(node, group, inputs, ctx)
             value = node.meta.get("value")
-            if sem.kind == "atom" and sem.atom.kind != "Gain":  # a well-normed atom has sensitivity 1 (§a)
+            if sem.kind == "atom" and sem.atom.kind != "Gain":  # well-normed: sensitivity 1
                 sem = replace(sem, design=(1.0,) * len(sem.lipschitz), nominal=(1.0,) * len(sem.lipschitz))
                 if ctx.options.profile == "modula":
                     sem = replace(sem, lipschitz=sem.nominal)

@@ -489,12 +489,14 @@ def explain_rule(code: str = typer.Argument(..., help="A rule code, e.g. MN201."
     if rule is None:
         _fail(f"unknown rule `{code}`; `modnorm rules` lists them")
         return
-    doc = inspect.cleandoc(rule.__doc__ or "")
+    from .docsite import absolute_links, rule_page, rule_url
+
+    doc = absolute_links(inspect.cleandoc(rule.__doc__ or ""), rule_page(rule.code))
     if output_format == "json":
         typer.echo(json.dumps({"code": rule.code, "name": rule.name, "severity": rule.severity,
-                               "options": rule.options, "doc": doc}, indent=2))
+                               "options": rule.options, "doc": doc, "url": rule_url(rule.code)}, indent=2))
     else:
-        typer.echo(f"# {rule.code} {rule.name} ({rule.severity})\n\n{doc}")
+        typer.echo(f"# {rule.code} {rule.name} ({rule.severity})\n\n{doc}\n\nOnline: {rule_url(rule.code)}")
 
 
 def main() -> None:

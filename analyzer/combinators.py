@@ -1,4 +1,5 @@
-"""The paper's combinators on sensitivities (theory.md §b.1): what the passes (calculus, sharpness) compose with."""
+"""The paper's combinators on sensitivities (docs/theory/modular-norm.md#composition): what the passes (calculus,
+sharpness) compose with."""
 
 from __future__ import annotations
 
@@ -12,5 +13,5 @@ def series(first: float, then: float) -> float:
 
 
 def parallel(*branches: float) -> float:
-    """Sensitivity of a fan-out whose branches are summed: sensitivities add (§b.1, concatenation + Add)."""
+    """Sensitivity of a fan-out whose branches are summed: sensitivities add (concatenation + Add, docs/theory)."""
     return sum(branches)

@@ -101,14 +101,16 @@ def fingerprint(f: Finding) -> str:
 def _sarif_rule(rule: Any) -> dict[str, Any]:
     import inspect
 
-    doc = inspect.cleandoc(rule.__doc__ or "")
+    from .docsite import absolute_links, rule_page, rule_url
+
+    doc = absolute_links(inspect.cleandoc(rule.__doc__ or ""), rule_page(rule.code))
     summary = " ".join(doc.split("## What it does")[-1].split("##")[0].split())
     return {
         "id": rule.code, "name": _camel(rule.name),
         "shortDescription": {"text": f"{rule.code} {rule.name}"},
         "fullDescription": {"text": summary},
         "help": {"text": doc, "markdown": doc},
-        "helpUri": f"https://github.com/modnorm/modnorm#{rule.code.lower()}",
+        "helpUri": rule_url(rule.code),
         "defaultConfiguration": {"level": _SARIF_LEVEL[rule.severity]},
         "properties": {"tags": ["modnorm", rule.name]},
     }

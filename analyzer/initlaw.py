@@ -8,8 +8,9 @@ inherits the law of the tensor it wraps. Anything else that writes into a record
 `copy_` from elsewhere) marks its law "modified": the prediction then falls back to the layer's default law and
 says so, rather than pretend.
 
-Prediction (theory.md §c.2): for iid entries of mean μ and standard deviation s, an m×n matrix has
+Prediction: for iid entries of mean μ and standard deviation s, an m×n matrix has
 σ_max ≈ s(√m + √n) + |μ|√(mn) (Bai–Yin, plus the rank-one mean); an orthogonal init with gain g has σ_max = g.
+See docs/theory/constants.md#default-init.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def _add(op: OpView) -> Semantics:
     alpha = alpha if is_number(alpha) else 1
     if n >= 2:
         lipschitz = (1.0, abs(alpha)) if n == 2 else (1.0,) * n
-        return linear(Semantics("bond", lipschitz, "Add: triangle inequality (sum norm on the pair), §d.1",
+        return linear(Semantics("bond", lipschitz, "Add: triangle inequality (sum norm on the pair)",
                          tags=("merge",), label="add"))
     shift = _shift_rms(op)
     upper = op.bounds[0].upper + shift if op.bounds else None
@@ -106,11 +106,11 @@ def _gain(op: OpView, param: str, source: str) -> Semantics:
     largest, origin = op.weights.abs_max(param)
     shape = tuple(getattr(op.weights, "shape")(param))
     atom = AtomSpec(atoms.Gain.kind, param, shape, atoms.Gain(shape).factor * largest, origin, params=(param,))
-    return linear(Semantics("atom", (largest,), "diagonal gain: ||diag w|| = max|w|, §d.2", atom=atom, label="gain"))
+    return linear(Semantics("atom", (largest,), "diagonal gain: ||diag w|| = max|w|", atom=atom, label="gain"))
 
 
 def _product(op: OpView) -> Semantics:
-    # d(a*b) = da*b + a*db: w.r.t. a the constant is ||b||_inf (theory.md §d.2, elementwise product).
+    # d(a*b) = da*b + a*db: w.r.t. a the constant is ||b||_inf (docs/theory/constants.md#products).
     width = output_feature_width(op)
     a, b = op.bounds
     sup_a, sup_b = sup_bound(a, width), sup_bound(b, width)
@@ -118,7 +118,7 @@ def _product(op: OpView) -> Semantics:
     reason = ("product of two activations: bounded only through ||x||_inf <= sqrt(d) ||x||_RMS"
               if via_rms else "")
     # D²(a ⊙ b)[(a1, b1), (a2, b2)] = a1 ⊙ b2 + a2 ⊙ b1, and ||a1 ⊙ b2|| <= sqrt(d) ||a1|| ||b2|| in RMS norms.
-    return Semantics("bond", (sup_b, sup_a), "elementwise product: ||b||_inf and ||a||_inf, §d.2",
+    return Semantics("bond", (sup_b, sup_a), "elementwise product: ||b||_inf and ||a||_inf",
                      upper=min(sup_a * b.upper, sup_b * a.upper), reason=reason, tags=("product",),
                      smooth=True, curvature=1.0, label="a ⊙ b", hessian=math.sqrt(width))
 
@@ -126,7 +126,7 @@ def _product(op: OpView) -> Semantics:
 # ---------------------------------------------------------------------------------------------------- reductions
 @register(torch.mean, "mean")
 def _mean(op: OpView) -> Semantics:
-    return linear(Semantics("bond", (1.0,), "mean: Jensen, ||mean x|| <= ||x||, §d.1", fdim=_reduced_fdim(op),
+    return linear(Semantics("bond", (1.0,), "mean: Jensen, ||mean x|| <= ||x||", fdim=_reduced_fdim(op),
                      label="mean"))
 
 
@@ -134,7 +134,7 @@ def _mean(op: OpView) -> Semantics:
 def _sum(op: OpView) -> Semantics:
     in_shape, out_shape = op.in_shape(0), op.out_shape()
     count = max(1, math.prod(in_shape) // max(1, math.prod(out_shape)))
-    return linear(Semantics("bond", (float(count),), f"sum over {count} entries = {count} x mean, §d.2",
+    return linear(Semantics("bond", (float(count),), f"sum over {count} entries = {count} x mean",
                      fdim=_reduced_fdim(op), label="sum"))
 
 

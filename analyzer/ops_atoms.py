@@ -27,12 +27,12 @@ def _linear_atom(op: OpView, weight: str, bias: str | None, transposed: bool = F
     atom = AtomSpec(geometry.kind, weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p),
                     bias_rms, factor=geometry.factor)
     fdim = first_fdim(op)
-    if fdim != len(op.in_shape(0)) - 1:  # mixes positions (token-mixing MLP): max-row l1 norm, §d.2
+    if fdim != len(op.in_shape(0)) - 1:  # mixes positions (token-mixing MLP): max-row l1 norm, docs/theory/constants.md#bonds
         row_l1, origin = op.weights.max_row_l1(weight)
         constant = scale * row_l1
         return linear(Semantics("atom", (constant,), "Linear over a position axis: ||W||_inf->inf", atom=atom, fdim=fdim,
                          upper=constant * op.bounds[0].upper + bias_rms, label="Linear (positions)"))
-    return linear(Semantics("atom", (norm,), "Linear: |c| sqrt(in/out) ||W||_*, §c.2", atom=atom,
+    return linear(Semantics("atom", (norm,), "Linear: |c| sqrt(in/out) ||W||_*", atom=atom,
                      upper=norm * op.bounds[0].upper + bias_rms if op.bounds else None, label="Linear"))
 
 
@@ -69,10 +69,10 @@ def _matmul(op: OpView) -> Semantics:
             fan_in, fan_out = value.shape
             return linear(Semantics("bond", (norm * math.sqrt(fan_in / fan_out),), "constant matrix: ||M||_RMS->RMS"))
         return unknown_weight(op, "matmul with a constant of unknown value")
-    # Two activations: |(AB)_i| <= k ||A_i||_RMS max_l ||B_l||_RMS (theory.md §d.2, matmul of activations).
+    # Two activations: |(AB)_i| <= k ||A_i||_RMS max_l ||B_l||_RMS (docs/theory/constants.md#products).
     a, b = op.bounds
     k = op.in_shape(0)[-1]
-    return Semantics("bond", (k * b.upper, k * a.upper), "matmul of activations: k ||B||, k ||A||, §d.2",
+    return Semantics("bond", (k * b.upper, k * a.upper), "matmul of activations: k ||B||, k ||A||",
                      upper=k * a.upper * b.upper, tags=("product",), label="A @ B",
                      reason="product of two activations: certified through their RMS upper bounds")
 
@@ -90,7 +90,7 @@ def _conv_atom(op: OpView, weight: str, bias: str | None, groups: int) -> Semant
     kind = atoms.Conv.kind_of(shape)
     atom = AtomSpec(kind, weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p), bias_rms,
                     factor=geometry.factor, groups=groups)
-    return linear(Semantics("atom", (norm,), "Conv: |c| k^2 sqrt(in/out) max_ij ||W_ij||_*, §c.2", atom=atom, fdim=1,
+    return linear(Semantics("atom", (norm,), "Conv: |c| k^2 sqrt(in/out) max_ij ||W_ij||_*", atom=atom, fdim=1,
                      upper=norm * op.bounds[0].upper + bias_rms, label=kind))
 
 
@@ -116,7 +116,7 @@ def embedding_atom(op: OpView, weight: str) -> Semantics:
     geometry = atoms.Embedding(shape, op.scale)
     atom = AtomSpec(geometry.kind, weight, shape, geometry.factor * largest, origin, op.scale, (weight,),
                     factor=geometry.factor)
-    return linear(Semantics("atom", (scale * largest,), "Embedding: |c| max row RMS (l1 -> RMS), §c.2", atom=atom,
+    return linear(Semantics("atom", (scale * largest,), "Embedding: |c| max row RMS (l1 -> RMS)", atom=atom,
                      upper=scale * largest, lower=scale * smallest, fdim=len(op.out_shape()) - 1, label="Embedding"))
 
 

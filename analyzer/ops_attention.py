@@ -11,7 +11,7 @@ from .registry import OpView, Semantics, register
 
 # ------------------------------------------------------------------------------------------------- attention
 def attention(op: OpView, scale: float | None, label: str = "attention") -> Semantics:
-    """Softmax attention o = softmax(c q k^T + mask) v with logit scale c, theory.md §d.1 (Attention).
+    """Softmax attention o = softmax(c q k^T + mask) v with logit scale c, docs/theory/constants.md#attention.
 
     Per head, in the max-over-tokens RMS norm: w.r.t. v the rows of A are probability vectors (1); w.r.t. q,
     |Δs_tj| <= c d ||Δq_t|| ||k_j|| and the centred softmax derivative gives c d max||k|| max||v|| (likewise k).
@@ -32,7 +32,7 @@ def attention(op: OpView, scale: float | None, label: str = "attention") -> Sema
         keys = op.in_shape(1)[-2] if len(op.in_shape(1)) >= 2 else 1
         mask = math.sqrt(keys) * v.upper
         lipschitz, design, nominal, hessian = (*lipschitz, mask), (*design, mask), (*nominal, mask), None
-    return Semantics("bond", lipschitz, "attention: (c d ||k|| ||v||, c d ||q|| ||v||, 1), §d.1",
+    return Semantics("bond", lipschitz, "attention: (c d ||k|| ||v||, c d ||q|| ||v||, 1)",
                      design=design, nominal=nominal, upper=v.upper, curvature=aligned, hessian=hessian,
                      tags=("attention",), label=label,
                      info={"scale": c, "head_dim": d, "aligned_logit": aligned * q.upper * k.upper,

@@ -16,7 +16,7 @@ from .registry import (GELU_SLOPE, INF, OpView, SILU_SLOPE, SQRT2, Semantics, bo
 
 
 # ----------------------------------------------------------------------------------------------- elementwise bonds
-# Curvatures max |phi''| (sharpness, §e.4), each derived here and measured on a grid in tests/test_constants.py:
+# Curvatures max |phi''| (sharpness), each derived here and measured on a grid in tests/test_constants.py:
 #   GELU   x·Φ(x): phi'' = φ(x)(2 - x²), largest at 0: 2φ(0) = √(2/π) = 0.797885 -> 0.7979 (rounded up); the tanh
 #          form has the same value at 0 (it matches erf-GELU to third order there).
 #   SiLU   x·σ(x): phi'' = σ'(x)(2 + x(1 - 2σ(x))), largest at 0: 2σ'(0) = 1/2.
@@ -26,24 +26,24 @@ from .registry import (GELU_SLOPE, INF, OpView, SILU_SLOPE, SQRT2, Semantics, bo
 #   Mish   no closed form: measured max |phi''| = 0.64420 on [-30, 30] (grid step 1e-4) -> 0.6443.
 #   QuickGELU  x·σ(1.702x) = silu(1.702x)/1.702: phi'' = 1.702·silu''(1.702x), largest 1.702/2 = 0.851.
 bond(nn.ReLU, F.relu, torch.relu, "relu", "relu_", F.relu_, torch.relu_, certified=1.0, modula=1 / SQRT2,
-     smooth=False, source="ReLU: Jacobian diag(1[x>0]) has norm 1 (Modula's 1/sqrt2 is typical-case), §d.1")
+     smooth=False, source="ReLU: Jacobian diag(1[x>0]) has norm 1 (Modula's 1/sqrt2 is typical-case)")
 bond(nn.GELU, F.gelu, "gelu", certified=GELU_SLOPE, modula=1 / SQRT2, curvature=0.7979,
-     source="GELU: max gelu' = 1.12900 (Modula nominal 1/sqrt2), §d.1")
-bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0999, §d.2")
+     source="GELU: max gelu' = 1.12900 (Modula nominal 1/sqrt2)")
+bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0999")
 bond(nn.Tanh, torch.tanh, F.tanh, "tanh", certified=1.0, curvature=0.76981, sup=1.0,
-     source="tanh: max tanh' = 1, §d.2")
+     source="tanh: max tanh' = 1")
 bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.09623, sup=1.0, at_zero=0.5,
-     source="sigmoid: max sigma' = 1/4, max |sigma''| = 1/(6 sqrt 3), §d.2")
+     source="sigmoid: max sigma' = 1/4, max |sigma''| = 1/(6 sqrt 3)")
 bond(nn.Hardtanh, F.hardtanh, nn.ReLU6, F.relu6, certified=1.0, smooth=False, sup=6.0, source="clip: 1-Lipschitz")
 bond(nn.Hardswish, F.hardswish, certified=1.5, smooth=False, source="hardswish: max slope (2x+3)/6 = 1.5 at x=3")
 bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6 + 1e-8, smooth=False, sup=1.0, at_zero=0.5,
      source="hardsigmoid: slope 1/6 (torch's kernel multiplies by float32 1/6: 0.16666667)")
 bond(nn.Mish, F.mish, certified=1.089, curvature=0.6443, source="mish: max slope 1.089")
-bond(torch.abs, "abs", operator.abs, certified=1.0, smooth=False, source="abs: Jacobian diag(sign x), §d.1")
+bond(torch.abs, "abs", operator.abs, certified=1.0, smooth=False, source="abs: Jacobian diag(sign x)")
 bond(operator.neg, torch.neg, "neg", certified=1.0, source="negation is an isometry")
 bond(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, F.dropout, "contiguous", "clone", "detach",
      "float", "double", "half", "bfloat16", "to", "type", "type_as", "requires_grad_", certified=1.0,
-     source="identity in eval mode (dropout analysed in eval mode), §d.2")
+     source="identity in eval mode (dropout analysed in eval mode)")
 
 
 # Activation modules of libraries modnorm does not import, registered by qualified class name. The tracer keeps
@@ -118,7 +118,7 @@ def _module_or_arg(op: OpView, attribute: str, index: int, default: float) -> fl
 def _activation(op: OpView, slope: float, source: str, *, curvature: float = 0.0, smooth: bool = True,
                 at_zero: float = 0.0) -> Semantics:
     """A parameterised elementwise activation: |phi(x)| <= |phi(0)| + slope |x|, so the output RMS is at most
-    |phi(0)| + slope × (input RMS); the Hessian bound is max|phi''| sqrt(d) in RMS units (§e.4)."""
+    |phi(0)| + slope × (input RMS); the Hessian bound is max|phi''| sqrt(d) in RMS units (docs/theory/sharpness.md#atoms-and-bonds)."""
     upper = at_zero + slope * op.bounds[0].upper if op.bounds else None
     hessian = curvature * math.sqrt(feature_width(op)) if smooth else None
     return Semantics("bond", (slope,), source, smooth=smooth, curvature=curvature, upper=upper, hessian=hessian)
@@ -159,12 +159,12 @@ def _softmax(op: OpView) -> Semantics:
     dim = op.module.dim if op.module is not None else op.arg(1, "dim")
     shape = op.in_shape(0) if op.inputs else op.out_shape()
     if _reduced_axis_is_feature(op, dim):
-        # Jacobian diag p - p p^T: u^T J u = Var_p(u) <= 1/2 (l2), and each row has l1 norm 2p(1-p) <= 1/2 (§d.2).
+        # Jacobian diag p - p p^T: u^T J u = Var_p(u) <= 1/2 (l2), and each row has l1 norm 2p(1-p) <= 1/2 (docs/theory/constants.md#bonds).
         width = shape[dim] if shape and isinstance(dim, int) else 1
         constant = 1.0 if op.profile == "modula" else 0.5
         # D²p[a, b]_j = p_j((a_j - ā)(b_j - b̄) - Cov_p(a, b)): its l1 norm is <= 3 max|a| max|b| <= 3n ||a|| ||b||
         # in RMS units, and ||.||_RMS <= ||.||_1 / sqrt(n): 3 sqrt(n).
-        return Semantics("bond", (constant,), "softmax: ||diag p - pp^T|| <= 1/2, §d.2", nominal=(1.0,),
+        return Semantics("bond", (constant,), "softmax: ||diag p - pp^T|| <= 1/2", nominal=(1.0,),
                          curvature=1.0, sup=1.0, upper=1.0 / math.sqrt(max(width, 1)) if width else 1.0,
                          hessian=3 * math.sqrt(max(width, 1)))
     # Along a position axis (n positions), independently for each feature j: dy[t, j] = sum_s J_j[t, s] dx[s, j]

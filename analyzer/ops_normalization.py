@@ -14,7 +14,7 @@ from .registry import AtomSpec, INF, OpView, Semantics, batch_norm_semantics, li
 # ---------------------------------------------------------------------------------------------- normalization
 def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, centred: bool,
                   label: str) -> Semantics:
-    """LayerNorm/RMSNorm/RMSDivide: ||w||_inf / max(input RMS floor, sqrt(eps)), theory.md §d.1-§d.2.
+    """LayerNorm/RMSNorm/RMSDivide: ||w||_inf / max(input RMS floor, sqrt(eps)), docs/theory/constants.md#normalization.
 
     The floor is the forward pass's lower bound on the input RMS (for RMS-type norms only: a lower bound on the
     RMS says nothing about the centred RMS), sqrt(eps), or the user's --norm-input-rms assumption. Targets use
@@ -35,7 +35,7 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
                                 if floor_from_bounds == 0 else "")
     else:
         constant, certified = INF, False
-        reason = "no eps and no lower bound on the input RMS: unbounded near 0 (§d.1)"
+        reason = "no eps and no lower bound on the input RMS: unbounded near 0 (docs/theory/constants.md#bonds)"
     atom = None
     if gain:
         atom = AtomSpec("Gain", gain, tuple(op.weights.shape(gain)), w_max, origin, params=(gain,))
@@ -49,7 +49,7 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
 
 
 def _normalization_hessian(w_max: float, floor: float, profile: str, certified: bool) -> float | None:
-    """||D²(w ⊙ n(x))|| <= ||w||_inf (2/sqrt3) / r² in RMS units, r² = (input RMS floor)² + eps (theory.md §e.4:
+    """||D²(w ⊙ n(x))|| <= ||w||_inf (2/sqrt3) / r² in RMS units, r² = (input RMS floor)² + eps (docs/theory/sharpness.md#atoms-and-bonds:
     x ↦ √d x/||x̃|| with x̃ = (x, √(d eps)) is the sphere map after an isometric embedding). Modula's profile
     assumes input RMS >= 1."""
     if profile == "modula":
@@ -97,6 +97,6 @@ def _group_norm(op: OpView) -> Semantics:
 
 @register(nn.BatchNorm1d, nn.BatchNorm2d)
 def _batch_norm(op: OpView) -> Semantics:
-    # Eval mode: a per-channel affine map with slope |gamma_c| / sqrt(running_var_c + eps), §d.2.
+    # Eval mode: a per-channel affine map with slope |gamma_c| / sqrt(running_var_c + eps), docs/theory/constants.md#bonds.
     # origin is "measured" (running statistics read) or "predicted" (meta device: var = 1, the init value)
     return batch_norm_semantics(op, op.node.target, op.module.eps)

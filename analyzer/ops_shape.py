@@ -171,7 +171,7 @@ def _split(op: OpView) -> Semantics:
     widths = [p.shape[fdim] for p in pieces if isinstance(p, torch.Tensor) and p.dim() == len(in_shape)]
     if widths and min(widths) < in_shape[fdim] and op.profile != "modula":
         constant = math.sqrt(in_shape[fdim] / min(widths))
-        return linear(Semantics("bond", (constant,), "split of the feature axis: a piece carries sqrt(F/f), §d.2",
+        return linear(Semantics("bond", (constant,), "split of the feature axis: a piece carries sqrt(F/f)",
                          fdim=fdim, tags=("layout",)))
     drop = 1 if widths == [] and pieces else 0  # unbind removes the axis
     dim = op.arg(1, "dim", 0)
@@ -189,7 +189,7 @@ def _split(op: OpView) -> Semantics:
 
 @register(torch.cat, torch.concat, torch.concatenate, torch.stack)
 def _cat(op: OpView) -> Semantics:
-    return linear(Semantics("bond", (1.0,) * len(op.inputs), "cat: RMS of the union <= max of the parts, §d.2",
+    return linear(Semantics("bond", (1.0,) * len(op.inputs), "cat: RMS of the union <= max of the parts",
                      tags=("layout",), label="cat"))
 
 
@@ -197,7 +197,7 @@ def _cat(op: OpView) -> Semantics:
 @register(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, F.adaptive_avg_pool1d,
           F.adaptive_avg_pool2d, F.avg_pool1d, F.avg_pool2d)
 def _avg_pool(op: OpView) -> Semantics:
-    return linear(Semantics("bond", (1.0,), "average pooling: a mean over pixels, §d.1", fdim=1, label="avgpool"))
+    return linear(Semantics("bond", (1.0,), "average pooling: a mean over pixels", fdim=1, label="avgpool"))
 
 
 @register(nn.MaxPool1d, nn.MaxPool2d, F.max_pool1d, F.max_pool2d, nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d)
@@ -205,7 +205,7 @@ def _max_pool(op: OpView) -> Semantics:
     window = _window(op)
     constant = 1.0 if op.profile == "modula" else math.sqrt(window)
     return Semantics("bond", (constant,), f"max pooling: each channel may take its max at a different pixel: "
-                     f"sqrt(window = {window}), §d.2", smooth=False, fdim=1, nominal=(1.0,), label="maxpool")
+                     f"sqrt(window = {window})", smooth=False, fdim=1, nominal=(1.0,), label="maxpool")
 
 
 def _window(op: OpView) -> int:

@@ -1,8 +1,10 @@
 """Modular normalization for training any unmodified PyTorch model (Modula's optimizer, from modnorm's analysis).
 
 Every atom i of the analysis has a natural norm ‖·‖_i (Linear: |c| √(in/out) σ_max; Conv: the same per kernel
-position and group, times k; Embedding: |c| max row RMS; Gain: max |w|) and a target t_i (theory.md §b.2). A step
-of `ModularNormalized` lets the base optimizer (SGD, SGD with momentum, Adam, AdamW, ...) propose its update Δ,
+position and group, times k; Embedding: |c| max row RMS; Gain: max |w|) and a target t_i
+(docs/theory/modular-norm.md#targets).
+
+A step of `ModularNormalized` lets the base optimizer (SGD, SGD with momentum, Adam, AdamW, ...) propose its update Δ,
 then rescales each atom's Δ_i to ‖Δ_i‖_i = lr · t_i, so the whole update has modular norm max_i ‖Δ_i‖_i / t_i = lr
 (the learning rate of the parameter group, so schedulers and parameter groups work as usual). With
 `dualize=True` a Linear or Conv update is first orthogonalized (Newton–Schulz, as in modular duality and Muon):

@@ -313,7 +313,7 @@ def _is_residual_merge(merge: fx.Node, branch: fx.Node, atom: fx.Node) -> bool:
 
 def _match_scaled_atom(node: fx.Node, root: torch.nn.Module) -> Fused | None:
     """An atom followed by constant multipliers: fused while inside the atom's module, and outside it unless
-    the chain feeds a residual merge (there the constant is the merge's branch coefficient, §b.3)."""
+    the chain feeds a residual merge (there the constant is the merge's branch coefficient)."""
     if not _is_atom_node(node, root):
         return None
     owner = _atom_owner(node)

@@ -6,7 +6,7 @@ measured ≤ bound must hold; a measurement above its bound is a bug in modnorm 
 * input Lipschitz constant of the network (power iteration on JᵀJ with jvp/vjp, max-position RMS norms);
 * the well-normedness inequality ‖D_w f[Δw]‖ ≤ A for updates of modular norm 1 (each atom at its target);
 * per atom, its linearised output change ‖D_{w_i} f[Δw_i]‖ ≤ S_down(i)·R(x_i)·t_i, and its share of the total
-  next to its mass share (Proposition 3, theory.md §e.7);
+  next to its mass share (Proposition 3, docs/theory/modular-norm.md#mass);
 * the RMS entering every normalization next to the floor the certified profile assumed;
 * for smooth models, the weight–weight second derivative next to α.
 """

@@ -8,7 +8,8 @@ An entry maps a `call_module` class, a `call_function` target (the function obje
 which is what `F.linear` is) or a `call_method` name to a function `(op: OpView) -> Semantics`. Simple bonds are
 one line (`bond(...)`); atoms and ops whose constant depends on their inputs' bounds are small functions.
 
-Norm convention (theory.md §f): a tensor is measured by the RMS over its feature axis, maximised over every other
+Norm convention (docs/theory/modular-norm.md#norms).
+A tensor is measured by the RMS over its feature axis, maximised over every other
 position (batch, token, pixel). The feature axis is the last one, or axis 1 for NCHW feature maps; layout ops say
 where it goes. "certified" constants are worst-case over the unit ball; "modula" constants are the nominal values
 of Modula 0.0.0.0.0.2 (`--profile modula`), kept so that the paper's package can be reproduced.
@@ -32,8 +33,8 @@ __all__ = ["Semantics", "AtomSpec", "Bounds", "OpView", "Registry", "REGISTRY", 
 
 INF = math.inf
 SQRT2 = math.sqrt(2.0)
-GELU_SLOPE = 1.1290  # max gelu' = Phi(sqrt2) + sqrt2 phi(sqrt2) = 1.128904 (erf), 1.128993 (tanh form), §d.1
-SILU_SLOPE = 1.0999  # max silu' = 1.099839, at x ≈ 2.40, theory.md §d.2 (also x·σ(1.702x), QuickGELU)
+GELU_SLOPE = 1.1290  # max gelu' = Phi(sqrt2) + sqrt2 phi(sqrt2) = 1.128904 (erf), 1.128993 (tanh form), docs/theory/constants.md#bonds
+SILU_SLOPE = 1.0999  # max silu' = 1.099839, at x ≈ 2.40 (also x·σ(1.702x), QuickGELU)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class AtomSpec:
     kind: str  # an atoms.AtomKind value (or a kind registered with atoms.register_atom_kind)
     weight: str  # qualified parameter name
     shape: tuple[int, ...]
-    norm: float  # operator norm of the effective map, forward scale included (theory.md §c.2)
+    norm: float  # operator norm of the effective map, forward scale included (docs/theory/constants.md#atoms)
     norm_source: str  # "measured" | "predicted"
     scale: float = 1.0
     params: tuple[str, ...] = ()
@@ -82,7 +83,7 @@ class Semantics:
     sup: float | None = None
     fdim: int | None = -1  # -1: same as the first data input
     smooth: bool = True
-    curvature: float = 0.0  # max |phi''| of an elementwise op (sharpness, theory.md §e.4)
+    curvature: float = 0.0  # max |phi''| of an elementwise op (sharpness, docs/theory/sharpness.md#atoms-and-bonds)
     # Bound on the second derivative w.r.t. the data inputs, ||D²f[u, v]|| <= hessian ||u|| ||v|| (sum norm over the
     # inputs, RMS units): 0 for ops linear in their data, None where no bound is derived — sharpness then names
     # this op as the reason it is not certified. Unknown is the default so that nothing passes silently.
@@ -186,7 +187,7 @@ def sup_bound(bound: Bounds, width: int) -> float:
 
 
 def linear(semantics: Semantics) -> Semantics:
-    """Mark an op as linear in its data inputs (second derivative 0, theory.md §e.4)."""
+    """Mark an op as linear in its data inputs (second derivative 0, docs/theory/sharpness.md#atoms-and-bonds)."""
     return replace(semantics, hessian=0.0)
 
 
@@ -196,7 +197,7 @@ def batch_norm_semantics(op: OpView, prefix: str, eps: float) -> Semantics:
     slope, origin = op.weights.batch_norm(prefix, eps)
     shift = op.weights.batch_norm_shift(prefix, eps)
     upper = slope * op.bounds[0].upper + shift if op.bounds else None
-    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps), §d.2",
+    return linear(Semantics("bond", (slope,), "BatchNorm (eval): max_c |gamma_c| / sqrt(var_c + eps)",
                             fdim=1, label="BatchNorm", upper=upper, info={"origin": origin, "shift_rms": shift}))
 
 
@@ -236,7 +237,7 @@ def bond(*spellings: Any, certified: float, modula: float | None = None, source:
             upper = at_zero + constant * op.bounds[0].upper
         if sup is not None:
             upper = min(sup, upper) if upper is not None else sup
-        # In RMS norms ||phi''(x) ⊙ a ⊙ b|| <= max|phi''| ||a||_inf ||b|| <= max|phi''| sqrt(d) ||a|| ||b|| (§e.4).
+        # In RMS norms ||phi''(x) ⊙ a ⊙ b|| <= max|phi''| ||a||_inf ||b|| <= max|phi''| sqrt(d) ||a|| ||b|| (docs/theory/sharpness.md#atoms-and-bonds).
         hessian = curvature * math.sqrt(feature_width(op)) if smooth else None
         return Semantics("bond", (constant,) * n, source, nominal=(nominal,) * n, smooth=smooth,
                          curvature=curvature, sup=sup, upper=upper, label=label, hessian=hessian)

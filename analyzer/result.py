@@ -56,7 +56,7 @@ class Layer:
     sensitivity: float  # the atom's input-Lipschitz bound = its effective operator norm
     downstream_sensitivity: float  # certified S_down(i)
     design_downstream_sensitivity: float  # S_down with normalizers at their well-normed value (for targets)
-    target_norm: float  # t_i = (m_i / M) / S_down(i), theory.md §b.2
+    target_norm: float  # t_i = (m_i / M) / S_down(i), docs/theory/modular-norm.md#targets
     norm_at_init: float  # the atom's natural norm, scale included
     norm_source: str  # "measured" | "predicted"
     scale: float  # constant forward multiplier fused into the atom
@@ -116,7 +116,7 @@ class Stream:
 
 @dataclass(frozen=True)
 class Sharpness:
-    """The network's (α, β, γ) and first-order bounds, theory.md §e (sharpness.py for the DAG rules)."""
+    """The network's (α, β, γ) and first-order bounds, docs/theory/sharpness.md (sharpness.py for the DAG rules)."""
 
     alpha: float
     beta: float

@@ -1,6 +1,6 @@
-"""Sharpness (α, β, γ) and the loss-gradient Lipschitz bound on the fx graph (theory.md §e).
+"""Sharpness (α, β, γ) and the loss-gradient Lipschitz bound on the fx graph (docs/theory/sharpness.md).
 
-Definitions (§e.1). With ‖Δw‖_M ≤ 1 in the network's modular norm (atom i perturbed by at most its target t_i in
+Definitions: with ‖Δw‖_M ≤ 1 in the network's modular norm (atom i perturbed by at most its target t_i in
 its own norm) and network inputs perturbed by ‖Δx‖ ≤ 1, for every tensor v of the graph we bound
 
     A(v) ≥ ‖D_w v[Δw]‖            S(v) ≥ ‖D_x v[Δx]‖                      (first order)
@@ -8,7 +8,7 @@ its own norm) and network inputs perturbed by ‖Δx‖ ≤ 1, for every tensor 
 
 in the max-over-positions RMS norm of v. The triple at the output is the network's sharpness.
 
-Generalisation from trees to DAGs [derivation]. Modula's recursion (§e.2–§e.3) composes modules in their own
+Generalisation from trees to DAGs [derivation]. Modula's recursion (#composition-rule) composes modules in their own
 normalised norms. On a DAG we instead push the chain rule forward through the graph, in absolute units fixed by
 the network's modular norm; the triangle inequality handles fan-out and merges, so the bounds hold for any DAG:
 
@@ -27,8 +27,8 @@ the network's modular norm; the triangle inequality handles fan-out and merges, 
       A(y) = t + c A(x)    α(y) = 2 t A(x)/r + κ A(x)² + c α(x)    β(y) = t S(x)/r + κ A(x) S(x) + c β(x)
   with c = ‖w‖_∞/r and κ = ‖w‖_∞ (2/√3)/r².
 
-On a chain with R = 1 these reproduce the composition rule of §e.2 exactly (Linear∘Linear with masses 1:1 gives
-α = 1/2, β = 1), and on a stack of (1 − 1/L)x + (1/L)f(x) blocks they reproduce the closed forms of §e.6 —
+On a chain with R = 1 these reproduce the composition rule exactly (Linear∘Linear with masses 1:1 gives
+α = 1/2, β = 1), and on a stack of (1 − 1/L)x + (1/L)f(x) blocks they reproduce the closed forms (#residual-limit):
 tests/test_sharpness.py checks both. Two deliberate differences from the paper's statement [derivation,
 numerically checked]: (1) the atoms' input bound R is the certified forward bound, not the assumption ‖x‖ ≤ 1,
 so no "inputs stay in the unit ball" precondition is needed; (2) the loss term is τ A² with A the network's
@@ -36,7 +36,7 @@ first-order weight bound (the paper's τ assumes a well-normed network, A ≤ 1)
 the analysed weights (in the modula profile, with nominal constants, it is the paper's uniform constant). Biases
 are not atoms (as in Modula): they are held fixed.
 
-Loss smoothness (σ, τ), §e.5, in the RMS norm of the output over its d features (averaging over positions keeps
+Loss smoothness (σ, τ), #loss, in the RMS norm of the output over its d features (averaging over positions keeps
 the constants): cross-entropy σ = √(2d), τ = d/2; square loss ½‖y − t‖²_RMS with ‖t‖_RMS ≤ 1: σ = ‖y‖ + 1, τ = 1.
 The gradient of the loss is then (σα + τA²)-Lipschitz in the modular norm, and a normalized step of size
 η = 1/(σα + τA²) is safe by the descent lemma.
@@ -197,5 +197,5 @@ def loss_constants(loss: str, width: int, output_upper: float) -> tuple[float, f
         return output_upper + 1.0, 1.0, "½‖y − t‖²_RMS with ‖t‖_RMS ≤ 1, in the output's RMS norm"
     if loss == "xent":
         return math.sqrt(2 * width), width / 2, (f"cross-entropy over d = {width} classes in the RMS norm of the "
-                                                 "logits (σ = √(2d), τ = d/2: these grow with d, theory.md §e.5)")
+                                                 "logits (σ = √(2d), τ = d/2: these grow with d)")
     raise ValueError(f"unknown loss {loss!r}")

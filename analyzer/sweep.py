@@ -5,7 +5,7 @@ point of the grid (on the meta device unless the model is small), runs the calcu
 by their role path (`blocks.*.attn.q`: indices replaced by `*`, so blocks of a deeper model match), and fits, per
 quantity, `log q = Σ_axis p_axis · log size_axis + c` by least squares: p is the exponent of q in that axis
 (q ∝ width^p). A quantity that should be scale-invariant but has |p| above a threshold is what the MN4xx rules
-report. Units: every quantity is the calculus's own (theory.md §b–§e); a role's value at one size is the worst
+report. Units: every quantity is the calculus's own (docs/theory/); a role's value at one size is the worst
 member (max, or min for targets: the smallest target is the one that stops learning).
 """
 

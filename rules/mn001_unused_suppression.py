@@ -29,7 +29,7 @@ class UnusedSuppression(Rule):
     None. Codes of rules that are not enabled (e.g. under `--select MN2`) are not reported.
 
     ## References
-    ruff's RUF100 (unused-noqa), which this rule follows.
+    [Suppressing a finding](../guides/ci.md#suppress); ruff's RUF100 (unused-noqa), which this rule follows.
     """
 
     code = "MN001"

@@ -14,9 +14,9 @@ class AtomNormOutOfBand(Rule):
     forward scale included — lies outside the unit band.
 
     ## Why is this bad?
-    The modular norm assumes well-normed atoms (norm ≈ 1, theory.md §a). An atom at norm N moves its output N
-    times more (or less) than the calculus says, and training aligns inputs with its top singular directions,
-    so a 3072→10 head at default init (N ≈ 10.6) amplifies aligned features tenfold.
+    The modular norm assumes well-normed atoms (norm ≈ 1). An atom at norm N moves its output N times more (or
+    less) than the calculus says, and training aligns inputs with its top singular directions, so a 3072→10
+    head at default init (N ≈ 10.6) amplifies aligned features tenfold.
 
     ## Example
         self.head = nn.Linear(3072, 10)          # default init: N ≈ (1 + sqrt(3072/10)) / sqrt(3)
@@ -29,7 +29,8 @@ class AtomNormOutOfBand(Rule):
     - `low` (0.5), `high` (1.25): the warning band; `error` (4.0): above it the finding is an error.
 
     ## References
-    theory.md §c.2 and §f check 1.
+    [Well-normed modules](../theory/modular-norm.md#well-normed); [Atoms](../theory/constants.md#atoms) and
+    [default initialisation](../theory/constants.md#default-init).
     """
 
     code = "MN101"

@@ -32,7 +32,8 @@ class FanInDrift(Rule):
     - `max_ratio` (4.0): the largest sqrt(fan_in/fan_out) tolerated; `high` (1.25): the norm it must exceed too.
 
     ## References
-    theory.md §c.2 and §f check 2; Yang et al., Tensor Programs V (μP readout scaling).
+    [Default initialisation](../theory/constants.md#default-init); Yang et al., Tensor Programs V (μP readout
+    scaling).
     """
 
     code = "MN102"

@@ -15,7 +15,7 @@ class AffineScale(Rule):
     init, since the default is exactly 1.
 
     ## Why is this bad?
-    The gain multiplies the normalizer's output: its sensitivity is `‖w‖_∞` (theory.md §c.2), so a gain of 5
+    The gain multiplies the normalizer's output: its sensitivity is `‖w‖_∞`, so a gain of 5
     makes every downstream bound five times larger and the normalizer no longer well-normed. In a checkpoint it
     often marks a layer that compensated for a badly scaled neighbour.
 
@@ -29,7 +29,8 @@ class AffineScale(Rule):
     - `low` (0.25), `high` (2.0).
 
     ## References
-    theory.md §c.2 (gain atoms) and §f check 13.
+    [Atoms: the gain of a normalization](../theory/constants.md#atoms);
+    [Normalization](../theory/constants.md#normalization); [Audit a checkpoint](../guides/checkpoint.md).
     """
 
     code = "MN103"

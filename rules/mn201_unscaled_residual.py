@@ -30,7 +30,9 @@ class UnscaledResidual(Rule):
     - `slack` (2.0): the allowed excess is slack / L.
 
     ## References
-    theory.md §b.3 (residual), §e.6 and §f check 3; Large et al. 2024.
+    [Residual networks](../theory/modular-norm.md#residual); [Residual
+    merges](../theory/dag.md#residual-merges); [Depth-independent
+    sharpness](../theory/sharpness.md#residual-limit); Large et al. 2024.
     """
 
     code = "MN201"

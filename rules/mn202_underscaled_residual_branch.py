@@ -18,7 +18,7 @@ class UnderscaledResidualBranch(Rule):
     Sensitivities multiply along the stream: `(1 + 1/sqrt(L))^L ≈ e^sqrt(L)`, which grows without bound with
     depth (×40 at L = 16, ×2,400 at L = 64). Early layers' normalization targets shrink by the same factor, so
     they barely learn, and a learning rate tuned at one depth does not transfer. Only the convex combination
-    `(1 - 1/L)·x + (1/L)·f(x)` keeps every block at sensitivity 1 (theory.md §e.6).
+    `(1 - 1/L)·x + (1/L)·f(x)` keeps every block at sensitivity 1.
 
     ## Example
         x = x + block(x) / math.sqrt(L)
@@ -30,7 +30,8 @@ class UnderscaledResidualBranch(Rule):
     - `slack` (2.0): a block may exceed sensitivity 1 by slack / L, as in MN201.
 
     ## References
-    theory.md §e.6 ("x + f(x)/√L has sensitivity (1 + 1/√L)^L ≈ e^√L") and §f check 3; Large et al. 2024.
+    [Residual networks](../theory/modular-norm.md#residual) (`x + f(x)/√L` has sensitivity `(1 + 1/√L)^L ≈
+    e^√L`); [Residual merges](../theory/dag.md#residual-merges); Large et al. 2024.
     """
 
     code = "MN202"

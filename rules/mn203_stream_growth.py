@@ -34,7 +34,7 @@ class ResidualStreamGrowth(Rule):
     - `warn` (e), `error` (10.0).
 
     ## References
-    theory.md §b.3 and §f check 4.
+    [Residual merges](../theory/dag.md#residual-merges); [Residual networks](../theory/modular-norm.md#residual).
     """
 
     code = "MN203"

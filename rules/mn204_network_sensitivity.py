@@ -31,7 +31,8 @@ class NetworkSensitivityHigh(Rule):
       has design sensitivity (1 + 1/16)^16 = 2.64 and must not warn.
 
     ## References
-    theory.md §f check 5.
+    [Well-normed modules](../theory/modular-norm.md#well-normed); [Design values](../theory/profiles.md#design);
+    [Downstream sensitivity as a path sum](../theory/dag.md#path-sum).
     """
 
     code = "MN204"

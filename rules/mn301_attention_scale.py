@@ -30,7 +30,8 @@ class AttentionScaledForInitialization(Rule):
     - `min_aligned_logit` (1.5): no finding at or below this `c·d` (1/d scaling gives exactly 1).
 
     ## References
-    theory.md §d.1 (attention) and §f check 6; Modula's golden rules.
+    [Attention](../theory/constants.md#attention); Modula's golden rules ("the dot product is the sum of
+    key.shape[0] aligned quantities").
     """
 
     code = "MN301"

@@ -31,7 +31,9 @@ class WidthDrift(Rule):
     - `max_exponent` (0.25).
 
     ## References
-    theory.md §f checks 2 and 12; Large et al. 2024 (learning-rate transfer); Yang et al., Tensor Programs V.
+    [Sweep width and depth](../guides/sweep.md); [Default initialisation](../theory/constants.md#default-init);
+    [Second-order constants](../theory/sharpness.md#atoms-and-bonds) (the `√d` of elementwise nonlinearities);
+    Large et al. 2024 (learning-rate transfer); Yang et al., Tensor Programs V.
     """
 
     code = "MN401"

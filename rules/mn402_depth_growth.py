@@ -19,7 +19,7 @@ class DepthGrowth(Rule):
     ## Why is this bad?
     A learning rate tuned on a shallow model transfers to a deep one only if the network's sensitivity and
     sharpness are depth-independent — which the (1 - 1/L, 1/L) residual multipliers guarantee and `x + f(x)` or
-    `x + f(x)/sqrt(L)` do not (theory.md §e.6).
+    `x + f(x)/sqrt(L)` do not.
 
     ## Example
         for block in self.blocks:
@@ -33,7 +33,9 @@ class DepthGrowth(Rule):
     - `max_exponent` (0.25).
 
     ## References
-    theory.md §e.6 and §f check 4; Large et al. 2024 (depth transfer).
+    [Sweep width and depth](../guides/sweep.md); [Depth-independent
+    sharpness](../theory/sharpness.md#residual-limit); [Residual networks](../theory/modular-norm.md#residual);
+    Large et al. 2024 (depth transfer).
     """
 
     code = "MN402"

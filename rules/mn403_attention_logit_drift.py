@@ -17,7 +17,7 @@ class AttentionLogitDrift(Rule):
     ## Why is this bad?
     Once queries and keys align during training, logits reach `c·d`: with `c = 1/sqrt(d)` that is sqrt(d), so
     wider models saturate their softmax sooner and the learning rate that was stable at small width is not at
-    large width. With `c = 1/d` the bound is width-independent (Large et al. 2024, §attention).
+    large width. With `c = 1/d` the bound is width-independent (Large et al. 2024, docs/theory/constants.md#attention).
 
     ## Example
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
@@ -29,7 +29,7 @@ class AttentionLogitDrift(Rule):
     - `max_exponent` (0.25).
 
     ## References
-    theory.md §d.1 (attention) and §f check 6.
+    [Attention](../theory/constants.md#attention); [Sweep width and depth](../guides/sweep.md).
     """
 
     code = "MN403"

@@ -27,7 +27,7 @@ class TargetSpread(Rule):
     - `max_ratio` (100.0), `max_share` (0.5).
 
     ## References
-    theory.md §b.2, §e.7 and §f check 10.
+    [Normalization targets](../theory/modular-norm.md#targets); [Mass](../theory/modular-norm.md#mass).
     """
 
     code = "MN501"

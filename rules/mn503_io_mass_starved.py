@@ -14,7 +14,7 @@ class IoMassStarved(Rule):
     mass (e.g. `--hidden-mass 200` gives the input and output 1/202 ≈ 0.5% each).
 
     ## Why is this bad?
-    Under a normalized update of size η an atom moves the output by at most η·m_i/M (theory.md §e.7): with 0.5%
+    Under a normalized update of size η an atom moves the output by at most η·m_i/M: with 0.5%
     of the mass the embedding or the readout barely learns, whatever the learning rate, and raising the rate to
     compensate destabilises the hidden layers.
 
@@ -28,7 +28,7 @@ class IoMassStarved(Rule):
     - `min_share` (0.01).
 
     ## References
-    theory.md §e.7 (Proposition 3: mass is the share of feature learning) and §f check 10.
+    [Mass: the share of feature learning](../theory/modular-norm.md#mass) (Proposition 3 of Large et al. 2024).
     """
 
     code = "MN503"

@@ -29,7 +29,8 @@ class NormalizationWithoutFloor(Rule):
     None.
 
     ## References
-    theory.md §d.1 (RMSDivide, LayerNorm), §g.3 and §f check 7.
+    [Normalization](../theory/constants.md#normalization); [Forward pass of
+    bounds](../theory/dag.md#norm-bounds); [Profiles: assumptions](../theory/profiles.md#certified).
     """
 
     code = "MN601"

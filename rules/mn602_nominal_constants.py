@@ -27,7 +27,8 @@ class NominalConstantUnderestimates(Rule):
     - `min_factor` (1.05): report only factors above this.
 
     ## References
-    theory.md §d.1 and §f check 8.
+    [Nominal constants that are not upper bounds](../theory/constants.md#nominal);
+    [Profiles](../theory/profiles.md#modula).
     """
 
     code = "MN602"

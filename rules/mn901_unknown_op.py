@@ -27,7 +27,8 @@ class UncertifiedOp(Rule):
     None.
 
     ## References
-    theory.md §d.2 and §f checks 9 and 14.
+    [Bonds](../theory/constants.md#bonds); [Products of activations](../theory/constants.md#products);
+    [Profiles: assumptions](../theory/profiles.md#certified).
     """
 
     code = "MN901"

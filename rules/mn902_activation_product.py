@@ -27,7 +27,7 @@ class ActivationProduct(Rule):
     None.
 
     ## References
-    theory.md §d.2 (elementwise product) and §f check 9.
+    [Products of activations](../theory/constants.md#products).
     """
 
     code = "MN902"

@@ -27,7 +27,7 @@ class TiedWeights(Rule):
     None.
 
     ## References
-    theory.md §b.3 (weight sharing) and §f check 14.
+    [Weight sharing](../theory/dag.md#weight-sharing).
     """
 
     code = "MN903"
@@ -42,5 +42,5 @@ class TiedWeights(Rule):
             first = layers[0]
             yield self.layer_finding(first, f"one tensor is used by {len(layers)} atoms: "
                                             f"{', '.join(l.name for l in layers)}",
-                                     fix="the targets of tied atoms are approximate (theory.md §b.3)",
+                                     fix="the targets of tied atoms are approximate (one tensor, several targets)",
                                      related=tuple((l.file, l.line) for l in layers[1:] if l.file))

@@ -42,7 +42,7 @@ class TracingFallback(Rule):
     None.
 
     ## References
-    theory.md §c (the calculus on a DAG); README, "Tracing routes".
+    [When the graph is not available](../theory/dag.md#module-only); [Tracing routes](../guides/audit.md#tracing).
     """
 
     code = "MN904"

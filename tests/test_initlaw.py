@@ -28,13 +28,19 @@ def predicted_and_measured(module, **kwargs):
     return predicted, measured
 
 
-def test_custom_normal_init_is_predicted_within_ten_percent():
-    """nanoGPT's `_init_weights` draws normal(0, 0.02): ‖W‖ ≈ 0.02(√m + √n) (Bai–Yin), the prediction."""
+def test_custom_normal_init_is_predicted_within_three_percent():
+    """nanoGPT's `_init_weights` draws normal(0, 0.02): ‖W‖ ≈ 0.02(√m + √n) (Bai–Yin), the prediction. README's
+    claim: within 3% of the real weights' norms at width 256, under 1% for the median layer (measured: the
+    largest gap is the 256 → 64 head, +2.4%, where Bai–Yin's finite-size bias is largest)."""
     predicted, measured = predicted_and_measured(nanogpt, n_embd=256, n_head=4)
+    gaps = []
     for p, m in zip(predicted.layers, measured.layers):
         assert p.name == m.name
-        assert p.norm_at_init == pytest.approx(m.norm_at_init, rel=0.10), p.name
+        assert p.norm_at_init == pytest.approx(m.norm_at_init, rel=0.03), p.name
         assert p.norm_source.startswith("predicted from") and m.norm_source == "measured"
+        if p.kind != "Gain":
+            gaps.append(abs(p.norm_at_init / m.norm_at_init - 1))
+    assert sorted(gaps)[len(gaps) // 2] < 0.01
     assert any("normal_(0, 0.02)" in p.norm_source for p in predicted.layers)
 
 
@@ -103,4 +109,4 @@ def test_report_shows_predicted_next_to_measured():
     layers = [l for l in json.loads(result.stdout)["layers"] if l["kind"] in ("Linear", "Embedding")]
     assert layers and all(l["norm_source"] == "measured" and l["predicted_norm"] is not None for l in layers)
     for layer in layers:
-        assert layer["predicted_norm"] == pytest.approx(layer["norm_at_init"], rel=0.10), layer["name"]
+        assert layer["predicted_norm"] == pytest.approx(layer["norm_at_init"], rel=0.03), layer["name"]

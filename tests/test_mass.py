@@ -1,4 +1,5 @@
-"""Mass allocation (theory.md §e.7): schemes, glob overrides that total like Modula's tare, and the grouped shares.
+"""Mass allocation (docs/theory/modular-norm.md#mass): schemes, glob overrides that total like Modula's tare,
+and the grouped shares.
 
 Expected masses are hand-derived from the definitions: with `roles`, input atoms share 1, output atoms share 1 and
 hidden atoms share m; with `uniform`, every atom has mass 1; an override `GLOB=T` gives the matching atoms T/n each.

@@ -35,7 +35,8 @@ def test_rms_normalization_is_one_op(fn):
     assert targets == ["rms_norm (pattern)"]
     op = next(op for op in analysis.ops if "normalization" in op.tags)
     eps = op.info["eps"]
-    # certified constant: 1 / sqrt(floor² + eps) with no lower bound on the input RMS (theory.md §d.1)
+    # certified constant: 1 / sqrt(floor² + eps) with no lower bound on the input RMS
+    # (docs/theory/constants.md#normalization)
     assert op.lipschitz[0] == (math.inf if eps == 0 else pytest.approx(1 / math.sqrt(eps)))
 
 

@@ -1,14 +1,17 @@
 """Property tests on random architectures (tests/strategies.py): modnorm never crashes, and what the model really
 does — measured with autograd on real weights — never exceeds the certified bounds.
 
-CI runs the `ci` hypothesis profile (a few hundred architectures); `HYPOTHESIS_PROFILE=nightly` runs thousands.
-The worst measured/bound ratio is printed at the end (pytest -s).
+The default run checks 40 architectures; `pytest -m slow` (CI's second step) checks 300, and
+`HYPOTHESIS_PROFILE=nightly pytest -m slow` thousands.
+Every architecture asserts its own bounds; the measured/bound ratios are hypothesis `target`s, so the search steers
+towards the architectures where the bound is tightest (`pytest --hypothesis-show-statistics` prints the best).
 """
 
 import os
 
+import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, target
 from torch.func import jvp, vjp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -20,9 +23,6 @@ settings.register_profile("ci", max_examples=300, deadline=None, derandomize=Tru
 settings.register_profile("nightly", max_examples=3000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-WORST = {"network": 0.0, "atom": 0.0}
-
 
 def rms_max(t):
     return t.pow(2).mean(-1).sqrt().max()
@@ -40,15 +40,29 @@ def measured_lipschitz(f, x, steps=12):
     return best
 
 
-@given(architectures())
-def test_analysis_never_crashes_and_bounds_hold(case):
+def check_case(case) -> None:
     # The flash kernel has no forward-mode AD on CPU; the math kernel computes the same function.
     with sdpa_kernel(SDPBackend.MATH):
-        check_bounds(*case)  # asserts measured <= bound for the network and every atom
-    assert WORST["network"] <= 1 + 1e-6 and WORST["atom"] <= 1 + 1e-6
+        network, atom = check_bounds(*case)  # asserts measured <= bound for the network and every atom
+    target(network, label="network measured/bound")
+    target(atom, label="worst atom measured/bound")
 
 
-def check_bounds(model, x):
+@settings(max_examples=40)
+@given(architectures())
+def test_analysis_never_crashes_and_bounds_hold(case):
+    check_case(case)
+
+
+@pytest.mark.slow
+@given(architectures())
+def test_analysis_never_crashes_and_bounds_hold_on_hundreds_of_architectures(case):
+    check_case(case)  # the loaded profile's count: 300 (ci) or 3000 (nightly)
+
+
+def check_bounds(model, x) -> tuple[float, float]:
+    """Assert every certified bound against its measurement; return the largest measured/bound ratios."""
+    worst_network = worst_atom = 0.0
     x = 0.9 * x / rms_max(x)  # inside the unit ball of the input norm
     analysis = modnorm.analyze(model, x)
     bound = analysis.network.sensitivity
@@ -56,7 +70,7 @@ def check_bounds(model, x):
     measured = measured_lipschitz(model, x)
     if analysis.network.certified:
         assert measured <= bound * (1 + 1e-6), (measured, bound)
-        WORST["network"] = max(WORST["network"], measured / bound if bound else 0.0)
+        worst_network = measured / bound if bound else 0.0
     else:
         assert analysis.network.uncertified_reasons  # never silently unbounded
     params = dict(model.named_parameters())
@@ -64,7 +78,7 @@ def check_bounds(model, x):
         if layer.kind != "Linear" or not layer.certified:
             continue
         # One atom's contribution: ‖D_{w_i} f[Δw_i]‖ <= S_down(i) · R(x_i) · ‖Δw_i‖ with ‖Δw_i‖ its natural norm
-        # (theory.md §e.7, with the atom's input bound R instead of the unit-ball assumption).
+        # (docs/theory/modular-norm.md#mass, with the atom's input bound R instead of the unit ball).
         atom_input = analysis.op(analysis.op(layer.op).inputs[0])
         weight = params[layer.weight]
         delta = torch.randn_like(weight)
@@ -79,10 +93,19 @@ def check_bounds(model, x):
         if allowed < float("inf"):
             assert float(rms_max(change)) <= allowed * (1 + 1e-6), (layer.name, float(rms_max(change)), allowed)
             if allowed > 0:
-                WORST["atom"] = max(WORST["atom"], float(rms_max(change)) / allowed)
+                worst_atom = max(worst_atom, float(rms_max(change)) / allowed)
+    return worst_network, worst_atom
 
 
-def test_report_worst_ratio():
-    print(f"worst measured/bound over random architectures: network {WORST['network']:.3g}, "
-          f"atom contribution {WORST['atom']:.3g}")
-    assert 0 <= WORST["network"] <= 1 + 1e-6 and 0 <= WORST["atom"] <= 1 + 1e-6
+def test_the_measurement_reaches_the_bound_where_the_bound_is_tight():
+    """The measurement is not vacuous: a lone Linear(32 → 16) at orthogonal init (σ_max = 1) is the map
+    v ↦ Wv with RMS gain √(in/out)·‖Wv‖₂/‖v‖₂, whose supremum √2 is its certified bound; power iteration must reach
+    it, and check_bounds must report the ratio as 1."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(32, 16, bias=False)
+    torch.nn.init.orthogonal_(layer.weight)
+    model, x = torch.nn.Sequential(layer), torch.randn(1, 32)
+    assert measured_lipschitz(model, x, steps=30) == pytest.approx(2 ** 0.5, rel=1e-4)
+    network, atom = check_bounds(model, x)
+    assert network == pytest.approx(1.0, rel=1e-4)
+    assert 0 < atom <= 1 + 1e-6

@@ -84,11 +84,9 @@ def _tied_lm(analysis):
 
 
 CASES = {"bert_encoder": _bert, "vit": _vit, "mlp_mixer": _mlp_mixer, "tied_lm": _tied_lm}
-XFAIL = {}  # fixture -> "op that is not in modnorm's registry / trace failure" (none found)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=XFAIL[n]))
-                                  if n in XFAIL else n for n in CASES])
+@pytest.mark.parametrize("name", list(CASES))
 def test_real_model_traces_with_fx_and_no_unknown_op(name):
     result = check_model(str(ROOT / f"fixtures/{name}.py"), Settings())
     analysis = result.analysis

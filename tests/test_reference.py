@@ -1,6 +1,7 @@
 """modnorm reproduces Modula: total mass, total sensitivity and every atom's target and mass share.
 
-Expected numbers come from the real Modula package (tests/data/modula_reference.json, theory.md §g.1). Each
+Expected numbers come from the real Modula package (tests/data/modula_reference.json,
+docs/theory/constants.md#reference-values). Each
 config is rebuilt as plain PyTorch (fixtures/modula_*.py, tests/models/modula_composites.py) and analysed with
 `--profile modula`: Modula's nominal constants, with the masses the config used (1:m:1 by role with m = the
 tared hidden mass; the composites keep Modula's untared masses, given as overrides).

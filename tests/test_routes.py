@@ -113,7 +113,7 @@ def test_custom_autograd_function_is_a_leaf_not_modelled(tracer):
     assert not analysis.network.certified
 
 
-def test_registered_autograd_function_is_used(monkeypatch):
+def test_registered_autograd_function_is_used():
     from modnorm import semantics
 
     analysis = None

@@ -35,7 +35,8 @@ def test_roles_match_blocks_across_depths():
 
 def head_norm(width, out):
     """Default nn.Linear init (kaiming_uniform(a=√5): std 1/√(3·fan_in)): ‖W‖ ≈ std(√out + √in), so the RMS→RMS
-    norm is √(in/out)·std·(√out + √in) = (1 + √(in/out))/√3 (theory.md §c.2)."""
+    norm is √(in/out)·std·(√out + √in) = (1 + √(in/out))/√3
+    (docs/theory/constants.md#default-init)."""
     return (1 + math.sqrt(width / out)) / math.sqrt(3)
 
 

@@ -16,7 +16,7 @@ class Clamp(nn.Module):
 
 @modnorm.register(Clamp)
 def _clamp(op):
-    # tanh: 1-Lipschitz, |y| <= 1, and max|tanh''| sqrt(d) as its second-order constant (theory.md §e.4)
+    # tanh: 1-Lipschitz, |y| <= 1, and max|tanh''| sqrt(d) as its second-order constant (docs/theory/sharpness.md)
     return modnorm.Semantics("bond", (1.0,), "Clamp: tanh, 1-Lipschitz", sup=1.0, upper=1.0,
                              hessian=0.7698 * op.in_shape(0)[-1] ** 0.5)
 

@@ -1,4 +1,4 @@
-"""The hand-built composites of the Modula reference values, written as plain PyTorch (theory.md §g.1)."""
+"""The hand-built composites of the Modula reference values, written as plain PyTorch."""
 
 import math
 import sys
