@@ -96,9 +96,9 @@ def test_sarif_has_the_structure_code_scanning_requires():
 
 def test_sarif_fingerprints_are_distinct_and_stable():
     first, second = _sarif(), _sarif()
-    prints = [r["partialFingerprints"]["modnormFinding/v1"] for r in first["runs"][0]["results"]]
+    prints = [r["partialFingerprints"]["modnormFinding/v2"] for r in first["runs"][0]["results"]]
     assert len(prints) == len(set(prints))  # layers sharing one source line stay distinct alerts
-    assert prints == [r["partialFingerprints"]["modnormFinding/v1"] for r in second["runs"][0]["results"]]
+    assert prints == [r["partialFingerprints"]["modnormFinding/v2"] for r in second["runs"][0]["results"]]
     lines = [r["locations"][0]["physicalLocation"]["region"]["startLine"] for r in first["runs"][0]["results"]]
     assert len(set(lines)) < len(lines)  # …which is the situation the fingerprints are for
 
