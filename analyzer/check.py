@@ -132,6 +132,7 @@ def _source_of(loaded: Any) -> tuple[str, int | None, str]:
         return loaded.file, None, ""
     import transformers
 
-    note = (f"{klass.__name__} built from {Path(loaded.file).name} with transformers {transformers.__version__}; "
+    config = "config.json" if Path(loaded.file).is_dir() else Path(loaded.file).name
+    note = (f"{klass.__name__} built from {config} with transformers {transformers.__version__}; "
             f"findings point at its source, {source}")
     return str(Path(source).resolve()), line, note
