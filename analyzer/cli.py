@@ -185,6 +185,10 @@ def _with_baseline(results: list[Any], path: Path | None, update: bool, root: st
                    "later runs report only new ones", err=True)
         return [dataclasses.replace(r, findings=(), baselined=len(r.findings)) for r in results]
     kept, fixed = baseline.apply(results, baseline.load(path), root)
+    left_out = sum(r.baselined for r in kept)
+    if left_out:
+        typer.echo(f"modnorm: {left_out} finding{'s' if left_out != 1 else ''} recorded in the baseline {path} "
+                   "left out", err=True)
     if fixed:
         typer.echo(f"modnorm: {fixed} finding{'s' if fixed != 1 else ''} of the baseline {path} "
                    f"{'are' if fixed != 1 else 'is'} gone; --update-baseline drops {'them' if fixed != 1 else 'it'}",

@@ -56,7 +56,7 @@ def test_the_page_is_self_contained(tmp_path):
 
 @needs_chromium
 @pytest.mark.parametrize("args", [["fixtures/nanogpt.py"],
-                                  ["fixtures/sweep_nanogpt.py", "--sweep", "n_embd=32,64", "--sweep", "n_layer=2,4"],
+                                  ["fixtures/sweep_nanogpt.py", "--sweep", "n_embd=32,64"],
                                   ["fixtures/uncertified_ops.py"]],
                          ids=["model", "sweep", "uncertified"])
 def test_the_page_renders_in_chromium_with_no_console_message(tmp_path, args):
@@ -67,7 +67,7 @@ def test_the_page_renders_in_chromium_with_no_console_message(tmp_path, args):
     assert status and status.group(1) == "ok", status.group(2) if status else dom[:2000]
     if "--sweep" in args:
         ticks = re.findall(r'<text class="tick"[^>]*text-anchor="middle">([^<]+)</text>', dom)
-        assert {"32", "64"} <= set(ticks) and {"2", "4"} <= set(ticks)  # x ticks at the swept values
+        assert {"32", "64"} <= set(ticks)  # x ticks at the swept values, not 3.2x10^1
         assert re.search(r"<b>p = [+-]\d\.\d\d</b>", dom)  # the exponents
 
 
