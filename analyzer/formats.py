@@ -17,7 +17,7 @@ from xml.etree import ElementTree as ET
 
 from ._version import __version__
 from .result import Finding
-from .report import SCHEMA, fmt, relative_path, to_dict
+from .report import SCHEMA, fmt, relative_path, relative_text, to_dict
 
 __all__ = ["FORMATS", "render", "statistics", "github_step_summary", "relative_path", "fingerprint",
            "stable_identity"]
@@ -159,7 +159,8 @@ def sarif(results: Sequence[Any], root: str | None = None) -> str:
             "message": {"text": f"{f.message} [{f.module}]" + (f" Fix: {f.fix}" if f.fix else "")},
             "locations": [_sarif_location(path, line)],
             "partialFingerprints": {"modnormFinding/v2": fingerprint(f, result.analysis)},
-            "properties": {"module": f.module, "op": f.op, "target": result.target},
+            "properties": {"module": f.module, "op": f.op, "target": result.target,
+                           **({"note": relative_text(result.note, root)} if getattr(result, "note", "") else {})},
         }
         if f.related:
             entry["relatedLocations"] = [_sarif_location(relative_path(p, root), n, "related", i)
@@ -208,6 +209,8 @@ def github_step_summary(results: Sequence[Any], root: str | None = None) -> str:
         net = r.analysis.network
         out.append(f"| `{r.target}` | {r.analysis.model.parameters:,} | {fmt(net.sensitivity)} | "
                    f"{'yes' if net.certified else 'no'} | {len(r.findings)} |")
+        if getattr(r, "note", ""):
+            out.append(f"| | {relative_text(r.note, root)} | | | |")
     pairs = _all(results)
     if pairs:
         out += ["", "| severity | code | location | module | message |", "| --- | --- | --- | --- | --- |"]

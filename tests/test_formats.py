@@ -180,11 +180,15 @@ def test_unknown_format_is_exit_two():
 
 
 def test_pre_commit_hook_runs_the_configured_models():
-    """The hook runs `modnorm check` once (no filenames: it checks [tool.modnorm] models) on Python changes."""
-    text = (ROOT / ".pre-commit-hooks.yaml").read_text()
-    fields = dict(line.strip().lstrip("- ").split(": ", 1) for line in text.splitlines() if ": " in line)
-    assert fields["id"] == "modnorm" and fields["entry"] == "modnorm check"
-    assert fields["pass_filenames"] == "false" and fields["language"] == "python"
+    """The hook runs `modnorm check` once (no filenames: it checks [tool.modnorm] models) on Python changes, in the
+    project's own environment (`language: system`: no second torch install) and prints concise output."""
+    import yaml
+
+    hooks = {hook["id"]: hook for hook in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())}
+    hook = hooks["modnorm"]
+    assert hook["entry"] == "modnorm check --output-format concise" and hook["types"] == ["python"]
+    assert hook["pass_filenames"] is False and hook["language"] == "system"
+    assert all(h["language"] == "system" for h in hooks.values())
 
 
 def test_no_color_and_force_color_are_honoured():
