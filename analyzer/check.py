@@ -6,6 +6,7 @@ This is what `modnorm check` runs once per model; the CLI only parses options an
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from .config import Settings
@@ -118,7 +119,6 @@ def _source_of(loaded: Any) -> tuple[str, int | None, str]:
     import inspect
 
     from .hf import is_hf_target
-    from pathlib import Path
 
     if not is_hf_target(Path(loaded.file)):
         return loaded.file, loaded.entry_line, ""
