@@ -6,12 +6,13 @@ This is what `modnorm check` runs once per model; the CLI only parses options an
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from .config import Settings
 from .result import Analysis, Finding
 
-__all__ = ["CheckResult", "check_model", "selection_of"]
+__all__ = ["CheckResult", "check_model", "check_analysis", "selection_of"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class CheckResult:
     findings: tuple[Finding, ...]  # after per-module ignores and inline suppressions, MN001 included
     suppressed: int = 0
     sweep: Any = None  # modnorm.sweep.Sweep when the check swept sizes (analysis is then the last size)
+    note: str = ""  # e.g. where the findings of a Hugging Face config point (the transformers source)
+    baselined: int = 0  # findings left out because the baseline file records them (baseline.py)
 
 
 def check_sweep(target: str, settings: Settings, axes: Any, *, input_shape: tuple[int, ...] | None = None,
@@ -72,38 +75,75 @@ def selection_of(settings: Settings) -> Any:
 
 def check_model(target: str, settings: Settings, *, input_shape: tuple[int, ...] | None = None,
                 input_dtype: str | None = None, kwargs: dict[str, Any] | None = None) -> CheckResult:
-    from . import suppression
     from .calculus import Options, analyze_traced
     from .loading import load
     from .routes import trace
-    from modnorm.rules import all_rules, run_rules, sort_findings
 
     loaded = load(target, device=settings.device, max_params=settings.max_params, input_shape=input_shape,
                   input_dtype=input_dtype, kwargs=kwargs or {}, weights=settings.weights)
-    traced = trace(loaded.model, loaded.inputs, user_file=loaded.file, tracer=settings.tracer,
+    source, entry_line, note = _source_of(loaded)
+    traced = trace(loaded.model, loaded.inputs, user_file=source, tracer=settings.tracer,
                    leaf_types=_leaf_types(loaded.model, settings.leaf, loaded.file))
     options = Options(profile=settings.profile, mass=settings.mass, hidden_mass=settings.hidden_mass,
                       mass_of=settings.mass_of, norm_input_rms=settings.norm_input_rms, loss=settings.loss)
     from .weights import audit_progress
 
     with audit_progress(loaded.checkpoint):  # a progress bar while a checkpoint is read (terminal, text output)
-        analysis = analyze_traced(traced, options, user_file=loaded.file, entry=loaded.entry,
+        analysis = analyze_traced(traced, options, user_file=source, entry=loaded.entry,
                                   device=loaded.device, init_laws=loaded.init_laws, checkpoint=loaded.checkpoint)
     if loaded.checkpoint is not None:
         analysis = replace(analysis, model=replace(analysis.model, weights=str(settings.weights)))
-    analysis = replace(analysis, model=replace(analysis.model, entry_line=loaded.entry_line))
+    # The header names what the user passed (a config.json for Hugging Face), the findings the code lines.
+    analysis = replace(analysis, model=replace(analysis.model, file=loaded.file, entry_line=entry_line))
+    return replace(check_analysis(target, analysis, settings, source, entry_line), note=note)
+
+
+def check_analysis(target: str, analysis: Analysis, settings: Settings, source: str | None,
+                   entry_line: int | None) -> CheckResult:
+    """Rules, per-module ignores and inline suppressions on an analysis: what `modnorm check` and the pytest
+    plugin (`assert_well_normed`) both report, so that the two give the same findings."""
+    from . import suppression
+    from modnorm.rules import all_rules, run_rules, sort_findings
+
     selection = selection_of(settings)
-    findings = tuple(_located(f, loaded.file, loaded.entry_line) for f in run_rules(analysis, selection))
+    findings = tuple(_located(f, source, entry_line) if source else f for f in run_rules(analysis, selection))
     unused_rule = all_rules()["MN001"]()
 
     def unused(s: suppression.Suppression, why: str) -> Finding:
         return unused_rule.finding(f"unused suppression: {why}", fix="remove the comment or correct its code",
                                    file=s.file, line=s.line)
 
-    files = [loaded.file, *(f.file for f in findings if f.file)]
+    files = [*([source] if source else []), *(f.file for f in findings if f.file)]
     kept, suppressed = suppression.apply(findings, files, selection.enabled,
                                          unused if selection.enabled("MN001") else None)
 
     from .grouping import group_by_role
 
     return CheckResult(target, analysis, sort_findings(group_by_role(kept, _modules_of(analysis))), suppressed)
+
+
+def _source_of(loaded: Any) -> tuple[str, int | None, str]:
+    """The file findings point at, the line of the entry in it, and a note when that is not the target.
+
+    A Hugging Face config.json has no code: its findings point at the transformers source of the model's class
+    (where each module is called in `forward`), and the report says so."""
+    import inspect
+
+    from .hf import is_hf_target
+
+    if not is_hf_target(Path(loaded.file)):
+        return loaded.file, loaded.entry_line, ""
+    klass = type(loaded.model)
+    try:
+        source = inspect.getsourcefile(klass)
+        line = inspect.getsourcelines(klass)[1]
+    except (OSError, TypeError):
+        return loaded.file, None, ""
+    if source is None:
+        return loaded.file, None, ""
+    import transformers
+
+    config = "config.json" if Path(loaded.file).is_dir() else Path(loaded.file).name
+    note = (f"{klass.__name__} built from {config} with transformers {transformers.__version__}; "
+            f"findings point at its source, {source}")
+    return str(Path(source).resolve()), line, note

@@ -86,7 +86,8 @@ def check(
                                         "Without any, the `models` of [tool.modnorm] in pyproject.toml."),
     output_format: Optional[str] = typer.Option(None, "--output-format", "--format", "-f",
                                                 envvar="MODNORM_OUTPUT_FORMAT",
-                                                help="full | concise | json | json-lines | sarif | github | junit."),
+                                                help="full | concise | json | json-lines | sarif | github | junit "
+                                                "| html (one self-contained page; with -o)."),
     output_file: Optional[Path] = typer.Option(None, "--output-file", "-o", help="Write the report to this file."),
     statistics: bool = typer.Option(False, "--statistics", help="Print `count  code  name` per rule instead."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Full report: sharpness columns and per-block table."),
@@ -125,6 +126,10 @@ def check(
     exit_zero: bool = typer.Option(False, help="Exit 0 even with findings (2 still on bad input)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes for the grid points of --sweep and "
                              "for several models (results identical to --jobs 1)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="A baseline file: the first run records "
+                                            "today's findings in it, later runs report and fail only on new ones."),
+    update_baseline: bool = typer.Option(False, "--update-baseline", help="Rewrite the --baseline file with "
+                                         "today's findings (accept them)."),
 ) -> None:
     """Analyse model files and report per-layer modular-norm quantities and findings.
 
@@ -156,6 +161,7 @@ def check(
                                      for target in _targets(targets, settings)], jobs)
         if plot is not None:
             _plot(results, plot)
+        results = _with_baseline(results, baseline, update_baseline, settings.root)
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one paragraph and exit 2
@@ -168,6 +174,36 @@ def check(
         raise typer.Exit(EXIT_FINDINGS)
     worst = max((_SEVERITY_RANK[f.severity] for r in results for f in r.findings), default=-1)
     raise typer.Exit(EXIT_FINDINGS if worst >= _SEVERITY_RANK[settings.fail_on] and not exit_zero else EXIT_CLEAN)
+
+
+def _with_baseline(results: list[Any], path: Path | None, update: bool, root: str | None) -> list[Any]:
+    """`--baseline`: record the findings when the file is new (or with --update-baseline), else drop the recorded
+    ones so that only new findings are reported and counted for the exit code."""
+    import dataclasses
+
+    from . import baseline
+    from .errors import ModnormError
+
+    if path is None:
+        if update:
+            raise ModnormError("--update-baseline needs the file to rewrite",
+                               "pass it as --baseline modnorm-baseline.json")
+        return results
+    if update or not path.exists():
+        count = baseline.record(path, results, root)
+        typer.echo(f"modnorm: recorded {count} finding{'s' if count != 1 else ''} in the baseline {path}; "
+                   "later runs report only new ones", err=True)
+        return [dataclasses.replace(r, findings=(), baselined=len(r.findings)) for r in results]
+    kept, fixed = baseline.apply(results, baseline.load(path), root)
+    left_out = sum(r.baselined for r in kept)
+    if left_out:
+        typer.echo(f"modnorm: {left_out} finding{'s' if left_out != 1 else ''} recorded in the baseline {path} "
+                   "left out", err=True)
+    if fixed:
+        typer.echo(f"modnorm: {fixed} finding{'s' if fixed != 1 else ''} of the baseline {path} "
+                   f"{'are' if fixed != 1 else 'is'} gone; --update-baseline drops {'them' if fixed != 1 else 'it'}",
+                   err=True)
+    return kept
 
 
 def _settings(targets: list[str] | None, config: Path | None, isolated: bool, **overrides: Any) -> Any:
@@ -325,8 +361,13 @@ def _emit(results: list[Any], settings: Any, statistics: bool, output_file: Path
                 from .report import render_sweep
 
                 render_sweep(result.sweep, console)
-            render_full(result.analysis, result.findings, console, suppressed=result.suppressed, verbose=verbose)
+            render_full(result.analysis, result.findings, console, suppressed=result.suppressed, verbose=verbose,
+                        root=settings.root, note=result.note, baselined=result.baselined)
         text = buffer.getvalue() if buffer is not None else None
+    elif output_format == "html":
+        from .html import render_html
+
+        text = render_html(results, settings.root)
     else:
         text = formats.render(output_format, results, settings.root)
     if output_format == "github":

@@ -43,7 +43,7 @@ __all__ = ["Settings", "find_config", "load_config", "settings_from_table", "KEY
 
 SEVERITIES = ("info", "warning", "error")
 TRACERS = ("auto", "fx", "export", "oplog", "modules")  # the routes of tracing.trace, in fallback order
-OUTPUT_FORMATS = ("full", "concise", "json", "json-lines", "sarif", "github", "junit")
+OUTPUT_FORMATS = ("full", "concise", "json", "json-lines", "sarif", "github", "junit", "html")
 
 
 @dataclass(frozen=True)

@@ -17,25 +17,15 @@ from xml.etree import ElementTree as ET
 
 from ._version import __version__
 from .result import Finding
-from .report import SCHEMA, fmt, to_dict
+from .report import SCHEMA, fmt, relative_path, relative_text, to_dict
 
-__all__ = ["FORMATS", "render", "statistics", "github_step_summary", "relative_path", "fingerprint"]
+__all__ = ["FORMATS", "render", "statistics", "github_step_summary", "relative_path", "fingerprint",
+           "stable_identity"]
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 _GITHUB_LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
 _RANK = {"error": 0, "warning": 1, "info": 2}
-
-
-def relative_path(path: str | None, root: str | None = None) -> str:
-    """`path` relative to `root` (or the working directory) with forward slashes; unchanged when outside it."""
-    if not path:
-        return ""
-    base = Path(root) if root else Path.cwd()
-    try:
-        return Path(path).resolve().relative_to(base.resolve()).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
 
 
 def _all(results: Sequence[Any]) -> list[tuple[Any, Finding]]:
@@ -62,7 +52,7 @@ def concise(results: Sequence[Any], root: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------- json
 def json_report(results: Sequence[Any], root: str | None = None) -> str:
     """One model: the `modnorm/1` document. Several (from `models = [...]`): a JSON array of them."""
-    documents = [to_dict(r.analysis, r.findings) | {"target": r.target} | _sweep_dict(r.sweep) for r in results]
+    documents = [to_dict(r.analysis, r.findings, root) | {"target": r.target} | _sweep_dict(r.sweep) for r in results]
     return json.dumps(documents[0] if len(documents) == 1 else documents, indent=2)
 
 
@@ -87,15 +77,43 @@ def json_lines(results: Sequence[Any], root: str | None = None) -> str:
                                 "severity": f.severity, "message": f.message, "fix": f.fix, "module": f.module,
                                 "file": path, "line": line, "op": f.op,
                                 "related": [{"file": relative_path(p, root), "line": n} for p, n in f.related],
-                                "fingerprint": fingerprint(f)}))
+                                "fingerprint": fingerprint(f, result.analysis)}))
     return "\n".join(rows)
 
 
 # --------------------------------------------------------------------------------------------------- sarif
-def fingerprint(f: Finding) -> str:
-    """Stable identity of a finding across runs: rule, module path and op, not the line (many layers share one
-    source line; lines move when code is edited)."""
-    return hashlib.sha256(f"{f.code}\0{f.module}\0{f.op}".encode()).hexdigest()[:32]
+def stable_identity(f: Finding, analysis: Any = None) -> tuple[str, str, str]:
+    """(rule, module path, role) of a finding: what stays the same when unrelated code changes.
+
+    The role is the op's part in its module: "atom" for a layer (its module path already names it), else the op's
+    readable name and its ordinal among the module's ops of that name in graph order ("add#1": the second residual
+    add of `blocks.3`). fx node names (`add_3`) count over the whole graph and shift with any edit above them;
+    lines move with every edit, and many layers share one line."""
+    if not f.op:
+        return f.code, f.module, ""
+    roles = _roles(analysis) if analysis is not None else {}
+    return f.code, f.module, roles.get(f.op, f.op)
+
+
+def _roles(analysis: Any) -> dict[str, str]:
+    cached = analysis.__dict__.get("_modnorm_roles")
+    if cached is None:
+        cached, seen = {}, Counter()
+        for op in analysis.ops:
+            if op.kind == "atom":
+                cached[op.name] = "atom"
+                continue
+            key = (op.module, op.target)
+            cached[op.name] = f"{op.target}#{seen[key]}"
+            seen[key] += 1
+        object.__setattr__(analysis, "_modnorm_roles", cached)  # a frozen dataclass: cache beside its fields
+    return cached
+
+
+def fingerprint(f: Finding, analysis: Any = None) -> str:
+    """Stable identity of a finding across runs, hashed: rule, module path and the op's role in its module
+    (`stable_identity`), never the fx node name or the line."""
+    return hashlib.sha256("\0".join(stable_identity(f, analysis)).encode()).hexdigest()[:32]
 
 
 def _sarif_rule(rule: Any) -> dict[str, Any]:
@@ -142,8 +160,9 @@ def sarif(results: Sequence[Any], root: str | None = None) -> str:
             "ruleId": f.code, "ruleIndex": index[f.code], "level": _SARIF_LEVEL[f.severity],
             "message": {"text": f"{f.message} [{f.module}]" + (f" Fix: {f.fix}" if f.fix else "")},
             "locations": [_sarif_location(path, line)],
-            "partialFingerprints": {"modnormFinding/v1": fingerprint(f)},
-            "properties": {"module": f.module, "op": f.op, "target": result.target},
+            "partialFingerprints": {"modnormFinding/v2": fingerprint(f, result.analysis)},
+            "properties": {"module": f.module, "op": f.op, "target": result.target,
+                           **({"note": relative_text(result.note, root)} if getattr(result, "note", "") else {})},
         }
         if f.related:
             entry["relatedLocations"] = [_sarif_location(relative_path(p, root), n, "related", i)
@@ -192,6 +211,8 @@ def github_step_summary(results: Sequence[Any], root: str | None = None) -> str:
         net = r.analysis.network
         out.append(f"| `{r.target}` | {r.analysis.model.parameters:,} | {fmt(net.sensitivity)} | "
                    f"{'yes' if net.certified else 'no'} | {len(r.findings)} |")
+        if getattr(r, "note", ""):
+            out.append(f"| | {relative_text(r.note, root)} | | | |")
     pairs = _all(results)
     if pairs:
         out += ["", "| severity | code | location | module | message |", "| --- | --- | --- | --- | --- |"]

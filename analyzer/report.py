@@ -8,12 +8,36 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from .errors import short_path as _short
+from pathlib import Path
+
 from .result import Analysis, Finding, Layer
 
-__all__ = ["to_json", "to_dict", "render_full", "fmt", "SCHEMA"]
+__all__ = ["to_json", "to_dict", "render_full", "fmt", "relative_path", "relative_text", "SCHEMA"]
 
 SCHEMA = "modnorm/1"
+
+
+# ------------------------------------------------------------------------------------------------- locations
+def relative_path(path: str | None, root: str | None = None) -> str:
+    """`path` relative to the project root (the configuration file's directory, else the working directory), with
+    forward slashes; unchanged when outside it. Every report and format shows paths this one way."""
+    if not path:
+        return ""
+    base = Path(root) if root else Path.cwd()
+    try:
+        return Path(path).resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def relative_text(text: str, root: str | None = None) -> str:
+    """Messages that embed a location ("op at /abs/model.py:29") with the root's prefix dropped, as in findings."""
+    base = str((Path(root) if root else Path.cwd()).resolve())
+    return text.replace(base.rstrip("/") + "/", "") if base != "/" else text
+
+
+def _short(path: str | None, root: str | None = None) -> str:
+    return relative_path(path, root)
 
 
 def fmt(x: float, digits: int = 4) -> str:
@@ -34,7 +58,7 @@ def _number(x: float) -> float | None:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def _layer_dict(layer: Layer) -> dict[str, Any]:
+def _layer_dict(layer: Layer, root: str | None = None) -> dict[str, Any]:
     return {
         "name": layer.name, "kind": layer.kind, "shape": list(layer.shape), "role": layer.role,
         "mass": layer.mass, "mass_share": layer.mass_share, "sensitivity": _number(layer.sensitivity),
@@ -42,26 +66,32 @@ def _layer_dict(layer: Layer) -> dict[str, Any]:
         "design_downstream_sensitivity": _number(layer.design_downstream_sensitivity),
         "target_norm": _number(layer.target_norm), "norm_at_init": _number(layer.norm_at_init),
         "norm_source": layer.norm_source, "scale": layer.scale, "certified": layer.certified,
-        "weight": layer.weight, "file": layer.file, "line": layer.line,
-        "defined_at": {"file": layer.defined_at[0], "line": layer.defined_at[1]} if layer.defined_at else None,
+        "weight": layer.weight, "file": _short(layer.file, root) or None, "line": layer.line,
+        "defined_at": ({"file": _short(layer.defined_at[0], root), "line": layer.defined_at[1]}
+                       if layer.defined_at else None),
         "predicted_norm": _number(layer.predicted_norm) if layer.predicted_norm is not None else None,
     }
 
 
-def _finding_dict(finding: Finding) -> dict[str, Any]:
-    return {"code": finding.code, "name": finding.name, "severity": finding.severity, "message": finding.message,
-            "fix": finding.fix, "module": finding.module, "file": finding.file, "line": finding.line,
-            "op": finding.op, "related": [{"file": f, "line": l} for f, l in finding.related]}
+def _finding_dict(finding: Finding, root: str | None = None) -> dict[str, Any]:
+    return {"code": finding.code, "name": finding.name, "severity": finding.severity,
+            "message": relative_text(finding.message, root), "fix": finding.fix, "module": finding.module,
+            "file": _short(finding.file, root) or None, "line": finding.line, "op": finding.op,
+            "related": [{"file": _short(f, root), "line": l} for f, l in finding.related]}
 
 
-def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None) -> dict[str, Any]:
-    """The versioned JSON document (schema `modnorm/1`: fields may be added, never renamed)."""
+def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
+            root: str | None = None) -> dict[str, Any]:
+    """The versioned JSON document (schema `modnorm/1`: fields may be added, never renamed); paths relative to
+    `root`, the project root."""
     net = analysis.network
     findings = analysis.findings if findings is None else findings
+    text = lambda items: [relative_text(item, root) for item in items]  # noqa: E731
     return {
         "schema": SCHEMA,
-        "model": {"file": analysis.model.file, "entry": analysis.model.entry, "tracer": analysis.model.tracer,
-                  "tracer_attempts": list(analysis.model.tracer_attempts), "device": analysis.model.device,
+        "model": {"file": _short(analysis.model.file, root) or None, "entry": analysis.model.entry,
+                  "tracer": analysis.model.tracer,
+                  "tracer_attempts": text(analysis.model.tracer_attempts), "device": analysis.model.device,
                   "parameters": analysis.model.parameters, "nodes": analysis.model.nodes,
                   "weights": analysis.model.weights},
         "profile": analysis.profile,
@@ -70,8 +100,8 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None) -> 
         "network": {
             "mass": net.mass, "sensitivity": _number(net.sensitivity),
             "design_sensitivity": _number(net.design_sensitivity), "certified": net.certified,
-            "uncertified_reasons": list(net.uncertified_reasons), "unknown_ops": list(net.unknown_ops),
-            "assumptions": list(net.assumptions), "input_convention": net.input_convention,
+            "uncertified_reasons": text(net.uncertified_reasons), "unknown_ops": text(net.unknown_ops),
+            "assumptions": text(net.assumptions), "input_convention": net.input_convention,
             "input_sensitivities": {k: _number(v) for k, v in net.input_sensitivities.items()},
             "modular_norm_at_init": _number(net.modular_norm_at_init),
             "sharpness": _sharpness_dict(net.sharpness),
@@ -86,12 +116,12 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None) -> 
                      for g in net.mass_groups if g.by == by]
                 for by in ("role", "block")},
         },
-        "layers": [_layer_dict(layer) for layer in analysis.layers],
+        "layers": [_layer_dict(layer, root) for layer in analysis.layers],
         "residual_streams": [
-            {"merges": [_merge_dict(analysis, m) for m in stream.merges], "depth": stream.depth,
+            {"merges": [_merge_dict(analysis, m, root) for m in stream.merges], "depth": stream.depth,
              "alphas": [_number(a) for a in stream.alphas]}
             for stream in analysis.streams],
-        "findings": [_finding_dict(f) for f in findings],
+        "findings": [_finding_dict(f, root) for f in findings],
     }
 
 
@@ -110,16 +140,16 @@ def _loss_dict(loss: Any) -> dict[str, Any] | None:
             "safe_step": _number(loss.safe_step)}
 
 
-def _merge_dict(analysis: Analysis, name: str) -> dict[str, Any]:
+def _merge_dict(analysis: Analysis, name: str, root: str | None = None) -> dict[str, Any]:
     merge = analysis.merge(name)
     return {"op": merge.op, "skip_coefficient": merge.skip_coefficient,
             "branch_coefficient": merge.branch_coefficient, "block_sensitivity": _number(merge.block_sensitivity),
-            "design_block_sensitivity": _number(merge.design_block_sensitivity), "file": merge.file,
+            "design_block_sensitivity": _number(merge.design_block_sensitivity), "file": _short(merge.file, root) or None,
             "line": merge.line}
 
 
-def to_json(analysis: Analysis, findings: tuple[Finding, ...] | None = None) -> str:
-    return json.dumps(to_dict(analysis, findings), indent=2)
+def to_json(analysis: Analysis, findings: tuple[Finding, ...] | None = None, root: str | None = None) -> str:
+    return json.dumps(to_dict(analysis, findings, root), indent=2)
 
 
 # ------------------------------------------------------------------------------------------------ rich table
@@ -136,15 +166,16 @@ def _collapse(layers: tuple[Layer, ...]) -> list[tuple[Layer, str, int]]:
 
 
 def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None, console: Any = None,
-                suppressed: int = 0, verbose: bool = False) -> None:
-    """Print the per-layer table, the network summary and the findings with rich."""
+                suppressed: int = 0, verbose: bool = False, root: str | None = None, note: str = "",
+                baselined: int = 0) -> None:
+    """Print the per-layer table, the network summary and the findings with rich; paths relative to `root`."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
     findings = analysis.findings if findings is None else findings
     model = analysis.model
-    title = f"modnorm · {model.file or 'model'}" + (f":{model.entry}" if model.entry else "")
+    title = f"modnorm · {_short(model.file, root) or 'model'}" + (f":{model.entry}" if model.entry else "")
     table = Table(title=title, title_justify="left", header_style="bold", expand=False)
     for column, justify in (("layer", "left"), ("kind", "left"), ("shape", "left"), ("role", "left"),
                             ("mass share", "right"), ("sens.", "right"), ("S_down", "right"),
@@ -156,7 +187,7 @@ def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
     for layer, name, count in _collapse(analysis.layers):
         label = f"{name} ×{count}" if count > 1 else name
         source = "m" if layer.norm_source == "measured" else "p"
-        where = f"{_short(layer.file)}:{layer.line}" if layer.file else ""
+        where = f"{_short(layer.file, root)}:{layer.line}" if layer.file else ""
         style = None if layer.certified else "yellow"
         extra = ([fmt(layer.predicted_norm, 3) if layer.predicted_norm is not None else "",
                   *(fmt(v, 3) for v in analysis.op(layer.op).sharpness or ())] if verbose else [])
@@ -167,11 +198,16 @@ def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
     if verbose:
         _render_block_sharpness(analysis, console)
     _render_mass_groups(analysis, console)
-    _render_summary(analysis, console)
-    _render_findings(findings, console)
+    _render_summary(analysis, console, root)
+    if note:
+        console.print(f"[cyan]note:[/] {relative_text(note, root)}", highlight=False)
+    _render_findings(findings, console, root)
     if suppressed:
         console.print(f"[dim]{suppressed} finding{'s' if suppressed != 1 else ''} suppressed by "
                       f"`# modnorm: ignore` comments[/]")
+    if baselined:
+        console.print(f"[dim]{baselined} finding{'s' if baselined != 1 else ''} recorded in the baseline "
+                      f"(not shown)[/]")
 
 
 def _render_block_sharpness(analysis: Analysis, console: Any) -> None:
@@ -218,13 +254,13 @@ def _render_mass_groups(analysis: Analysis, console: Any, blocks_shown: int = 6)
     console.print(table)
 
 
-def _weights_label(model: Any) -> str:
+def _weights_label(model: Any, root: str | None = None) -> str:
     if model.weights != "init":
-        return f"{_short(model.weights)} (m = measured, one tensor at a time)"
+        return f"{_short(model.weights, root)} (m = measured, one tensor at a time)"
     return "cpu (m = measured)" if model.device == "cpu" else "meta (p = predicted from the recorded init)"
 
 
-def _render_summary(analysis: Analysis, console: Any) -> None:
+def _render_summary(analysis: Analysis, console: Any, root: str | None = None) -> None:
     net, model = analysis.network, analysis.model
     status = "[green]certified[/]" if net.certified else "[yellow]not certified[/]"
     console.print(
@@ -232,20 +268,20 @@ def _render_summary(analysis: Analysis, console: Any) -> None:
         f"design sensitivity {fmt(net.design_sensitivity)} · modular norm at init {fmt(net.modular_norm_at_init)}")
     console.print(
         f"profile {analysis.profile} · masses {analysis.mass_scheme} (hidden {fmt(analysis.hidden_mass)}) · "
-        f"tracer {model.tracer} · weights {_weights_label(model)} · "
+        f"tracer {model.tracer} · weights {_weights_label(model, root)} · "
         f"{model.parameters:,} parameters · {model.nodes} ops · eval mode")
-    _render_sharpness(analysis, console)
+    _render_sharpness(analysis, console, root)
     for reason in net.uncertified_reasons[:8]:
-        console.print(f"  [yellow]not certified:[/] {reason}", highlight=False)
+        console.print(f"  [yellow]not certified:[/] {relative_text(reason, root)}", highlight=False)
     if len(net.uncertified_reasons) > 8:
         console.print(f"  … and {len(net.uncertified_reasons) - 8} more (see --output-format json)")
     for op in net.unknown_ops:
-        console.print(f"  [red]unknown op:[/] {op}", highlight=False)
+        console.print(f"  [red]unknown op:[/] {relative_text(op, root)}", highlight=False)
     for assumption in net.assumptions:
-        console.print(f"  [cyan]assumption:[/] {assumption}", highlight=False)
+        console.print(f"  [cyan]assumption:[/] {relative_text(assumption, root)}", highlight=False)
 
 
-def _render_sharpness(analysis: Analysis, console: Any) -> None:
+def _render_sharpness(analysis: Analysis, console: Any, root: str | None = None) -> None:
     sharp, loss = analysis.network.sharpness, analysis.network.loss
     if sharp is None:
         return
@@ -256,7 +292,8 @@ def _render_sharpness(analysis: Analysis, console: Any) -> None:
                       f"τ {fmt(loss.tau)} → gradient Lipschitz σα + τA² = {fmt(loss.gradient_lipschitz)}, "
                       f"safe step {fmt(loss.safe_step)}")
     else:
-        console.print(f"[bold]sharpness[/] [yellow]not certified[/]: {sharp.reason}", highlight=False)
+        console.print(f"[bold]sharpness[/] [yellow]not certified[/]: {relative_text(sharp.reason, root)}",
+                      highlight=False)
     for stream in analysis.streams:
         if len(stream.alphas) >= 2 and all(map(math.isfinite, stream.alphas)):
             steps = " → ".join(v if isinstance(v, str) else fmt(v, 3) for v in _ends(stream.alphas))
@@ -270,14 +307,14 @@ def _ends(values: tuple[float, ...], keep: int = 3) -> list[Any]:
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def _render_findings(findings: tuple[Finding, ...], console: Any) -> None:
+def _render_findings(findings: tuple[Finding, ...], console: Any, root: str | None = None) -> None:
     if not findings:
         console.print("[green]no findings[/]")
         return
     for f in findings:
-        where = f"{_short(f.file)}:{f.line}" if f.file and f.line else (_short(f.file) or "<model>")
+        where = f"{_short(f.file, root)}:{f.line}" if f.file and f.line else (_short(f.file, root) or "<model>")
         console.print(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity:7}[/] {f.code} {where} "
-                      f"[dim]\\[{f.module or '<model>'}][/] {f.message}", highlight=False)
+                      f"[dim]\\[{f.module or '<model>'}][/] {relative_text(f.message, root)}", highlight=False)
         if f.fix:
             console.print(f"         [dim]fix:[/] {f.fix}", highlight=False)
 

@@ -96,9 +96,9 @@ def test_sarif_has_the_structure_code_scanning_requires():
 
 def test_sarif_fingerprints_are_distinct_and_stable():
     first, second = _sarif(), _sarif()
-    prints = [r["partialFingerprints"]["modnormFinding/v1"] for r in first["runs"][0]["results"]]
+    prints = [r["partialFingerprints"]["modnormFinding/v2"] for r in first["runs"][0]["results"]]
     assert len(prints) == len(set(prints))  # layers sharing one source line stay distinct alerts
-    assert prints == [r["partialFingerprints"]["modnormFinding/v1"] for r in second["runs"][0]["results"]]
+    assert prints == [r["partialFingerprints"]["modnormFinding/v2"] for r in second["runs"][0]["results"]]
     lines = [r["locations"][0]["physicalLocation"]["region"]["startLine"] for r in first["runs"][0]["results"]]
     assert len(set(lines)) < len(lines)  # …which is the situation the fingerprints are for
 
@@ -180,11 +180,15 @@ def test_unknown_format_is_exit_two():
 
 
 def test_pre_commit_hook_runs_the_configured_models():
-    """The hook runs `modnorm check` once (no filenames: it checks [tool.modnorm] models) on Python changes."""
-    text = (ROOT / ".pre-commit-hooks.yaml").read_text()
-    fields = dict(line.strip().lstrip("- ").split(": ", 1) for line in text.splitlines() if ": " in line)
-    assert fields["id"] == "modnorm" and fields["entry"] == "modnorm check"
-    assert fields["pass_filenames"] == "false" and fields["language"] == "python"
+    """The hook runs `modnorm check` once (no filenames: it checks [tool.modnorm] models) on Python changes, in the
+    project's own environment (`language: system`: no second torch install) and prints concise output."""
+    import yaml
+
+    hooks = {hook["id"]: hook for hook in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())}
+    hook = hooks["modnorm"]
+    assert hook["entry"] == "modnorm check --output-format concise" and hook["types"] == ["python"]
+    assert hook["pass_filenames"] is False and hook["language"] == "system"
+    assert all(h["language"] == "system" for h in hooks.values())
 
 
 def test_no_color_and_force_color_are_honoured():
