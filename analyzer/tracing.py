@@ -22,7 +22,7 @@ import torch.fx as fx
 from torch import nn
 
 from .semantics import LEAF_CLASS_NAMES, lookup
-from .errors import ModnormError, frame_of_exception, resolved, short_path, user_frame
+from .errors import InputsDoNotFit, ModnormError, frame_of_exception, resolved, short_path, user_frame
 
 __all__ = ["TracedModel", "trace", "to_meta", "node_value", "node_location"]
 
@@ -285,7 +285,9 @@ class ShapeTracer(fx.Tracer):
         kw = _on_meta_device(to_meta(fx.node.map_aggregate(kwargs, _unwrap)))
         if kind == "call_method" and target in ("cpu", "cuda") and values:
             return values[0]
+        module = self.root.get_submodule(target) if kind == "call_module" else None
         try:
+            _check_dtypes(module if module is not None else target, values)
             if kind == "call_function":
                 return getattr(target, "_modnorm_leaf_of", target)(*values, **kw)
             if kind == "call_method":
@@ -293,11 +295,13 @@ class ShapeTracer(fx.Tracer):
             if kind == "call_module":
                 self._computing = True
                 try:
-                    return _run_on_meta(self.root.get_submodule(target), values, kw)
+                    return _run_on_meta(module, values, kw)
                 finally:
                     self._computing = False
-        except Exception:  # noqa: BLE001 - an op meta cannot run leaves the value unknown
-            return None
+        except Exception as exc:  # noqa: BLE001 - an op meta cannot run leaves the value unknown...
+            if _cannot_run_on_meta(exc, args, kwargs) or is_compiled(target) or is_compiled(module):
+                return None
+            raise _inputs_do_not_fit(kind, target, module, values, kw, exc) from exc  # ...one that rejects them
         return None
 
     def create_node(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
@@ -316,6 +320,53 @@ class ShapeTracer(fx.Tracer):
             return obj
         finally:
             self._computing = computing
+
+
+# Meta kernels of these skip the dtype check their CPU kernels make ("mat1 and mat2 must have the same dtype").
+_MATMUL_FUNCTIONS = {torch.nn.functional.linear, torch.matmul, torch.mm, torch.bmm, torch.nn.functional.conv1d,
+                     torch.nn.functional.conv2d, torch.nn.functional.conv3d, getattr(__import__("operator"), "matmul")}
+
+
+def _check_dtypes(op: Any, values: tuple) -> None:
+    """Integer inputs to a float matmul, which the meta device computes (as integers) instead of refusing."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if isinstance(op, nn.Module):
+        weight = op._parameters.get("weight")  # not getattr: fx patches Module.__getattr__ to return a proxy
+        if (isinstance(weight, torch.Tensor) and weight.is_floating_point() and tensors
+                and not isinstance(op, (nn.Embedding, nn.EmbeddingBag)) and not tensors[0].is_floating_point()
+                and not tensors[0].is_complex()):
+            raise TypeError(f"expected a floating-point input like its weight ({weight.dtype}), got "
+                            f"{tensors[0].dtype}")
+        if isinstance(op, (nn.Embedding, nn.EmbeddingBag)) and tensors and tensors[0].is_floating_point():
+            raise TypeError(f"expected integer token ids, got {tensors[0].dtype}")
+    elif op is torch.nn.functional.embedding and tensors and tensors[0].is_floating_point():
+        raise TypeError(f"expected integer token ids, got {tensors[0].dtype}")
+    elif op in _MATMUL_FUNCTIONS and len({t.is_floating_point() for t in tensors}) > 1:
+        raise TypeError(f"expected inputs of one dtype, got {', '.join(str(t.dtype) for t in tensors)}")
+
+
+def _cannot_run_on_meta(exc: BaseException, args: Any, kwargs: Any) -> bool:
+    """The op failed for want of data (no meta kernel, a value only data has, an input already unknown), not
+    because its inputs are wrong: the value stays unknown and tracing goes on, as before."""
+    unknown: list[bool] = []
+    fx.node.map_aggregate((args, kwargs), lambda a: unknown.append(
+        isinstance(a, (fx.Proxy, fx.Node)) and _unwrap(a) is None))
+    return (isinstance(exc, (NotImplementedError, DataDependentError)) or "meta" in str(exc).lower()
+            or "data-dependent" in str(exc).lower() or any(unknown))
+
+
+def _inputs_do_not_fit(kind: str, target: Any, module: Any, values: tuple, kwargs: dict,
+                       exc: BaseException) -> InputsDoNotFit:
+    """The op that rejected the example inputs, its input shapes and dtypes, and the user's line calling it."""
+    what = (f"module `{target}` ({type(module).__name__})" if module is not None
+            else f"`{getattr(target, '__name__', target)}`" if kind == "call_function" else f"method `.{target}`")
+    shapes = ", ".join(f"{tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for v in values
+                       if isinstance(v, torch.Tensor)) or "no tensors"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return InputsDoNotFit(f"the example inputs do not fit the model: {what} rejects inputs of shape {shapes} "
+                          f"({type(exc).__name__}: {first})",
+                          "pass inputs the model accepts: fix example_inputs() in the model file, or --input-shape "
+                          "and --input-dtype (long for token ids)")  # trace_fx adds the user's line
 
 
 def _on_meta_device(value: Any) -> Any:
@@ -494,6 +545,8 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | No
     for name, route in routes.items():
         try:
             traced = route(list(attempts))
+        except InputsDoNotFit:
+            raise  # every route would fail on these inputs, and the module-only one would hide it
         except ModnormError as failure:
             failures.append(failure)
             where = f" at {short_path(failure.file)}:{failure.line}" if failure.file and failure.line else ""
@@ -600,6 +653,10 @@ def trace_fx(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str |
     tracer = ShapeTracer(example_inputs, leaf_types)
     try:
         graph = tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
+    except InputsDoNotFit as exc:  # name the user's line that called the op, else the model file
+        frame = frame_of_exception(exc, user_file)
+        raise InputsDoNotFit(exc.problem, exc.remedy, frame[0] if frame else user_file,
+                             frame[1] if frame else None) from exc.__cause__
     except ModnormError:
         raise
     except Exception as exc:  # noqa: BLE001 - every trace failure becomes a user-facing explanation
