@@ -536,6 +536,11 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | No
         "oplog": lambda attempts: _explained(trace_oplog, "op log", model, example_inputs, user_file,
                                              leaf_types, attempts),
     }
+    odd = [n for n, _ in model.named_modules() if not n.isprintable() or '"' in n or "\\" in n]
+    if odd:  # every route writes module names into generated Python source, where these break it
+        raise ModnormError(f"the model has submodules named {', '.join(map(repr, odd[:3]))}, which torch.fx "
+                           "cannot write into generated code", "name submodules with letters, digits and "
+                           "underscores (add_module / setattr)", user_file)
     if tracer in routes:
         return routes[tracer]([])
     if tracer == "modules":
@@ -592,6 +597,7 @@ def trace_export(model: nn.Module, example_inputs: tuple[Any, ...], user_file: s
     import io
     import logging
 
+    disabled = logging.root.manager.disable  # the caller's level, restored below
     try:  # export logs graph dumps on failure: the user gets one paragraph instead
         logging.disable(logging.CRITICAL)
         with contextlib.redirect_stderr(io.StringIO()):
@@ -602,7 +608,7 @@ def trace_export(model: nn.Module, example_inputs: tuple[Any, ...], user_file: s
         raise _route_failure(exc, "torch.export cannot trace", user_file,
                              "rewrite the construct with torch operations or mark its module as a leaf") from exc
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(disabled)
     graph_module = exported.module()
     for node in list(graph_module.graph.nodes):  # export's input-guard call carries no data
         if node.op == "call_module" and str(node.target).startswith("_guards") and not node.users:

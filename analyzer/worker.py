@@ -176,8 +176,10 @@ def _guarded(job: Callable[..., Any], args: tuple, kwargs: dict, target: str) ->
                            "a model file must not exit the process when it is imported, built or run; guard the "
                            "script part with `if __name__ == \"__main__\":`",
                            frame[0] if frame else _model_path(target), frame[1] if frame else None) from None
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt as exc:  # raised by the model's code itself (a real Ctrl-C stops the parent too)
+        frame = frame_of_exception(exc, _model_path(target))
+        raise ModnormError("the model's code raised KeyboardInterrupt", "remove the raise or the input() call",
+                           frame[0] if frame else _model_path(target), frame[1] if frame else None) from None
     except Exception as exc:  # noqa: BLE001 - the CLI's own catch-all explains it; keep the traceback text
         if os.environ.get("MODNORM_TRACEBACK"):
             traceback.print_exc()
