@@ -211,3 +211,58 @@ def test_probe_takes_its_bounds_from_the_weights_it_measures(scale, tmp_path):
         assert result.exit_code == 0, result.output
         rows = json.loads(result.stdout)["rows"]
         assert rows and not any(row["violated"] for row in rows)
+
+
+# --- formats with hostile names: a module called "a|b\x1b[31m" in "my dir/100%,v2.py", and a file outside the root
+@pytest.fixture(scope="module")
+def hostile_results(tmp_path_factory):
+    from dataclasses import replace
+
+    from modnorm.check import CheckResult
+    from modnorm.config import Settings
+    from modnorm.check import check_model
+    from modnorm.result import Finding
+
+    base = check_model(str(CLEAN), Settings())
+    inside = tmp_path_factory.mktemp("root") / "my dir" / "100%,v2.py"
+    outside = tmp_path_factory.mktemp("elsewhere") / "other file.py"
+    hostile = Finding("MN101", "atom-norm-out-of-band", "warning", "norm | 2\x1b[31m too \x00 big", "fix | it",
+                      "blocks.a|b\x1b[31m", str(inside), 3, related=((str(outside), 7),))
+    far = replace(hostile, file=str(outside), module="far")
+    return [CheckResult("model|x.py", base.analysis, (hostile, far))], str(inside.parent.parent)
+
+
+def test_junit_with_control_characters_is_valid_xml(hostile_results):
+    from xml.etree import ElementTree
+
+    from modnorm import formats
+
+    results, root = hostile_results
+    text = formats.render("junit", results, root)
+    document = ElementTree.fromstring(text.split("\n", 1)[1])  # a control character would make this raise
+    assert "\\x1b" in ElementTree.tostring(document, encoding="unicode")
+
+
+def test_step_summary_escapes_pipes_so_the_table_keeps_its_columns(hostile_results):
+    from modnorm import formats
+
+    results, root = hostile_results
+    rows = [line for line in formats.github_step_summary(results, root).splitlines() if line.startswith("| warning")]
+    assert rows
+    for row in rows:  # five columns: six unescaped pipes
+        assert len([i for i, c in enumerate(row) if c == "|" and row[i - 1:i] != "\\"]) == 6, row
+
+
+def test_sarif_uris_are_percent_encoded_and_outside_files_are_file_uris(hostile_results):
+    from modnorm import formats
+
+    results, root = hostile_results
+    run_ = json.loads(formats.render("sarif", results, root))["runs"][0]
+    where = {r["properties"]["module"]: r["locations"][0]["physicalLocation"]["artifactLocation"]
+             for r in run_["results"]}
+    inside, outside = where["blocks.a|b\x1b[31m"], where["far"]
+    assert inside == {"uri": "my%20dir/100%25%2Cv2.py", "uriBaseId": "%SRCROOT%"}
+    assert outside["uri"].startswith("file:///") and "other%20file.py" in outside["uri"]
+    assert "uriBaseId" not in outside
+    related = next(r for r in run_["results"] if r["properties"]["module"] == "far")["relatedLocations"][0]["physicalLocation"]["artifactLocation"]
+    assert related["uri"].startswith("file:///") and "uriBaseId" not in related
