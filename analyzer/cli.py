@@ -6,6 +6,7 @@ traceback). Heavy imports happen inside the commands so that `modnorm --version`
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -13,12 +14,13 @@ from typing import Any, List, Optional
 import typer
 
 from ._version import __version__
+from .config import SEVERITIES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Static modular-norm analysis and linting of PyTorch models.")
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-_SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+_SEVERITY_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}  # info < warning < error
 
 
 def _version(value: bool) -> None:
@@ -131,7 +133,8 @@ def check(
                                                      "error | warning (default) | info."),
     exit_zero: bool = typer.Option(False, help="Exit 0 even with findings (2 still on bad input)."),
     timeout: Optional[float] = typer.Option(None, help="Seconds the model's code (import, build, trace) may run "
-                                            "before it is stopped with exit 2 (default 600)."),
+                                            "before it is stopped with exit 2 (default 600; per size with "
+                                            "--sweep)."),
 ) -> None:
     """Analyse model files and report per-layer modular-norm quantities and findings.
 
@@ -291,8 +294,10 @@ def _run_sweep(targets: list[str], settings: Any, items: list[str], input_shape:
     if len(targets) != 1:
         raise ModnormError(f"--sweep takes one model, not {len(targets)}", "pass a single path.py:factory")
     check_model_path(parse_target(targets[0])[0])
-    return run_isolated(_sweep_job, targets[0], settings, parse_sweep(items), input_shape, input_dtype, kwargs,
-                        target=targets[0], timeout=settings.timeout)
+    axes = parse_sweep(items)
+    points = math.prod(len(axis.values) for axis in axes)  # --timeout is per model built
+    return run_isolated(_sweep_job, targets[0], settings, axes, input_shape, input_dtype, kwargs,
+                        target=targets[0], timeout=settings.timeout * max(points, 1))
 
 
 def _sweep_job(target: str, settings: Any, axes: Any, input_shape: Any, input_dtype: str | None,
@@ -451,8 +456,6 @@ def _probe_all(results: list[Any], settings: Any, input_shape: Any, input_dtype:
 
 
 def _finite(x: float) -> float | None:
-    import math
-
     return x if math.isfinite(x) else None
 
 

@@ -16,6 +16,7 @@ directory for a bare `modnorm check`); `--config PATH` names one explicitly and 
     sweep = { width = [128, 256, 512], depth = [2, 4, 8] }   # --sweep from the file
     leaf-modules = ["MyGatedUnit"]   # --leaf: traced as one op, semantics registered with modnorm.register
     tracer = "auto"                  # or "fx", "export", "oplog", "modules"
+    timeout = 600                    # seconds the model's code may run (import, build, trace) before exit 2
 
     [tool.modnorm.mass]          # module-path globs; matching atoms share the total, as Modula's tare
     "blocks.*" = 5

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import traceback
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -323,14 +324,14 @@ class ShapeTracer(fx.Tracer):
 
 
 # Meta kernels of these skip the dtype check their CPU kernels make ("mat1 and mat2 must have the same dtype").
-_MATMUL_FUNCTIONS = {torch.nn.functional.linear, torch.matmul, torch.mm, torch.bmm, torch.nn.functional.conv1d,
-                     torch.nn.functional.conv2d, torch.nn.functional.conv3d, getattr(__import__("operator"), "matmul")}
+_MATMUL_FUNCTIONS = (torch.nn.functional.linear, torch.matmul, torch.mm, torch.bmm, torch.nn.functional.conv1d,
+                     torch.nn.functional.conv2d, torch.nn.functional.conv3d, operator.matmul)
 
 
 def _check_dtypes(op: Any, values: tuple) -> None:
     """Integer inputs to a float matmul, which the meta device computes (as integers) instead of refusing."""
     tensors = [v for v in values if isinstance(v, torch.Tensor)]
-    if isinstance(op, nn.Module):
+    if isinstance(op, nn.Module) and type(op).__module__.startswith("torch.nn."):  # a user's leaf may take ids
         weight = op._parameters.get("weight")  # not getattr: fx patches Module.__getattr__ to return a proxy
         if (isinstance(weight, torch.Tensor) and weight.is_floating_point() and tensors
                 and not isinstance(op, (nn.Embedding, nn.EmbeddingBag)) and not tensors[0].is_floating_point()
@@ -341,7 +342,7 @@ def _check_dtypes(op: Any, values: tuple) -> None:
             raise TypeError(f"expected integer token ids, got {tensors[0].dtype}")
     elif op is torch.nn.functional.embedding and tensors and tensors[0].is_floating_point():
         raise TypeError(f"expected integer token ids, got {tensors[0].dtype}")
-    elif op in _MATMUL_FUNCTIONS and len({t.is_floating_point() for t in tensors}) > 1:
+    elif any(op is f for f in _MATMUL_FUNCTIONS) and len({t.is_floating_point() for t in tensors}) > 1:
         raise TypeError(f"expected inputs of one dtype, got {', '.join(str(t.dtype) for t in tensors)}")
 
 

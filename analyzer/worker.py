@@ -66,7 +66,7 @@ def run_isolated(job: Callable[..., Any], *args: Any, target: str, timeout: floa
             with contextlib.suppress(Exception):
                 stream.flush()
         child = context.Process(target=_child, args=(sender, stack_file.fileno(), "torch" in sys.modules,
-                                                     job, args, kwargs, target), daemon=True)
+                                                     job, args, kwargs, target))
         child.start()
         sender.close()
         try:

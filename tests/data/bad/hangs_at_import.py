@@ -9,12 +9,10 @@ class Tiny(nn.Module):
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
-        pass
         return self.fc(x)
 
 
 def build_model():
-    pass
     return Tiny()
 
 

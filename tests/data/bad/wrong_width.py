@@ -9,15 +9,12 @@ class Tiny(nn.Module):
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
-        pass
         return self.fc(x)
 
 
 def build_model():
-    pass
     return Tiny()
 
 
 def example_inputs():
     return torch.randn(2, 7)
-
