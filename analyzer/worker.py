@@ -61,11 +61,12 @@ def run_isolated(job: Callable[..., Any], *args: Any, target: str, timeout: floa
             return _guarded(job, args, kwargs, target)
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     receiver, sender = context.Pipe(duplex=False)
-    with tempfile.TemporaryFile(mode="w+", prefix="modnorm-stack-") as stack_file:
+    # A file by name, not a descriptor: a spawned child (macOS, Windows) inherits no descriptors.
+    with tempfile.NamedTemporaryFile(mode="w+", prefix="modnorm-stack-", suffix=".txt") as stack_file:
         for stream in (sys.stdout, sys.stderr):  # else buffered text would be written twice, by both processes
             with contextlib.suppress(Exception):
                 stream.flush()
-        child = context.Process(target=_child, args=(sender, stack_file.fileno(), "torch" in sys.modules,
+        child = context.Process(target=_child, args=(sender, stack_file.name, "torch" in sys.modules,
                                                      job, args, kwargs, target))
         child.start()
         sender.close()
@@ -138,9 +139,9 @@ def _resolved(path: str) -> str:
         return path
 
 
-def _child(sender: Any, stack_fd: int, parent_ran_torch: bool, job: Callable[..., Any], args: tuple,
+def _child(sender: Any, stack_path: str, parent_ran_torch: bool, job: Callable[..., Any], args: tuple,
            kwargs: dict, target: str) -> None:
-    stack = os.fdopen(os.dup(stack_fd), "w")
+    stack = open(stack_path, "w")  # noqa: SIM115 - faulthandler keeps writing to it until the process ends
     faulthandler.enable(file=stack)  # a segfault or abort leaves the stack for the parent to read
     faulthandler.register(signal.SIGUSR1, file=stack, all_threads=False)  # the parent's timeout asks for it
     if parent_ran_torch:
