@@ -6,6 +6,7 @@ traceback). Heavy imports happen inside the commands so that `modnorm --version`
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -13,12 +14,13 @@ from typing import Any, List, Optional
 import typer
 
 from ._version import __version__
+from .config import SEVERITIES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Static modular-norm analysis and linting of PyTorch models.")
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-_SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+_SEVERITY_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}  # info < warning < error
 
 
 def _version(value: bool) -> None:
@@ -38,26 +40,33 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_ERROR)
 
 
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+def _parse_shape(text: str | None, dtype: str | None = None) -> tuple[int, ...] | None:
+    from .config import INPUT_DTYPES
+    from .target import parse_input_shape
+
+    if dtype is not None and dtype not in INPUT_DTYPES:
+        _fail(f"unknown --input-dtype `{dtype}`; use {', '.join(INPUT_DTYPES)}")
     if text is None:
+        if dtype is not None:
+            _fail(f"--input-dtype {dtype} needs --input-shape (it sets the dtype of the input that --input-shape "
+                  "describes); pass both, or neither to use the file's example_inputs()")
         return None
-    try:
-        return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        _fail(f"--input-shape `{text}` is not a comma-separated list of integers (e.g. 4,128)")
-    return None
+    return parse_input_shape(text)
 
 
 def _parse_mass_of(items: list[str]) -> tuple[tuple[str, float], ...]:
+    from .config import check_value
+
     parsed = []
     for item in items:
         glob, sep, value = item.rpartition("=")
         try:
-            parsed.append((glob, float(value)))
+            number = float(value)
         except ValueError:
             sep = ""
         if not sep or not glob:
             _fail(f"--mass-of `{item}` must look like GLOB=VALUE (e.g. 'blocks.*.attn.*=2')")
+        parsed.append((glob, check_value("hidden-mass", number, f"--mass-of `{item}`")))
     return tuple(parsed)
 
 
@@ -130,10 +139,15 @@ def check(
                                             "today's findings in it, later runs report and fail only on new ones."),
     update_baseline: bool = typer.Option(False, "--update-baseline", help="Rewrite the --baseline file with "
                                          "today's findings (accept them)."),
+    timeout: Optional[float] = typer.Option(None, help="Seconds the model's code (import, build, trace) may run "
+                                            "before it is stopped with exit 2 (default 600; per size with "
+                                            "--sweep)."),
 ) -> None:
     """Analyse model files and report per-layer modular-norm quantities and findings.
 
-    Exit codes: 0 no findings at or above --fail-on, 1 findings, 2 bad input or configuration.
+    Exit codes: 0 no findings at or above --fail-on, 1 findings, 2 bad input or configuration. The model's code
+    runs in a child process: its exits, hangs (--timeout), crashes and prints cannot change the exit code or the
+    report (MODNORM_WORKER=inline runs it in this process instead, e.g. for a debugger).
     """
     from .parallel import start
 
@@ -142,34 +156,35 @@ def check(
         settings = _settings(targets, config, isolated, output_format=output_format, profile=profile, mass=mass,
                              hidden_mass=hidden_mass, mass_of=_parse_mass_of(mass_of) or None, loss=loss,
                              device=device, max_params=max_params, norm_input_rms=norm_input_rms, weights=weights,
-                             tracer=tracer, leaf=tuple(leaf) or None,
+                             tracer=tracer, leaf=tuple(leaf) or None, timeout=timeout,
                              select=_split_codes(select) or None, ignore=_split_codes(ignore) or None,
                              extend_select=_split_codes(extend_select) or None, fail_on=fail_on)
         settings = _with_rule_options(settings, rule_option)
-        _validate(settings, color)
-        shape, factory_kwargs = _parse_shape(input_shape), _parse_kwargs(kwargs)
+        settings = _validate(settings, color)
+        shape, factory_kwargs = _parse_shape(input_shape, input_dtype), _parse_kwargs(kwargs)
+        _check_output_file(output_file)
+        _check_output_file(plot, "--plot")
         sweep = list(sweep) or list(settings.sweep)
         from . import progress
         from .parallel import run_all
 
         progress.allow((settings.output_format or "full") in ("full", "concise"))  # bars on stderr, never in JSON
+        chosen = _targets(targets, settings)
         if sweep:
-            results = [_run_sweep(_targets(targets, settings), settings, sweep, shape, input_dtype, factory_kwargs,
-                                  jobs)]
+            results = [_run_sweep(chosen, settings, sweep, shape, input_dtype, factory_kwargs, jobs)]
         else:
-            results = run_all(_run, [(target, settings, shape, input_dtype, factory_kwargs)
-                                     for target in _targets(targets, settings)], jobs)
+            results = run_all(_run, [(target, settings, shape, input_dtype, factory_kwargs) for target in chosen],
+                              jobs)
         if plot is not None:
             _plot(results, plot)
         results = _with_baseline(results, baseline, update_baseline, settings.root)
+        _emit(results, settings, statistics, output_file, color, verbose)
+        violated = with_probe and _probe_all(results, settings, shape, input_dtype, factory_kwargs, color)
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one paragraph and exit 2
         _fail(_explain(exc))
         return
-    _emit(results, settings, statistics, output_file, color, verbose)
-    violated = with_probe and _probe_all(results, settings, _parse_shape(input_shape), input_dtype,
-                                         _parse_kwargs(kwargs), color)
     if violated:
         raise typer.Exit(EXIT_FINDINGS)
     worst = max((_SEVERITY_RANK[f.severity] for r in results for f in r.findings), default=-1)
@@ -209,7 +224,7 @@ def _with_baseline(results: list[Any], path: Path | None, update: bool, root: st
 def _settings(targets: list[str] | None, config: Path | None, isolated: bool, **overrides: Any) -> Any:
     from .config import Settings, find_config, load_config, merge
     from .errors import ModnormError
-    from .loading import parse_target
+    from .target import parse_target
 
     base = Settings()
     if config is not None:
@@ -217,11 +232,37 @@ def _settings(targets: list[str] | None, config: Path | None, isolated: bool, **
             raise ModnormError(f"no such configuration file `{config}`", "pass the path of a pyproject.toml")
         base = load_config(config)
     elif not isolated:
-        start = parse_target(targets[0])[0].resolve().parent if targets else Path.cwd()
-        found = find_config(start)
+        found = find_config(_config_start(parse_target(targets[0])[0]) if targets else Path.cwd())
         if found is not None:
             base = load_config(found)
     return merge(base, **overrides)
+
+
+def _config_start(model_path: Path) -> Path:
+    """Where the search for pyproject.toml starts: the model's directory (the cwd if the path cannot resolve,
+    e.g. a symlink loop, which loading then reports)."""
+    try:
+        return model_path.resolve().parent
+    except (OSError, RuntimeError):
+        return Path.cwd()
+
+
+def _check_output_file(path: Path | None, option: str = "--output-file") -> None:
+    """Refuse before the analysis, not after it, an output path that cannot be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise _error(f"{option} `{path}` is a directory", "name a file inside it, e.g. "
+                     f"{path / 'modnorm-report.json'}")
+    if not path.parent.is_dir():
+        raise _error(f"{option} `{path}`: the directory `{path.parent}` does not exist",
+                     "create the directory first or write the report elsewhere")
+
+
+def _error(problem: str, remedy: str, file: Any = None) -> Exception:
+    from .errors import ModnormError
+
+    return ModnormError(problem, remedy, file)
 
 
 def _with_rule_options(settings: Any, items: list[str]) -> Any:
@@ -242,29 +283,21 @@ def _with_rule_options(settings: Any, items: list[str]) -> Any:
     return dataclasses.replace(settings, rule_options=options)
 
 
-def _validate(settings: Any, color: str) -> None:
-    from .config import OUTPUT_FORMATS, TRACERS
+_CLI_SPELLING = {"mass-scheme": "--mass", "mass": "--mass-of", "rules": "--rule-option"}
+
+
+def _validate(settings: Any, color: str) -> Any:
+    """The merged settings checked by config.validate (the checks [tool.modnorm] gets), named as options."""
+    from .config import COLORS, validate
     from modnorm.rules import all_rules
 
-    choices = {"output format": (settings.output_format, (None, *OUTPUT_FORMATS)),
-               "fail-on": (settings.fail_on, tuple(_SEVERITY_RANK)), "profile": (settings.profile, ("certified", "modula")),
-               "mass": (settings.mass, ("roles", "uniform")), "loss": (settings.loss, ("xent", "mse")),
-               "device": (settings.device, ("auto", "meta", "cpu")), "color": (color, ("auto", "always", "never")),
-               "tracer": (settings.tracer, TRACERS)}
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            _fail(f"unknown --{name.replace(' ', '-')} `{value}`; use {', '.join(a for a in allowed if a)}")
+    if color not in COLORS:
+        _fail(f"unknown --color `{color}`; use {', '.join(COLORS)}")
     rules = all_rules()
     for code in settings.select + settings.ignore + settings.extend_select:
         if code != "ALL" and not any(c.startswith(code) for c in rules):
             _fail(f"`{code}` is no rule code or prefix; `modnorm rules` lists them")
-    for code, options in settings.rule_options.items():
-        if code not in rules:
-            _fail(f"--rule-option names `{code}`, which is no rule code; `modnorm rules` lists them")
-        unknown = set(options) - set(rules[code].options)
-        if unknown:
-            _fail(f"{code} has no option `{sorted(unknown)[0]}`; its options are: "
-                  f"{', '.join(rules[code].options) or 'none'}")
+    return validate(settings, lambda key: _CLI_SPELLING.get(key, f"--{key}"))
 
 
 def _targets(targets: list[str] | None, settings: Any) -> list[str]:
@@ -280,40 +313,45 @@ def _targets(targets: list[str] | None, settings: Any) -> list[str]:
 
 
 def _explain(exc: BaseException) -> str:
-    from .errors import ModnormError
+    from .errors import internal_error
 
-    if isinstance(exc, ModnormError):
-        return str(exc)
-    return (f"internal error: {type(exc).__name__}: {exc}. This is a bug in modnorm; please report it with the "
-            f"model file (run with MODNORM_TRACEBACK=1 for the traceback)")
+    return str(internal_error(exc))
 
 
 def _run(target: str, settings: Any, input_shape: tuple[int, ...] | None, input_dtype: str | None,
          kwargs: dict[str, Any]) -> Any:
-    import os
-
+    """One check, run in the worker process (worker.py): the model's code cannot exit, hang or print for us."""
     from .check import check_model
+    from .target import check_model_path, parse_target
+    from .worker import run_isolated
 
-    try:
-        return check_model(target, settings, input_shape=input_shape, input_dtype=input_dtype, kwargs=kwargs)
-    except Exception:
-        if os.environ.get("MODNORM_TRACEBACK"):
-            import traceback
-
-            traceback.print_exc()
-        raise
+    check_model_path(parse_target(target)[0])
+    return run_isolated(check_model, target, settings, input_shape=input_shape, input_dtype=input_dtype,
+                        kwargs=kwargs, target=target, timeout=settings.timeout)
 
 
 def _run_sweep(targets: list[str], settings: Any, items: list[str], input_shape: Any, input_dtype: str | None,
                kwargs: dict[str, Any], jobs: int = 1) -> Any:
-    from .check import check_sweep
     from .errors import ModnormError
     from .sweep import parse_sweep
+    from .target import check_model_path, parse_target
+    from .worker import run_isolated
 
     if len(targets) != 1:
         raise ModnormError(f"--sweep takes one model, not {len(targets)}", "pass a single path.py:factory")
-    return check_sweep(targets[0], settings, parse_sweep(items), input_shape=input_shape, input_dtype=input_dtype,
-                       kwargs=kwargs, jobs=jobs)
+    check_model_path(parse_target(targets[0])[0])
+    axes = parse_sweep(items)
+    points = math.prod(len(axis.values) for axis in axes)  # --timeout is per model built
+    return run_isolated(_sweep_job, targets[0], settings, axes, input_shape, input_dtype, kwargs, jobs,
+                        target=targets[0], timeout=settings.timeout * max(points, 1))
+
+
+def _sweep_job(target: str, settings: Any, axes: Any, input_shape: Any, input_dtype: str | None,
+               kwargs: dict[str, Any], jobs: int) -> Any:
+    from .check import check_sweep
+
+    return check_sweep(target, settings, axes, input_shape=input_shape, input_dtype=input_dtype, kwargs=kwargs,
+                       jobs=jobs)
 
 
 def _plot(results: list[Any], path: Path) -> None:
@@ -375,7 +413,11 @@ def _emit(results: list[Any], settings: Any, statistics: bool, output_file: Path
     if text is None:
         return
     if output_file:
-        output_file.write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
+        try:
+            output_file.write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
+        except OSError as exc:
+            raise _error(f"--output-file `{output_file}` cannot be written ({exc.strerror or exc})",
+                         "choose a writable path")
     elif text:
         typer.echo(text)
 
@@ -384,12 +426,16 @@ def _emit(results: list[Any], settings: Any, statistics: bool, output_file: Path
 def probe_command(
     target: str = typer.Argument(..., help="Model file, optionally with an entry: path.py[:NAME]."),
     output_format: str = typer.Option("full", "--output-format", "--format", "-f", help="full | json."),
-    weights: Optional[str] = typer.Option(None, help="init (default) or a checkpoint (.safetensors/.pt) to load."),
+    weights: Optional[str] = typer.Option(None, help="init (default) or a checkpoint (.safetensors/.pt) to load; "
+                                          "the bounds are computed from the same weights that are measured."),
     input_shape: Optional[str] = typer.Option(None, help="Example input shape, e.g. 4,128."),
     input_dtype: Optional[str] = typer.Option(None, help="long | float."),
     kwargs: List[str] = typer.Option([], "--kwargs", help="NAME=VALUE keyword arguments for the factory."),
     profile: str = typer.Option("certified", help="certified | modula (nominal bounds may be exceeded)."),
-    trials: int = typer.Option(4, help="Random directions per measurement."),
+    trials: int = typer.Option(4, help="Random directions per measurement (at least 1)."),
+    max_params: Optional[int] = typer.Option(None, help="Refuse models above this many parameters (default "
+                                                        "1e8): the probe builds the model on the CPU."),
+    timeout: Optional[float] = typer.Option(None, help="Seconds the model's code may run (default 600)."),
 ) -> None:
     """Measure on real weights what the calculus bounds: bound, measured, tightness.
 
@@ -399,13 +445,21 @@ def probe_command(
     import json
 
     try:
-        from .config import Settings
-        from .probe import probe
+        from .config import PROBE_FORMATS, Settings, check_value, validate
+        from .target import check_model_path, parse_target
+        from .worker import run_isolated
 
-        result = _run(target, Settings(device="cpu", profile=profile), _parse_shape(input_shape), input_dtype,
-                      _parse_kwargs(kwargs))
-        model, inputs = _real_model(target, weights, _parse_shape(input_shape), input_dtype, _parse_kwargs(kwargs))
-        measured = probe(model, inputs, result.analysis, trials=trials)
+        if output_format not in PROBE_FORMATS:
+            _fail(f"unknown --output-format `{output_format}`; use {', '.join(PROBE_FORMATS)}")
+        if isinstance(trials, bool) or trials < 1:
+            _fail(f"--trials must be at least 1 (random directions per measurement), not {trials}")
+        settings = validate(Settings(device="cpu", profile=profile, weights=weights,
+                                     **{k: v for k, v in (("max_params", max_params), ("timeout", timeout))
+                                        if v is not None}))
+        shape, factory_kwargs = _parse_shape(input_shape, input_dtype), _parse_kwargs(kwargs)
+        check_model_path(parse_target(target)[0])
+        result, measured = run_isolated(_probe_job, target, settings, shape, input_dtype, factory_kwargs, trials,
+                                        target=target, timeout=settings.timeout)
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -413,43 +467,56 @@ def probe_command(
         return
     if output_format == "json":
         typer.echo(json.dumps({"schema": "modnorm-probe/1", "notes": list(measured.notes), "rows": [
-            {"what": r.what, "bound": _finite(r.bound), "measured": r.measured, "tightness": _finite(r.tightness),
-             "kind": r.kind, "violated": r.violated, "op": r.op, "note": r.note} for r in measured.rows]}, indent=2))
+            {"what": r.what, "bound": _finite(r.bound), "measured": _finite(r.measured),
+             "tightness": _finite(r.tightness), "kind": r.kind, "violated": r.violated, "op": r.op, "note": r.note}
+            for r in measured.rows]}, indent=2, allow_nan=False))
     else:
         _render_probe(measured, _console("auto"))
     raise typer.Exit(EXIT_FINDINGS if measured.violations else EXIT_CLEAN)
 
 
+def _probe_job(target: str, settings: Any, input_shape: Any, input_dtype: str | None, kwargs: dict[str, Any],
+               trials: int) -> tuple[Any, Any]:
+    """In the worker: the analysis and the measurement, both of the same weights (init or the checkpoint)."""
+    from .check import check_model
+
+    result = check_model(target, settings, input_shape=input_shape, input_dtype=input_dtype, kwargs=kwargs)
+    return result, _measure_job(result.analysis, target, settings, input_shape, input_dtype, kwargs, trials)
+
+
+def _measure_job(analysis: Any, target: str, settings: Any, input_shape: Any, input_dtype: str | None,
+                 kwargs: dict[str, Any], trials: int = 4) -> Any:
+    from .probe import probe
+
+    model, inputs = _real_model(target, settings.weights, input_shape, input_dtype, kwargs, settings.max_params)
+    return probe(model, inputs, analysis, trials=trials)
+
+
 def _probe_all(results: list[Any], settings: Any, input_shape: Any, input_dtype: str | None,
                kwargs: dict[str, Any], color: str) -> bool:
     """`check --probe`: the probe table under each report (stderr for machine formats); True on a violation."""
-    from .probe import probe
+    from .worker import run_isolated
 
     violated = False
     machine = (settings.output_format or "full") != "full"
     for result in results:
-        try:
-            model, inputs = _real_model(result.target, settings.weights, input_shape, input_dtype, kwargs)
-            measured = probe(model, inputs, result.analysis)
-        except Exception as exc:  # noqa: BLE001
-            _fail(_explain(exc))
-            return True
+        measured = run_isolated(_measure_job, result.analysis, result.target, settings, input_shape, input_dtype,
+                                kwargs, target=result.target, timeout=settings.timeout)
         _render_probe(measured, _console(color, sys.stderr) if machine else _console(color))
         violated = violated or bool(measured.violations)
     return violated
 
 
 def _finite(x: float) -> float | None:
-    import math
-
     return x if math.isfinite(x) else None
 
 
 def _real_model(target: str, weights: str | None, input_shape: Any, input_dtype: str | None,
-                kwargs: dict[str, Any]) -> tuple[Any, tuple]:
-    from .loading import load
+                kwargs: dict[str, Any], max_params: int | None = None) -> tuple[Any, tuple]:
+    from .loading import DEFAULT_MAX_PARAMS, load
 
-    loaded = load(target, device="cpu", input_shape=input_shape, input_dtype=input_dtype, kwargs=kwargs)
+    loaded = load(target, device="cpu", max_params=max_params or DEFAULT_MAX_PARAMS, input_shape=input_shape,
+                  input_dtype=input_dtype, kwargs=kwargs)
     if weights not in (None, "init"):
         from .weights import check_shapes, open_checkpoint
 
@@ -499,6 +566,10 @@ def list_rules(output_format: str = typer.Option("table", "--output-format", "--
 
     from modnorm.rules import all_rules
 
+    from .config import RULES_FORMATS
+
+    if output_format not in RULES_FORMATS:
+        _fail(f"unknown --output-format `{output_format}`; use {', '.join(RULES_FORMATS)}")
     if output_format == "markdown":
         typer.echo(rules_markdown())
         return
@@ -526,6 +597,10 @@ def explain_rule(code: str = typer.Argument(..., help="A rule code, e.g. MN201."
 
     from modnorm.rules import all_rules
 
+    from .config import RULE_FORMATS
+
+    if output_format not in RULE_FORMATS:
+        _fail(f"unknown --output-format `{output_format}`; use {', '.join(RULE_FORMATS)}")
     rule = all_rules().get(code.upper())
     if rule is None:
         _fail(f"unknown rule `{code}`; `modnorm rules` lists them")

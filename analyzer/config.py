@@ -16,6 +16,7 @@ directory for a bare `modnorm check`); `--config PATH` names one explicitly and 
     sweep = { width = [128, 256, 512], depth = [2, 4, 8] }   # --sweep from the file
     leaf-modules = ["MyGatedUnit"]   # --leaf: traced as one op, semantics registered with modnorm.register
     tracer = "auto"                  # or "fx", "export", "oplog", "modules"
+    timeout = 600                    # seconds the model's code may run (import, build, trace) before exit 2
 
     [tool.modnorm.mass]          # module-path globs; matching atoms share the total, as Modula's tare
     "blocks.*" = 5
@@ -27,6 +28,7 @@ directory for a bare `modnorm check`); `--config PATH` names one explicitly and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +41,22 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["Settings", "find_config", "load_config", "settings_from_table", "KEYS"]
+__all__ = ["Settings", "find_config", "load_config", "settings_from_table", "KEYS", "validate", "check_value"]
 
+# One list of choices per option: the command line, [tool.modnorm] and `modnorm.analyze` all check against these.
 SEVERITIES = ("info", "warning", "error")
+PROFILES = ("certified", "modula")
+MASS_SCHEMES = ("roles", "uniform")
+LOSSES = ("xent", "mse")
+DEVICES = ("auto", "meta", "cpu")
 TRACERS = ("auto", "fx", "export", "oplog", "modules")  # the routes of tracing.trace, in fallback order
 OUTPUT_FORMATS = ("full", "concise", "json", "json-lines", "sarif", "github", "junit", "html")
+COLORS = ("auto", "always", "never")
+INPUT_DTYPES = ("float", "float32", "float64", "long", "int")
+PROBE_FORMATS = ("full", "json")
+RULES_FORMATS = ("table", "markdown", "json")
+RULE_FORMATS = ("text", "json")
+DEFAULT_TIMEOUT = 600.0  # seconds for the model's code (import, build, trace) in the worker process
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,7 @@ class Settings:
     weights: str | None = None  # "init" or a checkpoint path (--weights)
     tracer: str = "auto"  # "auto" (fx, export, oplog, modules in turn) | "fx" | "export" | "oplog" | "modules"
     leaf: tuple[str, ...] = ()  # module class names traced as one op (their semantics registered by the user)
+    timeout: float = DEFAULT_TIMEOUT  # seconds the model's code may run (worker.py) before it is stopped
     config_file: str | None = None
     root: str | None = None  # the directory paths in the report are made relative to
 
@@ -95,15 +109,33 @@ def _choice(*choices: str) -> Any:
     return check
 
 
+def _real(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError("a finite number")
+    return float(value)
+
+
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise TypeError("a non-negative number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise TypeError("a finite non-negative number")
+    return float(value)
+
+
+def _positive(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise TypeError("a finite positive number")
     return float(value)
 
 
 def _integer(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise TypeError("a non-negative integer")
+    return value
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TypeError("a positive integer")
     return value
 
 
@@ -137,21 +169,82 @@ KEYS: dict[str, tuple[str, Any]] = {
     "ignore": ("ignore", _codes),
     "extend-select": ("extend_select", _codes),
     "fail-on": ("fail_on", _choice(*SEVERITIES)),
-    "profile": ("profile", _choice("certified", "modula")),
-    "mass-scheme": ("mass", _choice("roles", "uniform")),
+    "profile": ("profile", _choice(*PROFILES)),
+    "mass-scheme": ("mass", _choice(*MASS_SCHEMES)),
     "hidden-mass": ("hidden_mass", _number),
     "mass": ("mass_of", _mass_table),
-    "loss": ("loss", _choice("xent", "mse")),
+    "loss": ("loss", _choice(*LOSSES)),
     "per-module-ignores": ("per_module_ignores", _ignore_table),
     "rules": ("rule_options", _rule_options),
-    "norm-input-rms": ("norm_input_rms", _number),
-    "device": ("device", _choice("auto", "meta", "cpu")),
+    "norm-input-rms": ("norm_input_rms", _positive),
+    "device": ("device", _choice(*DEVICES)),
     "max-params": ("max_params", _integer),
     "output-format": ("output_format", _choice(*OUTPUT_FORMATS)),
     "sweep": ("sweep", _sweep_table),
     "tracer": ("tracer", _choice(*TRACERS)),
     "leaf-modules": ("leaf", _strings),
+    "timeout": ("timeout", _positive),
 }
+
+# The scalar settings a command-line option can override, with the option's spelling: `validate` re-checks
+# them after the merge with the same checkers the configuration file uses (KEYS), so both refuse the same values.
+SCALAR_OPTIONS: dict[str, str] = {field_name: key for key, (field_name, _) in KEYS.items()
+                                  if field_name in ("fail_on", "profile", "mass", "hidden_mass", "loss",
+                                                    "norm_input_rms", "device", "max_params", "output_format",
+                                                    "tracer", "timeout")}
+
+
+def check_value(key: str, value: Any, option: str) -> Any:
+    """`value` converted by the checker of configuration key `key`, or a ModnormError naming `option`."""
+    try:
+        return KEYS[key][1](value)
+    except TypeError as exc:
+        raise ModnormError(f"{option} must be {exc}, not {_shown(value)}",
+                           "`modnorm check --help` gives its meaning and default") from None
+
+
+def _shown(value: Any) -> str:
+    return f"`{value}`" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+
+
+def check_rule_option(code: str, name: str, value: Any, default: Any, option: str) -> Any:
+    """A rule option's value, of the type of its default (numbers: finite), or a ModnormError naming `option`."""
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        try:
+            return _real(value)
+        except TypeError:
+            raise ModnormError(f"{option} must be a finite number like its default {default!r}, not {_shown(value)}",
+                               f"fix {option}") from None
+    if not isinstance(value, type(default)):
+        raise ModnormError(f"{option} must be a {type(default).__name__} like its default {default!r}, not "
+                           f"{_shown(value)}", f"fix {option}")
+    return value
+
+
+def validate(settings: Settings, spell: Any = lambda key: f"--{key}") -> Settings:
+    """Every setting checked (finite, in range, a known choice, right type), whichever source set it; the rule
+    options converted to their defaults' types. `spell(key)` names the option in the message."""
+    from modnorm.rules import all_rules
+
+    for field_name, key in SCALAR_OPTIONS.items():
+        value = getattr(settings, field_name)
+        if value is not None or field_name not in ("norm_input_rms", "output_format"):
+            check_value(key, value, spell(key))
+    for glob, total in settings.mass_of:
+        check_value("hidden-mass", total, f"{spell('mass')} `{glob}`")
+    rules = all_rules()
+    options: dict[str, dict[str, Any]] = {}
+    for code, values in settings.rule_options.items():
+        if code not in rules:
+            raise ModnormError(f"rule options name `{code}`, which is no rule code", "`modnorm rules` lists them")
+        defaults = rules[code].options
+        for name, value in values.items():
+            if name not in defaults:
+                raise ModnormError(f"{code} has no option `{name.replace('_', '-')}`",
+                                   f"its options are: {', '.join(defaults) or 'none'}")
+            checked = check_rule_option(code, name, value, defaults[name], f"{spell('rules')} {code}.{name}")
+            options.setdefault(code, {})[name] = checked
+    return dataclasses.replace(settings, rule_options=options)
 
 
 def find_config(start: Path) -> Path | None:
@@ -176,11 +269,26 @@ def _line_of(path: Path, key: str) -> int | None:
 def load_config(path: Path) -> Settings:
     """Read and validate `[tool.modnorm]` of `path`."""
     try:
-        document = tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ModnormError(f"the configuration is not UTF-8 text (byte {exc.start} cannot be decoded)",
+                           "save the file as UTF-8, as TOML requires", path, line) from None
+    except OSError as exc:
+        raise ModnormError(f"the configuration cannot be read ({exc.strerror or exc})",
+                           "pass a readable pyproject.toml with --config, or --isolated", path) from None
+    try:
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ModnormError(f"the configuration is not valid TOML ({exc})", "fix the syntax of the file", path,
                            getattr(exc, "lineno", None)) from exc
-    table = document.get("tool", {}).get("modnorm", {})
+    tool = document.get("tool", {})
+    table = tool.get("modnorm", {}) if isinstance(tool, dict) else {}
+    if not isinstance(tool, dict) or not isinstance(table, dict):
+        where = "tool" if not isinstance(tool, dict) else "modnorm"
+        raise ModnormError(f"`{'tool' if where == 'tool' else 'tool.modnorm'}` must be a table, not "
+                           f"{(tool if where == 'tool' else table)!r}",
+                           "write the settings under a [tool.modnorm] header", path, _line_of(path, where))
     return settings_from_table(table, path)
 
 
@@ -228,6 +336,15 @@ def _check_codes(values: dict[str, Any], path: Path) -> None:
             option = sorted(unknown)[0]
             raise ModnormError(f"{code} has no option `{option.replace('_', '-')}`", f"its options are: {allowed}",
                                path, _line_of(path, option) or _line_of(path, f"rules.{code}"))
+        for name, value in options.items():
+            spelled = name.replace("_", "-")
+            try:
+                check_rule_option(code, name, value, rules[code].options[name],
+                                  f"[tool.modnorm.rules.{code}] `{spelled}`")
+            except ModnormError as error:
+                raise ModnormError(error.problem, "fix the value in the configuration file", path,
+                                   _line_of(path, spelled) or _line_of(path, name)
+                                   or _line_of(path, f"rules.{code}")) from None
 
 
 def merge(base: Settings, **overrides: Any) -> Settings:

@@ -6,8 +6,9 @@ import functools
 import re
 import traceback
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ModnormError", "user_frame", "frame_of_exception", "resolved", "short_path"]
+__all__ = ["ModnormError", "InputsDoNotFit", "internal_error", "user_frame", "frame_of_exception", "resolved", "short_path"]
 
 _INTERNAL = re.compile(r"(site-packages|dist-packages|/torch/|/lib/python3\.\d+/|[/\\]modnorm[/\\]|[/\\]analyzer[/\\])")
 
@@ -22,6 +23,10 @@ class ModnormError(Exception):
         self.line = line
         super().__init__(self.render())
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Crosses the pipe from the worker process (worker.py) with its parts, not only the rendered text.
+        return type(self), (self.problem, self.remedy, self.file, self.line)
+
     def render(self) -> str:
         where = ""
         if self.file:
@@ -30,6 +35,20 @@ class ModnormError(Exception):
         if self.remedy:
             text += " " + self.remedy[:1].upper() + self.remedy[1:].rstrip(".") + "."
         return " ".join(text.split())
+
+
+class InputsDoNotFit(ModnormError):
+    """The example inputs do not fit the model (an op rejects their shape or dtype): no route can do better, so
+    tracing stops here instead of falling back to a route that would certify a model that cannot run."""
+
+
+def internal_error(exc: BaseException) -> ModnormError:
+    """An exception modnorm did not expect, as the one paragraph the CLI prints (exit 2): a bug to report."""
+    if isinstance(exc, ModnormError):
+        return exc
+    return ModnormError(f"internal error: {type(exc).__name__}: {exc}",
+                        "this is a bug in modnorm; please report it with the model file (run with "
+                        "MODNORM_TRACEBACK=1 for the traceback)")
 
 
 @functools.lru_cache(maxsize=4096)

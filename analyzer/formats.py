@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
+from urllib.parse import quote
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,6 +29,21 @@ SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 _GITHUB_LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
 _RANK = {"error": 0, "warning": 1, "info": 2}
+
+
+def _dumps(document: Any, indent: int | None = 2) -> str:
+    """JSON with every non-finite number as null: a bare NaN or Infinity token is not JSON, and parsers refuse it."""
+    return json.dumps(_finite(document), indent=indent, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _all(results: Sequence[Any]) -> list[tuple[Any, Finding]]:
@@ -52,8 +70,9 @@ def concise(results: Sequence[Any], root: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------- json
 def json_report(results: Sequence[Any], root: str | None = None) -> str:
     """One model: the `modnorm/1` document. Several (from `models = [...]`): a JSON array of them."""
-    documents = [to_dict(r.analysis, r.findings, root) | {"target": r.target} | _sweep_dict(r.sweep) for r in results]
-    return json.dumps(documents[0] if len(documents) == 1 else documents, indent=2)
+    documents = [to_dict(r.analysis, r.findings, root) | {"target": r.target} | _sweep_dict(r.sweep)
+                 for r in results]
+    return _dumps(documents[0] if len(documents) == 1 else documents)
 
 
 def _sweep_dict(sweep: Any) -> dict[str, Any]:
@@ -73,11 +92,11 @@ def json_lines(results: Sequence[Any], root: str | None = None) -> str:
     rows = []
     for result, f in _all(results):
         path, line = _location(f, root, result.analysis.model.file)
-        rows.append(json.dumps({"schema": SCHEMA, "target": result.target, "code": f.code, "name": f.name,
+        rows.append(_dumps({"schema": SCHEMA, "target": result.target, "code": f.code, "name": f.name,
                                 "severity": f.severity, "message": f.message, "fix": f.fix, "module": f.module,
                                 "file": path, "line": line, "op": f.op,
                                 "related": [{"file": relative_path(p, root), "line": n} for p, n in f.related],
-                                "fingerprint": fingerprint(f, result.analysis)}))
+                                "fingerprint": fingerprint(f, result.analysis)}, indent=None))
     return "\n".join(rows)
 
 
@@ -138,9 +157,23 @@ def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("-"))
 
 
-def _sarif_location(path: str, line: int, message: str | None = None, index: int | None = None) -> dict[str, Any]:
+def _artifact(file: str | None, root: str | None) -> dict[str, str]:
+    """SARIF's artifactLocation: a percent-encoded URI relative to %SRCROOT% when the file is inside the source
+    root, else an absolute file:// URI with no base (SARIF 2.1.0 §3.4.3, §3.10)."""
+    if not file:
+        return {"uri": "", "uriBaseId": "%SRCROOT%"}
+    base = Path(root) if root else Path.cwd()
+    try:
+        inside = Path(file).resolve().relative_to(base.resolve()).as_posix()
+    except (ValueError, OSError, RuntimeError):
+        return {"uri": Path(file).resolve().as_uri()}
+    return {"uri": quote(inside, safe="/"), "uriBaseId": "%SRCROOT%"}
+
+
+def _sarif_location(file: str | None, line: int, root: str | None, message: str | None = None,
+                    index: int | None = None) -> dict[str, Any]:
     location: dict[str, Any] = {"physicalLocation": {
-        "artifactLocation": {"uri": path, "uriBaseId": "%SRCROOT%"}, "region": {"startLine": line}}}
+        "artifactLocation": _artifact(file, root), "region": {"startLine": line}}}
     if index is not None:
         location["id"] = index
     if message:
@@ -155,17 +188,17 @@ def sarif(results: Sequence[Any], root: str | None = None) -> str:
     index = {code: i for i, code in enumerate(rules)}
     sarif_results = []
     for result, f in _all(results):
-        path, line = _location(f, root, result.analysis.model.file)
+        line = f.line or 1
         entry: dict[str, Any] = {
             "ruleId": f.code, "ruleIndex": index[f.code], "level": _SARIF_LEVEL[f.severity],
             "message": {"text": f"{f.message} [{f.module}]" + (f" Fix: {f.fix}" if f.fix else "")},
-            "locations": [_sarif_location(path, line)],
+            "locations": [_sarif_location(f.file or result.analysis.model.file, line, root)],
             "partialFingerprints": {"modnormFinding/v2": fingerprint(f, result.analysis)},
             "properties": {"module": f.module, "op": f.op, "target": result.target,
                            **({"note": relative_text(result.note, root)} if getattr(result, "note", "") else {})},
         }
         if f.related:
-            entry["relatedLocations"] = [_sarif_location(relative_path(p, root), n, "related", i)
+            entry["relatedLocations"] = [_sarif_location(p, n, root, "related", i)
                                          for i, (p, n) in enumerate(f.related)]
         sarif_results.append(entry)
     document = {
@@ -180,7 +213,7 @@ def sarif(results: Sequence[Any], root: str | None = None) -> str:
             "columnKind": "unicodeCodePoints",
         }],
     }
-    return json.dumps(document, indent=2)
+    return _dumps(document)
 
 
 # -------------------------------------------------------------------------------------------------- github
@@ -204,12 +237,17 @@ def github(results: Sequence[Any], root: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def _cell(text: Any) -> str:
+    """Text safe inside one Markdown table cell: `|` escaped (also inside code spans), lines joined."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def github_step_summary(results: Sequence[Any], root: str | None = None) -> str:
     """A Markdown summary for $GITHUB_STEP_SUMMARY: network figures per model, then the findings table."""
     out = ["## modnorm", "", "| model | parameters | sensitivity | certified | findings |", "| --- | --- | --- | --- | --- |"]
     for r in results:
         net = r.analysis.network
-        out.append(f"| `{r.target}` | {r.analysis.model.parameters:,} | {fmt(net.sensitivity)} | "
+        out.append(f"| `{_cell(r.target)}` | {r.analysis.model.parameters:,} | {fmt(net.sensitivity)} | "
                    f"{'yes' if net.certified else 'no'} | {len(r.findings)} |")
         if getattr(r, "note", ""):
             out.append(f"| | {relative_text(r.note, root)} | | | |")
@@ -218,28 +256,37 @@ def github_step_summary(results: Sequence[Any], root: str | None = None) -> str:
         out += ["", "| severity | code | location | module | message |", "| --- | --- | --- | --- | --- |"]
         for result, f in pairs:
             path, line = _location(f, root, result.analysis.model.file)
-            message = f.message.replace("|", "\\|")
-            out.append(f"| {f.severity} | {f.code} | `{path}:{line}` | `{f.module}` | {message} |")
+            out.append(f"| {f.severity} | {f.code} | `{_cell(path)}:{line}` | `{_cell(f.module)}` | {_cell(f.message)} |")
     return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------- junit
+_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml(text: Any) -> str:
+    """`text` with the characters XML 1.0 cannot hold (control characters, lone surrogates) shown as \\xNN."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
 def junit(results: Sequence[Any], root: str | None = None) -> str:
     """One testsuite per model; one failing testcase per finding, one passing testcase for a clean model."""
     suites = ET.Element("testsuites", name="modnorm", tests="0", failures="0")
     total = failures = 0
     for result in results:
         findings = sorted(result.findings, key=lambda f: (_RANK[f.severity], f.file or "", f.line or 0))
-        suite = ET.SubElement(suites, "testsuite", name=result.target, tests=str(max(len(findings), 1)),
+        suite = ET.SubElement(suites, "testsuite", name=_xml(result.target), tests=str(max(len(findings), 1)),
                               failures=str(len(findings)), errors="0", skipped="0")
         if not findings:
-            ET.SubElement(suite, "testcase", name="modnorm check", classname=result.target)
+            ET.SubElement(suite, "testcase", name="modnorm check", classname=_xml(result.target))
         for f in findings:
             path, line = _location(f, root, result.analysis.model.file)
-            case = ET.SubElement(suite, "testcase", name=f"{f.code} {f.module or '<model>'}",
-                                 classname=path, file=path, line=str(line))
-            failure = ET.SubElement(case, "failure", message=f.message, type=f"{f.code} {f.name} ({f.severity})")
-            failure.text = f"{path}:{line}: {f.code} [{f.module}] {f.message}" + (f"\nfix: {f.fix}" if f.fix else "")
+            case = ET.SubElement(suite, "testcase", name=_xml(f"{f.code} {f.module or '<model>'}"),
+                                 classname=_xml(path), file=_xml(path), line=str(line))
+            failure = ET.SubElement(case, "failure", message=_xml(f.message),
+                                    type=f"{f.code} {f.name} ({f.severity})")
+            failure.text = _xml(f"{path}:{line}: {f.code} [{f.module}] {f.message}"
+                                + (f"\nfix: {f.fix}" if f.fix else ""))
         total += max(len(findings), 1)
         failures += len(findings)
     suites.set("tests", str(total))

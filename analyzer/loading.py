@@ -15,6 +15,7 @@ from torch import nn
 
 from .errors import ModnormError, frame_of_exception
 from .initlaw import laws_of, record_init
+from .target import check_input_shape, check_model_path, parse_target
 
 __all__ = ["LoadedModel", "load", "parse_target", "count_parameters"]
 
@@ -34,17 +35,8 @@ class LoadedModel:
     checkpoint: Any = None  # (weights.Checkpoint, model name -> stored name) for --weights PATH
 
 
-def parse_target(target: str) -> tuple[Path, str | None]:
-    """`path.py:NAME` → (path, NAME). A Windows drive letter is not a NAME."""
-    head, sep, tail = target.rpartition(":")
-    if sep and head.endswith(".py") and tail.isidentifier():
-        return Path(head), tail
-    return Path(target), None
-
-
 def _import(path: Path) -> Any:
-    if not path.exists():
-        raise ModnormError(f"no such file `{path}`", "pass the path of a Python file that defines your model")
+    check_model_path(path)
     if path.suffix != ".py":
         raise ModnormError(f"`{path}` is not a Python file",
                            "pass a .py file that defines the model (checkpoints go to --weights)", path)
@@ -137,11 +129,16 @@ def count_parameters(model: nn.Module) -> int:
 
 def _example_inputs(module: Any, model: nn.Module, path: Path, shape: tuple[int, ...] | None,
                     dtype: str | None) -> tuple[Any, ...]:
+    if shape is None and dtype is not None:
+        raise ModnormError(f"--input-dtype {dtype} needs --input-shape", "pass the shape too, e.g. "
+                           f"--input-shape 4,128 --input-dtype {dtype}, or drop --input-dtype to use the file's "
+                           "example_inputs()")
     if shape is not None:
+        shape = check_input_shape(tuple(shape))
         torch_dtype = {"long": torch.long, "int": torch.long, "float": torch.float32, "float32": torch.float32,
                        "float64": torch.float64}.get(dtype or "float")
         if torch_dtype is None:
-            raise ModnormError(f"unknown --input-dtype `{dtype}`", "use long or float")
+            raise ModnormError(f"unknown --input-dtype `{dtype}`", "use float, float32, float64, long or int")
         if torch_dtype == torch.long:
             return (torch.zeros(shape, dtype=torch.long),)
         return (torch.randn(shape, dtype=torch_dtype),)
@@ -192,6 +189,11 @@ def load(target: str, *, device: str = "auto", max_params: int = DEFAULT_MAX_PAR
         laws = laws_of(model, recorder)
         built_on = "meta"
         parameters = count_parameters(model)
+        if device == "cpu" and parameters > max_params:
+            raise ModnormError(f"the model has {parameters:,} parameters, more than --max-params {max_params:,}, "
+                               "and --device cpu would allocate them all",
+                               "use --device auto or meta (the analysis needs no real weights), or raise "
+                               "--max-params if the machine has the memory", path)
         if device == "cpu" or (device == "auto" and parameters <= max_params):
             torch.manual_seed(seed)
             model = _build(entry, entry_name, path, kwargs)

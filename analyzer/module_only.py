@@ -11,6 +11,7 @@ containers and could not be traced alone are listed as unknown.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -47,12 +48,18 @@ def _probe_inputs(module: nn.Module) -> list[torch.Tensor]:
     return [torch.empty(1, fan_in, *kernel, **meta), torch.zeros(1, dtype=torch.long, **meta)]
 
 
+def _identifier(text: str) -> str:
+    """A Python identifier for fx's generated code: `nn.Sequential` children are named "0", "1", ..."""
+    cleaned = re.sub(r"\W", "_", text)
+    return cleaned if cleaned[:1].isalpha() or cleaned[:1] == "_" else f"m_{cleaned}"
+
+
 def _splice(graph: fx.Graph, path: str, sub: fx.Graph) -> Any:
     """Copy a submodule's graph into `graph`, its attribute and module targets prefixed with the module path."""
     values: dict[fx.Node, Any] = {}
     for node in sub.nodes:
         if node.op == "placeholder":
-            values[node] = graph.placeholder(f"{path.replace('.', '_')}_{node.name}")
+            values[node] = graph.placeholder(_identifier(f"{path}_{node.name}"))
             values[node].meta = dict(node.meta)
     before = set(graph.nodes)
     output = graph.graph_copy(sub, values)
@@ -73,6 +80,9 @@ def trace_modules(model: nn.Module, why: str, attempts: list[str]) -> Any:
     def visit(prefix: str, module: nn.Module) -> None:
         for name, child in module.named_children():
             path = f"{prefix}{name}"
+            if not name.isprintable() or '"' in name or "\\" in name:  # fx would write it into generated code
+                skipped.append(f"{path!r} ({type(child).__name__}; its name cannot be written in generated code)")
+                continue
             for probe in [] if isinstance(child, _CONTAINERS) else _probe_inputs(child):
                 try:
                     sub = trace_fx(child, (probe,)).graph_module.graph

@@ -40,8 +40,9 @@ class Row:
         return self.measured / self.bound if self.bound and math.isfinite(self.bound) else math.nan
 
     @property
-    def violated(self) -> bool:
-        return self.kind == "bound" and self.measured > self.bound * (1 + 1e-6) + 1e-12
+    def violated(self) -> bool:  # a NaN measurement verifies nothing: it counts as a violation, never a pass
+        return self.kind == "bound" and (self.measured != self.measured
+                                         or self.measured > self.bound * (1 + 1e-6) + 1e-12)
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,23 @@ def probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, *
     """Measure the model at its real weights (it must not be on the meta device)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if any(p.is_meta for p in model.parameters()):
-        from .errors import ModnormError
+    from . import TRACING_LOCK
+    from .errors import ModnormError
 
+    if any(p.is_meta for p in model.parameters()):
         raise ModnormError("probe needs real weights, but the model is on the meta device",
                            "build it on the CPU (it must fit in memory) or pass --weights CHECKPOINT")
-    with sdpa_kernel(SDPBackend.MATH):  # the flash kernel has no forward-mode AD on the CPU; same function
-        return _probe(model, inputs, analysis, trials, steps, seed)
+    if trials < 1:
+        raise ModnormError(f"trials={trials} measures nothing", "pass trials=1 or more")
+    bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:  # every measurement would be NaN, and NaN > bound is False: it must not pass
+        raise ModnormError(f"parameter `{bad}` has non-finite values (NaN or Inf)",
+                           "probe a model with finite weights; check the checkpoint or the init")
+    # A copy in float64 and eval mode; the caller's model, mode and RNG are left as they were.
+    import copy
+
+    with TRACING_LOCK, torch.random.fork_rng(devices=[]), sdpa_kernel(SDPBackend.MATH):  # flash: no forward AD
+        return _probe(copy.deepcopy(model), inputs, analysis, trials, steps, seed)
 
 
 def _probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, trials: int, steps: int,

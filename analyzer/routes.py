@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from .errors import ModnormError, short_path
+from .errors import InputsDoNotFit, ModnormError, short_path
 from .module_only import trace_modules
 from .oplog import trace_oplog
 from . import tracing
@@ -30,6 +30,11 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | No
         "oplog": lambda attempts: _explained(trace_oplog, "op log", model, example_inputs, user_file,
                                              leaf_types, attempts),
     }
+    odd = [n for n, _ in model.named_modules() if not n.isprintable() or '"' in n or "\\" in n]
+    if odd:  # every route writes module names into generated Python source, where these break it
+        raise ModnormError(f"the model has submodules named {', '.join(map(repr, odd[:3]))}, which torch.fx "
+                           "cannot write into generated code", "name submodules with letters, digits and "
+                           "underscores (add_module / setattr)", user_file)
     if tracer in routes:
         return routes[tracer]([])
     if tracer == "modules":
@@ -39,6 +44,8 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | No
     for name, route in routes.items():
         try:
             traced = route(list(attempts))
+        except InputsDoNotFit:
+            raise  # every route would fail on these inputs, and the module-only one would hide it
         except ModnormError as failure:
             failures.append(failure)
             where = f" at {short_path(failure.file)}:{failure.line}" if failure.file and failure.line else ""

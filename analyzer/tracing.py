@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import traceback
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import torch.fx as fx
 from torch import nn
 
 from .semantics import REGISTRY, lookup
-from .errors import ModnormError, frame_of_exception, resolved, user_frame
+from .errors import InputsDoNotFit, ModnormError, frame_of_exception, resolved, user_frame
 
 __all__ = ["TracedModel", "trace_fx", "trace_export", "to_meta", "node_location"]
 
@@ -288,7 +289,9 @@ class ShapeTracer(fx.Tracer):
         kw = _on_meta_device(to_meta(fx.node.map_aggregate(kwargs, _unwrap)))
         if kind == "call_method" and target in ("cpu", "cuda") and values:
             return values[0]
+        module = self.root.get_submodule(target) if kind == "call_module" else None
         try:
+            _check_dtypes(module if module is not None else target, values)
             if kind == "call_function":
                 return getattr(target, "_modnorm_leaf_of", target)(*values, **kw)
             if kind == "call_method":
@@ -296,11 +299,13 @@ class ShapeTracer(fx.Tracer):
             if kind == "call_module":
                 self._computing = True
                 try:
-                    return _run_on_meta(self.root.get_submodule(target), values, kw)
+                    return _run_on_meta(module, values, kw)
                 finally:
                     self._computing = False
-        except Exception:  # noqa: BLE001 - an op meta cannot run leaves the value unknown
-            return None
+        except Exception as exc:  # noqa: BLE001 - an op meta cannot run leaves the value unknown...
+            if _cannot_run_on_meta(exc, args, kwargs) or is_compiled(target) or is_compiled(module):
+                return None
+            raise _inputs_do_not_fit(kind, target, module, values, kw, exc) from exc  # ...one that rejects them
         return None
 
     def create_node(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
@@ -325,6 +330,53 @@ def _is_cache(value: Any) -> bool:
     """A key/value cache object (by class name along the MRO, so transformers need not be imported)."""
     return any(k.__name__ in ("Cache", "EncoderDecoderCache") and "cache" in k.__module__
                for k in type(value).__mro__)
+
+
+# Meta kernels of these skip the dtype check their CPU kernels make ("mat1 and mat2 must have the same dtype").
+_MATMUL_FUNCTIONS = (torch.nn.functional.linear, torch.matmul, torch.mm, torch.bmm, torch.nn.functional.conv1d,
+                     torch.nn.functional.conv2d, torch.nn.functional.conv3d, operator.matmul)
+
+
+def _check_dtypes(op: Any, values: tuple) -> None:
+    """Integer inputs to a float matmul, which the meta device computes (as integers) instead of refusing."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if isinstance(op, nn.Module) and type(op).__module__.startswith("torch.nn."):  # a user's leaf may take ids
+        weight = op._parameters.get("weight")  # not getattr: fx patches Module.__getattr__ to return a proxy
+        if (isinstance(weight, torch.Tensor) and weight.is_floating_point() and tensors
+                and not isinstance(op, (nn.Embedding, nn.EmbeddingBag)) and not tensors[0].is_floating_point()
+                and not tensors[0].is_complex()):
+            raise TypeError(f"expected a floating-point input like its weight ({weight.dtype}), got "
+                            f"{tensors[0].dtype}")
+        if isinstance(op, (nn.Embedding, nn.EmbeddingBag)) and tensors and tensors[0].is_floating_point():
+            raise TypeError(f"expected integer token ids, got {tensors[0].dtype}")
+    elif op is torch.nn.functional.embedding and tensors and tensors[0].is_floating_point():
+        raise TypeError(f"expected integer token ids, got {tensors[0].dtype}")
+    elif any(op is f for f in _MATMUL_FUNCTIONS) and len({t.is_floating_point() for t in tensors}) > 1:
+        raise TypeError(f"expected inputs of one dtype, got {', '.join(str(t.dtype) for t in tensors)}")
+
+
+def _cannot_run_on_meta(exc: BaseException, args: Any, kwargs: Any) -> bool:
+    """The op failed for want of data (no meta kernel, a value only data has, an input already unknown), not
+    because its inputs are wrong: the value stays unknown and tracing goes on, as before."""
+    unknown: list[bool] = []
+    fx.node.map_aggregate((args, kwargs), lambda a: unknown.append(
+        isinstance(a, (fx.Proxy, fx.Node)) and _unwrap(a) is None))
+    return (isinstance(exc, (NotImplementedError, DataDependentError)) or "meta" in str(exc).lower()
+            or "data-dependent" in str(exc).lower() or any(unknown))
+
+
+def _inputs_do_not_fit(kind: str, target: Any, module: Any, values: tuple, kwargs: dict,
+                       exc: BaseException) -> InputsDoNotFit:
+    """The op that rejected the example inputs, its input shapes and dtypes, and the user's line calling it."""
+    what = (f"module `{target}` ({type(module).__name__})" if module is not None
+            else f"`{getattr(target, '__name__', target)}`" if kind == "call_function" else f"method `.{target}`")
+    shapes = ", ".join(f"{tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for v in values
+                       if isinstance(v, torch.Tensor)) or "no tensors"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return InputsDoNotFit(f"the example inputs do not fit the model: {what} rejects inputs of shape {shapes} "
+                          f"({type(exc).__name__}: {first})",
+                          "pass inputs the model accepts: fix example_inputs() in the model file, or --input-shape "
+                          "and --input-dtype (long for token ids)")  # trace_fx adds the user's line
 
 
 def _on_meta_device(value: Any) -> Any:
@@ -496,6 +548,7 @@ def trace_export(model: nn.Module, example_inputs: tuple[Any, ...], user_file: s
     import io
     import logging
 
+    disabled = logging.root.manager.disable  # the caller's level, restored below
     try:  # export logs graph dumps on failure: the user gets one paragraph instead
         logging.disable(logging.CRITICAL)
         with contextlib.redirect_stderr(io.StringIO()):
@@ -506,7 +559,7 @@ def trace_export(model: nn.Module, example_inputs: tuple[Any, ...], user_file: s
         raise _route_failure(exc, "torch.export cannot trace", user_file,
                              "rewrite the construct with torch operations or mark its module as a leaf") from exc
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(disabled)
     graph_module = exported.module()
     for node in list(graph_module.graph.nodes):  # export's input-guard call carries no data
         if node.op == "call_module" and str(node.target).startswith("_guards") and not node.users:
@@ -557,6 +610,10 @@ def trace_fx(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str |
     tracer = ShapeTracer(example_inputs, leaf_types)
     try:
         graph = tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
+    except InputsDoNotFit as exc:  # name the user's line that called the op, else the model file
+        frame = frame_of_exception(exc, user_file)
+        raise InputsDoNotFit(exc.problem, exc.remedy, frame[0] if frame else user_file,
+                             frame[1] if frame else None) from exc.__cause__
     except ModnormError:
         raise
     except Exception as exc:  # noqa: BLE001 - every trace failure becomes a user-facing explanation

@@ -129,7 +129,7 @@ def test_mass_table_overrides_like_tare(project):
 @pytest.mark.parametrize("body, words, key_line", [
     # lines 1-3 are the [project] table the fixture writes; [tool.modnorm] is line 4
     ("[tool.modnorm]\nselct = ['MN2']\n", "unknown key `selct`", 5),
-    ("[tool.modnorm]\nhidden-mass = 'five'\n", "`hidden-mass` must be a non-negative number", 5),
+    ("[tool.modnorm]\nhidden-mass = 'five'\n", "`hidden-mass` must be a finite non-negative number", 5),
     ("[tool.modnorm]\nselect = ['MN777']\n", "`MN777`, which is no rule code", 5),
     ("[tool.modnorm]\nprofile = 'fast'\n", '`profile` must be "certified" or "modula"', 5),
     ("[tool.modnorm]\n[tool.modnorm.rules.MN204]\nwarm = 3\n", "MN204 has no option `warm`", 6),

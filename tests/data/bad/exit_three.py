@@ -1,0 +1,21 @@
+"""sys.exit(3) in forward: not exit 3."""
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        import sys; sys.exit(3)
+        return self.fc(x)
+
+
+def build_model():
+    return Tiny()
+
+
+def example_inputs():
+    return torch.randn(2, 4)

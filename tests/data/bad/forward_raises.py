@@ -1,0 +1,21 @@
+"""forward raises on purpose."""
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        raise ValueError('no')
+        return self.fc(x)
+
+
+def build_model():
+    return Tiny()
+
+
+def example_inputs():
+    return torch.randn(2, 4)

@@ -1,0 +1,20 @@
+"""A (2, 7) input into Linear(4, 2)."""
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def build_model():
+    return Tiny()
+
+
+def example_inputs():
+    return torch.randn(2, 7)
