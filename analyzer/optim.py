@@ -142,6 +142,21 @@ def _normalize_atom(atom: AtomUpdate, delta: torch.Tensor, bias: torch.Tensor | 
         bias.mul_(lr * atom.target / rms if rms > 0 else 0.0)
 
 
+def _normalize_tied(atom: AtomUpdate, tied: list[AtomUpdate], delta: torch.Tensor, bias: torch.Tensor | None,
+                    lr: float, dualize: bool, norm: str, power_steps: int) -> None:
+    """One weight shared by several atoms (a tied embedding and head) moves once, on its first atom's turn, by the
+    largest step that keeps ‖Δ‖_i ≤ lr · t_i for every atom i sharing it (so the modular norm of the step stays lr);
+    each atom's own bias is normalized as usual."""
+    if atom is tied[0]:
+        if dualize and any(a.kind in ("Linear", "Conv1d", "Conv2d") for a in tied):
+            delta.copy_(orthogonalize(delta))
+        sizes = [(a.target, natural_norm(a, delta, norm, power_steps)) for a in tied]
+        delta.mul_(min((lr * t / size for t, size in sizes if size > 0), default=0.0))
+    if bias is not None:
+        rms = float(bias.detach().float().pow(2).mean().sqrt()) * atom.scale
+        bias.mul_(lr * atom.target / rms if rms > 0 else 0.0)
+
+
 class ModularNormalized:
     """Wrap a torch optimizer so that every step has modular norm equal to the learning rate.
 
@@ -195,6 +210,10 @@ class ModularNormalized:
         in_groups = [p for g in self.base.param_groups for p in g["params"]]
         self.unmanaged = [names.get(id(p), "?") for p in in_groups if id(p) not in managed]
         self._atoms = [a for a in self.atoms if id(a.weight) in self._group_of]
+        sharing: dict[int, list[AtomUpdate]] = {}
+        for atom in self._atoms:
+            sharing.setdefault(id(atom.weight), []).append(atom)
+        self._tied = {key: atoms for key, atoms in sharing.items() if len(atoms) > 1}
 
     def retarget(self, example_inputs: Any = None) -> "ModularNormalized":
         """Re-analyse the model as it is now (e.g. after loading a checkpoint) and take the new targets.
@@ -254,7 +273,11 @@ class ModularNormalized:
             # Δ takes the parameter's place for a moment: no allocation, the parameter object is kept.
             delta = atom.weight.sub_(self._before[id(atom.weight)])
             bias = atom.bias.sub_(self._before[id(atom.bias)]) if has_bias else None
-            _normalize_atom(atom, delta, bias, lr, self.dualize, self.norm, self.power_steps)
+            tied = self._tied.get(id(atom.weight))
+            if tied is None:
+                _normalize_atom(atom, delta, bias, lr, self.dualize, self.norm, self.power_steps)
+            else:
+                _normalize_tied(atom, tied, delta, bias, lr, self.dualize, self.norm, self.power_steps)
             delta.add_(self._before[id(atom.weight)])
             if has_bias:
                 bias.add_(self._before[id(atom.bias)])

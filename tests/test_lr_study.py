@@ -179,3 +179,22 @@ def test_profile_must_agree_with_a_given_analysis():
     assert ModularNormalized(torch.optim.SGD(model.parameters(), lr=0.1), model, analysis).profile == "modula"
     with pytest.raises(ValueError, match="profile must be one of"):
         ModularNormalized(torch.optim.SGD(model.parameters(), lr=0.1), model, example_inputs=x, profile="nominal")
+
+
+@pytest.mark.parametrize("base", ["sgd", "adamw"])
+def test_a_tied_weight_keeps_every_atom_within_lr(base):
+    """nanoGPT ties its token embedding to its head: one parameter, two atoms with targets ~1e4 apart. The step must
+    keep both within lr · t_i (measured exactly from the weights before and after), and reach lr on one of them."""
+    model, x = small_gpt()
+    model = model.double()
+    make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.1), "adamw": lambda p: torch.optim.AdamW(p, lr=1e-3)}[base]
+    opt = ModularNormalized(make(model.parameters()), model, example_inputs=x, lr=0.05, norm="exact")
+    assert len(opt._tied) == 1  # transformer.wte and lm_head
+    before = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
+    model(x, x)[1].backward()
+    opt.step()
+    ratios = opt.update_norms(before, model)
+    tied = {"transformer.wte", "lm_head"}
+    assert max(ratios[n] for n in tied) == pytest.approx(0.05, rel=1e-6)
+    assert all(r <= 0.05 * (1 + 1e-6) for r in ratios.values()), ratios
+    assert max(ratios.values()) == pytest.approx(0.05, rel=1e-6)
