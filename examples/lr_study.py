@@ -377,10 +377,12 @@ def summary(results: dict, grid: Grid, models: list[str], optimizers: list[str],
                                  ("depth", [(grid.base_width, d) for d in grid.depths])):
                 cells, optima = [], []
                 for w, d in points:
-                    found = optimum(GRIDS[opt], curve_of(results, selector(model, w, d, opt, profile), GRIDS[opt]))
+                    losses = curve_of(results, selector(model, w, d, opt, profile), GRIDS[opt])
+                    found = optimum(GRIDS[opt], losses)
                     label = f"w{w}" if axis == "width" else f"d{d}"
-                    if found is None:
-                        cells.append(f"{label}: –")
+                    missing = sum(math.isnan(l) for l in losses)  # not run yet (a diverged run is inf)
+                    if found is None or missing:
+                        cells.append(f"{label}: {len(losses) - missing}/{len(losses)} runs")
                         continue
                     lr, loss, interpolated = found
                     optima.append(interpolated)
@@ -388,7 +390,8 @@ def summary(results: dict, grid: Grid, models: list[str], optimizers: list[str],
                 cells += [""] * (4 - len(cells))
                 spread = max(optima) / min(optima) if len(optima) > 1 else math.nan
                 spreads[f"{model}|{opt}|{axis}"] = spread
-                lines.append(f"| {model} | {opt} | {axis} | " + " | ".join(cells) + f" | ×{spread:.2g} |")
+                shown = f"×{spread:.2g}" if math.isfinite(spread) else "–"
+                lines.append(f"| {model} | {opt} | {axis} | " + " | ".join(cells) + f" | {shown} |")
     return "\n".join(lines), spreads
 
 
@@ -437,6 +440,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2, help="processes (each uses one thread)")
     parser.add_argument("--out", type=Path, help="results JSON (default docs/lr_study.json; quick: a temp name)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where the plots go")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: table and plots from the runs already in --out (a partial study)")
     args = parser.parse_args(argv)
     grid = QUICK if args.quick else FULL
     if args.steps:
@@ -452,7 +457,10 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"unknown {name} {unknown}: choose from {known}")
     out = args.out or (ROOT / "docs" / ("lr_study_quick.json" if args.quick else "lr_study.json"))
     runs = runs_of(grid, models, optimizers, args.profile)
-    results = study(runs, out, args.workers, max_bytes=1_000_000 if args.quick else None)
+    if args.report_only:
+        results = json.loads(out.read_text()) if out.exists() else {}
+    else:
+        results = study(runs, out, args.workers, max_bytes=1_000_000 if args.quick else None)
     text, spreads = summary(results, grid, models, optimizers, args.profile)
     print(text)
     out.with_name(f"{out.stem}_{args.profile}.md").write_text(
