@@ -416,7 +416,7 @@ def plot(results: dict, grid: Grid, model: str, optimizers: list[str], profile: 
             ax.set_ylabel("validation loss (nats/char)")
             fixed = f"depth {grid.base_depth}" if axis == "width" else f"width {grid.base_width}"
             targets = "" if opt == "adamw" else f", {profile} targets"
-            ax.set_title(f"{model}: {opt}{targets}, {axis} sweep ({fixed})", fontsize=9)
+            ax.set_title(f"{model}: {opt}{targets}\n{axis} sweep ({fixed})", fontsize=9)
             ax.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
