@@ -21,6 +21,7 @@ updated in place, never reallocated.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -34,6 +35,8 @@ from .result import Analysis
 __all__ = ["ModularNormalized", "AtomUpdate", "atoms_of", "natural_norm", "orthogonalize", "normalize_"]
 
 _NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton–Schulz iteration
+_LOG = logging.getLogger("modnorm.optim")
+PROFILES = ("certified", "modula")  # the report's default (worst-case constants) | Modula's nominal constants
 
 
 @dataclass
@@ -128,6 +131,21 @@ def _normalize_atom(atom: AtomUpdate, delta: torch.Tensor, bias: torch.Tensor | 
         bias.mul_(lr * atom.target / rms if rms > 0 else 0.0)
 
 
+def _normalize_tied(atom: AtomUpdate, tied: list[AtomUpdate], delta: torch.Tensor, bias: torch.Tensor | None,
+                    lr: float, dualize: bool, norm: str, power_steps: int) -> None:
+    """One weight shared by several atoms (a tied embedding and head) moves once, on its first atom's turn, by the
+    largest step that keeps ‖Δ‖_i ≤ lr · t_i for every atom i sharing it (so the modular norm of the step stays lr);
+    each atom's own bias is normalized as usual."""
+    if atom is tied[0]:
+        if dualize and any(a.kind in ("Linear", "Conv1d", "Conv2d") for a in tied):
+            delta.copy_(orthogonalize(delta))
+        sizes = [(a.target, natural_norm(a, delta, norm, power_steps)) for a in tied]
+        delta.mul_(min((lr * t / size for t, size in sizes if size > 0), default=0.0))
+    if bias is not None:
+        rms = float(bias.detach().float().pow(2).mean().sqrt()) * atom.scale
+        bias.mul_(lr * atom.target / rms if rms > 0 else 0.0)
+
+
 class ModularNormalized:
     """Wrap a torch optimizer so that every step has modular norm equal to the learning rate.
 
@@ -136,33 +154,76 @@ class ModularNormalized:
         loss.backward(); opt.step(); opt.zero_grad()
 
     `lr` (optional) sets every group's learning rate; afterwards the groups' "lr" is the modular-norm step, so
-    learning-rate schedulers on `opt` (or on `base`) work unchanged.
+    learning-rate schedulers on `opt` (or on `base`) work unchanged. `profile` chooses the targets: "certified"
+    (the report's default) or "modula" (Modula's nominal constants); the choice is logged once ("modnorm.optim",
+    see `describe()`). Targets are computed once; `retarget()` recomputes them when you ask (after loading a
+    checkpoint, say), never silently per step.
     """
 
     def __init__(self, base: torch.optim.Optimizer, model: nn.Module, analysis: Analysis | None = None, *,
                  example_inputs: Any = None, lr: float | None = None, dualize: bool = False, norm: str = "power",
-                 power_steps: int = 2) -> None:
-        if analysis is None:
-            if example_inputs is None:
-                raise ValueError("pass an Analysis or example_inputs to analyse the model with")
-            from . import analyze
-
-            analysis = analyze(model, example_inputs)
+                 power_steps: int = 2, profile: str | None = None) -> None:
         if norm not in ("power", "exact"):
             raise ValueError(f"norm must be 'power' or 'exact', not {norm!r}")
-        self.base, self.analysis = base, analysis
+        if profile is not None and profile not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, not {profile!r}")
+        if analysis is not None and profile is not None and analysis.profile != profile:
+            raise ValueError(f"the analysis was run with profile {analysis.profile!r}, not {profile!r}: "
+                             "drop one of the two, or re-run modnorm.analyze with the profile you want")
+        self.base, self.model, self.example_inputs = base, model, example_inputs
         self.dualize, self.norm, self.power_steps = dualize, norm, power_steps
-        self.atoms = atoms_of(model, analysis)
+        self.profile = analysis.profile if analysis is not None else (profile or PROFILES[0])
+        if analysis is None:
+            analysis = self._analyze(example_inputs)
         if lr is not None:
             for group in base.param_groups:
                 group["lr"] = lr
-        managed = {id(a.weight) for a in self.atoms} | {id(a.bias) for a in self.atoms if a.bias is not None}
-        names = {id(p): n for n, p in model.named_parameters()}
-        in_groups = [p for g in base.param_groups for p in g["params"]]
-        self.unmanaged = [names.get(id(p), "?") for p in in_groups if id(p) not in managed]
         self._group_of = {id(p): g for g in base.param_groups for p in g["params"]}
-        self._atoms = [a for a in self.atoms if id(a.weight) in self._group_of]
         self._before: dict[int, torch.Tensor] = {}
+        self._bind(analysis)
+        _LOG.info("%s", self.describe())
+
+    def _analyze(self, example_inputs: Any) -> Analysis:
+        if example_inputs is None:
+            raise ValueError("pass an Analysis or example_inputs to analyse the model with")
+        from . import analyze
+
+        return analyze(self.model, example_inputs, profile=self.profile)
+
+    def _bind(self, analysis: Analysis) -> None:
+        """Take the targets of `analysis` (the only place they are set: never silently per step)."""
+        self.analysis = analysis
+        self.atoms = atoms_of(self.model, analysis)
+        managed = {id(a.weight) for a in self.atoms} | {id(a.bias) for a in self.atoms if a.bias is not None}
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        in_groups = [p for g in self.base.param_groups for p in g["params"]]
+        self.unmanaged = [names.get(id(p), "?") for p in in_groups if id(p) not in managed]
+        self._atoms = [a for a in self.atoms if id(a.weight) in self._group_of]
+        sharing: dict[int, list[AtomUpdate]] = {}
+        for atom in self._atoms:
+            sharing.setdefault(id(atom.weight), []).append(atom)
+        self._tied = {key: atoms for key, atoms in sharing.items() if len(atoms) > 1}
+
+    def retarget(self, example_inputs: Any = None) -> "ModularNormalized":
+        """Re-analyse the model as it is now (e.g. after loading a checkpoint) and take the new targets.
+
+        Uses the same profile; `example_inputs` defaults to the ones given at construction. The base optimizer's
+        state is kept."""
+        inputs = example_inputs if example_inputs is not None else self.example_inputs
+        if inputs is None:
+            raise ValueError("retarget needs example_inputs (none were given at construction)")
+        self.example_inputs = inputs
+        self._bind(self._analyze(inputs))
+        _LOG.info("retargeted: %s", self.describe())
+        return self
+
+    def describe(self) -> str:
+        """One line: the profile the targets come from, how many atoms are managed and the range of targets."""
+        targets = [a.target for a in self.atoms]
+        span = f"targets {min(targets):.3g} .. {max(targets):.3g}" if targets else "no targets"
+        kind = "Modula's nominal constants" if self.profile == "modula" else "certified worst-case constants"
+        return (f"ModularNormalized: profile {self.profile} ({kind}); {len(self.atoms)} atoms, {span}; "
+                f"{len(self.unmanaged)} parameters keep the base optimizer's update")
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -201,7 +262,11 @@ class ModularNormalized:
             # Δ takes the parameter's place for a moment: no allocation, the parameter object is kept.
             delta = atom.weight.sub_(self._before[id(atom.weight)])
             bias = atom.bias.sub_(self._before[id(atom.bias)]) if has_bias else None
-            _normalize_atom(atom, delta, bias, lr, self.dualize, self.norm, self.power_steps)
+            tied = self._tied.get(id(atom.weight))
+            if tied is None:
+                _normalize_atom(atom, delta, bias, lr, self.dualize, self.norm, self.power_steps)
+            else:
+                _normalize_tied(atom, tied, delta, bias, lr, self.dualize, self.norm, self.power_steps)
             delta.add_(self._before[id(atom.weight)])
             if has_bias:
                 bias.add_(self._before[id(atom.bias)])
