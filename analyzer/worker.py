@@ -144,6 +144,7 @@ def _child(sender: Any, stack_path: str, parent_ran_torch: bool, job: Callable[.
     stack = open(stack_path, "w")  # noqa: SIM115 - faulthandler keeps writing to it until the process ends
     faulthandler.enable(file=stack)  # a segfault or abort leaves the stack for the parent to read
     faulthandler.register(signal.SIGUSR1, file=stack, all_threads=False)  # the parent's timeout asks for it
+    _forget_inherited_fork_server()
     if parent_ran_torch:
         import torch
 
@@ -159,6 +160,20 @@ def _child(sender: Any, stack_path: str, parent_ran_torch: bool, job: Callable[.
         sender.send(("error", ModnormError(f"internal error: the result could not be sent back "
                                            f"({type(exc).__name__}: {exc}). This is a bug in modnorm")))
     sender.close()
+
+
+def _forget_inherited_fork_server() -> None:
+    """A forked child inherits the parent's fork-server handle (`--jobs`, parallel.py), but the server is not its
+    child: waiting on it fails with ECHILD. Forget the handle, so a sweep with --jobs here starts its own server."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    with contextlib.suppress(OSError, TypeError):
+        os.close(server._forkserver_alive_fd)  # our copy only: the parent's keeps its server alive
+    server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+    server._inherited_fds = None
 
 
 def _guarded(job: Callable[..., Any], args: tuple, kwargs: dict, target: str) -> Any:

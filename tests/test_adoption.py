@@ -218,7 +218,7 @@ def test_sarif_fingerprints_survive_renamed_fx_nodes(project):
     (project / "model.py").write_text(source.replace("        x = self.inp(x)\n",
                                                      "        x = self.inp(x)\n        x = x + 1.0\n"))
     after = prints()
-    assert ("MN203", "blocks.1", "add_1") in before and ("MN203", "blocks.1", "add_2") in after  # renamed...
+    assert ("MN203", "blocks.*", "add_1") in before and ("MN203", "blocks.*", "add_2") in after  # renamed...
     assert sorted(before.values()) == sorted(after.values())  # ...and the same alerts
 
 
@@ -233,7 +233,7 @@ def test_hugging_face_findings_point_at_the_transformers_source(tmp_path):
     source = Path(transformers.models.llama.modeling_llama.__file__)
     assert rows and all(Path(r["file"]).resolve() == source.resolve() for r in rows)
     lines = source.read_text().splitlines()
-    q_proj = next(r for r in rows if r["module"] == "model.layers.0.self_attn.q_proj")
+    q_proj = next(r for r in rows if r["module"] in ("model.layers.*.self_attn.q_proj", "model.layers.0.self_attn.q_proj"))
     assert "self.q_proj(" in lines[q_proj["line"] - 1]  # where the module is called in forward
     full = modnorm("check", tmp_path / "llama", cwd=tmp_path).stdout
     assert "LlamaForCausalLM built from config.json" in " ".join(full.split())

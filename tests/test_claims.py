@@ -31,7 +31,7 @@ CLAIMS = [
      ["test_weights.py::test_malicious_pickle_is_refused_without_running",
       "test_weights.py::test_other_formats_are_not_opened"]),
     ("a blown-up layer is MN101 with its name", ["test_weights.py::test_blown_up_layer_is_flagged_by_name"]),
-    ("an upper bound 1% above the value that holds with probability ≥ 1 − 10⁻⁶",
+    ("an upper bound 1% above the value that fails with probability δ ≤ 10⁻⁹ per matrix",
      ["test_norms.py::test_bracket_contains_the_true_norm",
       "test_norms.py::test_failure_probability_bounds_the_observed_failure_rate",
       "test_norms.py::test_fast_upper_is_tight_and_says_how_it_holds"]),

@@ -100,8 +100,10 @@ def test_mn203_is_an_error_past_ten():
     assert severities("MN203", stream(4, per_block - 0.5 + EPS, 0.5, 1.0), error=20.0) == ["warning"]
 
 
-# ---------------------------------------------------------------- MN204: network sensitivity above 2, error above 10
-@pytest.mark.parametrize("sensitivity, expected", [(1.0, []), (2.0, []), (2.0 + EPS, ["warning"]),
+# ---------------------------------------------------------------- MN204: network sensitivity above e, error above 10
+# e is the (1 + 1/L)^L envelope of a well-scaled residual network (2.64 at L = 16 must not warn).
+@pytest.mark.parametrize("sensitivity, expected", [(1.0, []), (2.0, []), (2.64, []), (math.e, []),
+                                                   (math.e + EPS, ["warning"]),
                                                    (10.0, ["warning"]), (10.0 + EPS, ["error"]),
                                                    (math.inf, []), (math.nan, [])])
 def test_mn204_thresholds(sensitivity, expected):
