@@ -102,6 +102,7 @@ def parsed(pattern, text):
                   for m in map(pattern.match, text.splitlines()) if m)
 
 
+@pytest.mark.slow  # tens of seconds: CI's second step (pytest -m slow)
 def test_cli_plugin_and_pre_commit_hook_report_the_same_findings(project):
     """The same model and [tool.modnorm] (an ignore, a per-module ignore, an inline suppression) give the same
     findings, at the same places, whichever way modnorm is run."""

@@ -102,6 +102,7 @@ def test_input_shape_option_replaces_example_inputs(tmp_path):
     assert result.exit_code == 0 and json.loads(result.stdout)["layers"][0]["shape"] == [8, 8]
 
 
+@pytest.mark.slow  # tens of seconds: CI's second step (pytest -m slow)
 def test_a_65b_parameter_llama_shape_is_analysed_on_meta_in_little_memory():
     """Issue #2: a 65B-parameter configuration on the meta device: no weights allocated. README's claim, "peak RSS
     under 500 MB" (about 370 MB measured), is measured in a fresh child process, by the child itself

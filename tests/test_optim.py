@@ -309,6 +309,7 @@ def test_unmanaged_parameters_are_listed():
     assert all(0 < a.target < math.inf for a in opt.atoms)
 
 
+@pytest.mark.slow  # tens of seconds: CI's second step (pytest -m slow)
 def test_the_learning_rate_example_trains_at_a_tiny_size():
     """examples/lr_transfer.py (the study behind README's table) trains end to end: at width 32, 25 steps of either
     optimizer bring the mean of the last 20 losses below the first loss."""

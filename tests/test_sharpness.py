@@ -178,6 +178,7 @@ def closed_form(L, alpha_f, beta_f, gamma_f):
             beta_f + gamma_f * (L - 1) / (2 * L), gamma_f)
 
 
+@pytest.mark.slow  # tens of seconds: CI's second step (pytest -m slow)
 def test_scaled_residual_stack_matches_the_closed_form_and_stays_bounded():
     d = 8
     kappa = TANH_CURVATURE * math.sqrt(d)

@@ -82,7 +82,18 @@ def _fixtures(token_ids: bool):
     return cases
 
 
+# Several CPU seconds each (gradient ascent on a deep or wide model): CI's slow step. The small fixtures and
+# composites stay in the default run.
+SLOW_CONTINUOUS_MODELS = {"sqrt_depth_resmlp", "vit", "resnet_bn", "torch_transformer", "mlp_mixer",
+                          "ResidualStack_convex_L8", "ResidualStack_convex_L4", "ResidualStack_no_multiplier_L8"}
+
+
 def _continuous_fixtures():
+    return [pytest.param(*case.values, id=case.id, marks=pytest.mark.slow) if case.id in SLOW_CONTINUOUS_MODELS
+            else case for case in _all_continuous_fixtures()]
+
+
+def _all_continuous_fixtures():
     cases = _fixtures(token_ids=False)
     torch.manual_seed(0)
     for name, (factory, shape) in modula_composites.CONFIGS.items():
