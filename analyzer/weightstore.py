@@ -111,6 +111,9 @@ class WeightStore:
                 slices = atoms.Conv(tuple(w.shape), groups=groups).matrices(w.detach())
                 return norms.conv_kernel_norm(slices.permute(1, 2, 0)).upper, "measured"
             law, source = self._law(name)
+            # A prediction, not a bound: std·(√m + √n) is the expected norm of a Gaussian matrix (Gordon); a finite
+            # draw exceeds it by Tracy–Widom fluctuations of relative size ~n^(-2/3), a few percent at conv sizes,
+            # hence the 5% margin.
             if law is not None and law.kind != "orthogonal":  # an orthogonal conv init is orthogonal as a whole
                 return initlaw.spectral(law, c_out // groups, c_in_g) * 1.05, source
             std = self._law_std(name)
