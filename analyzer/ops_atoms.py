@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import atoms
-from .registry import AtomSpec, INF, OpView, Semantics, linear, register
+from .registry import AtomSpec, INF, OpView, Semantics, linear, register, sup_bound
 from .ops_shape import first_fdim
 
 
@@ -69,12 +69,28 @@ def _matmul(op: OpView) -> Semantics:
             fan_in, fan_out = value.shape
             return linear(Semantics("bond", (norm * math.sqrt(fan_in / fan_out),), "constant matrix: ||M||_RMS->RMS"))
         return unknown_weight(op, "matmul with a constant of unknown value")
-    # Two activations: |(AB)_i| <= k ||A_i||_RMS max_l ||B_l||_RMS (docs/theory/constants.md#products).
+    # Two activations: |(AB)_i| <= k ||A_i||_RMS max_l ||B_l||_RMS (docs/theory/constants.md#products), where A_i
+    # and B_l are rows (last axis). A row is a feature vector only when the operand's feature axis is last; else
+    # (x.transpose(1, 2) @ x) a row mixes positions and its RMS is bounded by the operand's sup, <= sqrt(F) ||.||.
     a, b = op.bounds
     k = op.in_shape(0)[-1]
-    return Semantics("bond", (k * b.upper, k * a.upper), "matmul of activations: k ||B||, k ||A||",
-                     upper=k * a.upper * b.upper, tags=("product",), label="A @ B",
+    row_a, factor_a = _row_bound(op, 0)
+    row_b, factor_b = _row_bound(op, 1)
+    out_ndim = len(op.out_shape()) if op.out_shape() else 0
+    return Semantics("bond", (k * row_b * factor_a, k * row_a * factor_b),
+                     "matmul of activations: k ||B rows||, k ||A rows||", upper=k * row_a * row_b,
+                     tags=("product",), label="A @ B", fdim=max(out_ndim - 1, 0) if out_ndim else -1,
                      reason="product of two activations: certified through their RMS upper bounds")
+
+
+def _row_bound(op: OpView, index: int) -> tuple[float, float]:
+    """(bound on the RMS of a last-axis row of operand `index`, factor from its norm to a row's RMS): the operand's
+    RMS bound and 1 when its feature axis is last; its sup bound and sqrt(F) otherwise."""
+    bound, shape = op.bounds[index], op.in_shape(index)
+    if not shape or bound.fdim is None or bound.fdim % len(shape) == len(shape) - 1:
+        return bound.upper, 1.0
+    width = shape[bound.fdim % len(shape)]
+    return sup_bound(bound, width), math.sqrt(width)
 
 
 def unknown_weight(op: OpView, why: str) -> Semantics:

@@ -187,10 +187,23 @@ def _split(op: OpView) -> Semantics:
                      tags=("layout",)))
 
 
-@register(torch.cat, torch.concat, torch.concatenate, torch.stack)
+@register(torch.cat, torch.concat, torch.concatenate)
 def _cat(op: OpView) -> Semantics:
     return linear(Semantics("bond", (1.0,) * len(op.inputs), "cat: RMS of the union <= max of the parts",
                      tags=("layout",), label="cat"))
+
+
+@register(torch.stack)
+def _stack(op: OpView) -> Semantics:
+    """stack(xs, dim): a new axis of positions; every feature vector is kept whole, so the RMS-max norm of the result
+    is the max of the parts' (constant 1 each). The feature axis moves up by one when the new axis is inserted at or
+    before it (stack(dim=0) of (B, T, D) tensors has its features on axis 3, not 2)."""
+    out_shape = op.out_shape()
+    fdim, dim = first_fdim(op), op.arg(1, "dim", 0)
+    if out_shape and isinstance(dim, int):
+        fdim = fdim + 1 if dim % len(out_shape) <= fdim else fdim
+    return linear(Semantics("bond", (1.0,) * len(op.inputs), "stack: a new axis of positions, feature vectors kept",
+                            fdim=fdim, tags=("layout",), label="stack"))
 
 
 # ----------------------------------------------------------------------------------------------------- pooling

@@ -347,6 +347,24 @@ def cats(draw: st.DrawFn) -> Case:
 
 
 @st.composite
+def stacks(draw: st.DrawFn) -> Case:
+    """`stack` at any axis (before, at or after the feature axis), reduced by a mean over the new axis, then an atom:
+    the atom is judged in the norm of the axis stack moved the features to."""
+    layout, width = draw(feature_layouts), draw(widths)
+    l1, l2, head = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+    where = draw(st.sampled_from(["first", "before features", "after features", "last"]))
+
+    def body(s: nn.Module, h: torch.Tensor, a: int) -> torch.Tensor:
+        last = h.movedim(a, -1)  # (..., F)
+        dim = {"first": 0, "before features": last.dim() - 1, "after features": last.dim(), "last": -1}[where]
+        y = torch.stack([s.layers["l1"](last), s.layers["l2"](last)], dim).mean(dim)
+        return s.layers["head"](y).movedim(-1, a)
+
+    return case(f"stack(dim {where}).mean", body, layout, width, layers={"l1": l1, "l2": l2, "head": head},
+                atoms=("layers.l1.weight", "layers.head.weight"))
+
+
+@st.composite
 def pools(draw: st.DrawFn, kind: str) -> Case:
     dims, width = draw(st.sampled_from([1, 2])), draw(widths)
     k = draw(st.sampled_from([2, 3]))
@@ -565,6 +583,7 @@ STRATEGIES: dict[Any, st.SearchStrategy[Case]] = {
     torch.where: wheres(), torch._assert: assertions(), nn.Softmax: softmaxes(), nn.LogSoftmax: softmaxes(log=True),
     torch.mean: reductions("mean"), torch.sum: reductions("sum"), "view": reshapes(), "transpose": permutes(),
     "expand": expands(), "split": st.one_of(splits(), unbind_feature_axis()), torch.cat: cats(),
+    torch.stack: stacks(),
     nn.AvgPool2d: pools("avg"), nn.MaxPool2d: pools("max"), nn.Linear: linears(), torch.addmm: addmms(),
     torch.matmul: matmuls(), nn.Conv2d: convs(), F.conv2d: convs(functional=True), nn.Embedding: embeddings(),
     F.embedding: embeddings(functional=True), nn.LayerNorm: layer_norms(),
