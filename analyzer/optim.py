@@ -11,7 +11,9 @@ then rescales each atom's Δ_i to ‖Δ_i‖_i = lr · t_i, so the whole update 
 its steepest-descent direction in the spectral norm.
 
 The base optimizer's own step size only shapes the direction (it is normalized away); its weight decay is part of
-the direction. Biases move with their atom, at the same relative step: ‖Δb‖_RMS · |c| = lr · t_i. Parameters that
+the direction. An atom with a bias shares its step between weight and bias: its output changes by at most
+‖ΔW‖_i ‖x‖ + |c| ‖Δb‖_RMS, so with inputs in the unit ball ‖ΔW‖_i = |c| ‖Δb‖_RMS = lr · t_i / 2 keeps the change
+within lr · t_i, what the analysis allows (moving both by lr · t_i reached twice that, measured). Parameters that
 belong to no atom (e.g. a normalization's bias) keep the base optimizer's update and are listed in `unmanaged`.
 
 Costs per step: one copy of each managed parameter into a buffer allocated once, and per matrix either a few
@@ -112,7 +114,7 @@ def orthogonalize(delta: torch.Tensor, steps: int = 5) -> torch.Tensor:
 def normalize_(updates: dict[str, torch.Tensor], atoms: Iterable[AtomUpdate], lr: float, *, dualize: bool = False,
                norm: str = "power", power_steps: int = 2) -> None:
     """The functional form: rescale, in place, each atom's update in `updates` (keyed by qualified parameter
-    name) so that ‖Δ_i‖_i = lr · t_i, and its bias's to |c| ‖Δb‖_RMS = lr · t_i."""
+    name) so that ‖Δ_i‖_i = lr · t_i, or, for an atom with a bias, ‖Δ_i‖_i = |c| ‖Δb‖_RMS = lr · t_i / 2."""
     for atom in atoms:
         delta = updates.get(atom.weight_name)
         if delta is not None:
@@ -124,10 +126,20 @@ def _normalize_atom(atom: AtomUpdate, delta: torch.Tensor, bias: torch.Tensor | 
                     norm: str, power_steps: int) -> None:
     if dualize and issubclass(atom_class(atom.kind), (Linear, Conv)):  # orthogonalize() reads (out, in, *kernel)
         delta.copy_(orthogonalize(delta))
+    share = _weight_share(bias is not None)
     size = natural_norm(atom, delta, norm, power_steps)
-    delta.mul_(lr * atom.target / size if size > 0 else 0.0)
+    delta.mul_(share * lr * atom.target / size if size > 0 else 0.0)
+    _normalize_bias(atom, bias, (1 - share) * lr)
+
+
+def _weight_share(has_bias: bool) -> float:
+    """The weight's share of an atom's step lr · t_i: all of it, or half when a bias takes the other half."""
+    return 0.5 if has_bias else 1.0
+
+
+def _normalize_bias(atom: AtomUpdate, bias: torch.Tensor | None, lr: float) -> None:
     if bias is not None:
-        rms = float(bias.detach().float().pow(2).mean().sqrt()) * atom.scale
+        rms = float(bias.detach().double().pow(2).mean().sqrt()) * atom.scale
         bias.mul_(lr * atom.target / rms if rms > 0 else 0.0)
 
 
@@ -139,11 +151,10 @@ def _normalize_tied(atom: AtomUpdate, tied: list[AtomUpdate], delta: torch.Tenso
     if atom is tied[0]:
         if dualize and any(a.kind in ("Linear", "Conv1d", "Conv2d") for a in tied):
             delta.copy_(orthogonalize(delta))
+        share = _weight_share(any(a.bias is not None for a in tied))
         sizes = [(a.target, natural_norm(a, delta, norm, power_steps)) for a in tied]
-        delta.mul_(min((lr * t / size for t, size in sizes if size > 0), default=0.0))
-    if bias is not None:
-        rms = float(bias.detach().float().pow(2).mean().sqrt()) * atom.scale
-        bias.mul_(lr * atom.target / rms if rms > 0 else 0.0)
+        delta.mul_(min((share * lr * t / size for t, size in sizes if size > 0), default=0.0))
+    _normalize_bias(atom, bias, (1 - _weight_share(any(a.bias is not None for a in tied))) * lr)
 
 
 class ModularNormalized:
@@ -273,11 +284,15 @@ class ModularNormalized:
         return loss
 
     def update_norms(self, before: dict[str, torch.Tensor], model: nn.Module) -> dict[str, float]:
-        """Exact natural norm / target of each atom's last update, from a copy of the weights before it (tests)."""
+        """Exact size / target of each atom's last update, from a copy of the weights before it (tests): its weight's
+        natural norm plus |c| times its bias's RMS, the bound on its output change for inputs in the unit ball."""
         current = dict(model.named_parameters(remove_duplicate=False))
         names = {id(p): n for n, p in current.items()}
         out = {}
         for atom in self.atoms:
-            name = names[id(atom.weight)]
-            out[atom.name] = natural_norm(atom, atom.weight.detach() - before[name], "exact") / atom.target
+            size = natural_norm(atom, atom.weight.detach() - before[names[id(atom.weight)]], "exact")
+            if atom.bias is not None and names.get(id(atom.bias)) in before:
+                delta_b = (atom.bias.detach() - before[names[id(atom.bias)]]).double()
+                size += float(delta_b.pow(2).mean().sqrt()) * atom.scale
+            out[atom.name] = size / atom.target
         return out

@@ -17,8 +17,6 @@ from modnorm.optim import ModularNormalized
 from tests.adversary import rms_max
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="modnorm.optim moves biases by lr·t_i as well: the output change reaches "
-                   "about twice what the analysis allows (it holds biases fixed)")
 def test_an_atoms_output_change_stays_within_lr_times_its_mass_share() -> None:
     torch.manual_seed(0)
     model = nn.Linear(16, 16).double()
