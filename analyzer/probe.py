@@ -55,8 +55,15 @@ class Probe:
         return tuple(r for r in self.rows if r.violated)
 
 
-def _rms_max(t: torch.Tensor, fdim: int = -1) -> torch.Tensor:
+def _rms_max(t: torch.Tensor, fdim: int | None = None) -> torch.Tensor:
+    """The max over positions of the RMS over features; by default features are the channels of an NCHW tensor
+    and the last axis otherwise, the calculus's convention for inputs and convolution outputs."""
+    fdim = _feature_axis(t) if fdim is None else fdim
     return t.movedim(fdim, -1).pow(2).mean(-1).sqrt().max()
+
+
+def _feature_axis(t: torch.Tensor) -> int:
+    return 1 if t.dim() == 4 else -1
 
 
 def _output(y: Any) -> torch.Tensor:
@@ -106,7 +113,7 @@ def _probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, 
     inputs = tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
     notes: list[str] = []
     continuous = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
-    fdim = 1 if continuous and inputs[continuous[0]].dim() == 4 else -1
+    fdim = _feature_axis(inputs[continuous[0]]) if continuous else -1
     if continuous:  # the bounds assume inputs in the unit ball of the max-position RMS norm
         i = continuous[0]
         size = float(_rms_max(inputs[i], fdim))
