@@ -13,9 +13,11 @@ measured ≤ bound must hold; a measurement above its bound is a bug in modnorm 
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.func import functional_call, jvp, vjp
@@ -102,8 +104,20 @@ def probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, *
     # A copy in float64 and eval mode; the caller's model, mode and RNG are left as they were.
     import copy
 
-    with TRACING_LOCK, torch.random.fork_rng(devices=[]), sdpa_kernel(SDPBackend.MATH):  # flash: no forward AD
-        return _probe(copy.deepcopy(model), inputs, analysis, trials, steps, seed)
+    with TRACING_LOCK, torch.random.fork_rng(devices=[]), sdpa_kernel(SDPBackend.MATH), _no_mha_fastpath():
+        return _probe(copy.deepcopy(model), inputs, analysis, trials, steps, seed)  # fused kernels: no forward AD
+
+
+@contextlib.contextmanager
+def _no_mha_fastpath() -> Iterator[None]:
+    """nn.MultiheadAttention / nn.TransformerEncoderLayer in eval mode take a fused fast path
+    (aten::_transformer_encoder_layer_fwd) that has no forward-mode AD; the plain path computes the same function."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def _probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, trials: int, steps: int,
