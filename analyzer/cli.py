@@ -108,7 +108,9 @@ def check(
     color: str = typer.Option("auto", help="auto | always | never (NO_COLOR and FORCE_COLOR are honoured)."),
     config: Optional[Path] = typer.Option(None, help="Read [tool.modnorm] from this pyproject.toml."),
     isolated: bool = typer.Option(False, help="Ignore every configuration file."),
-    profile: Optional[str] = typer.Option(None, help="certified (worst-case constants) | modula (nominal)."),
+    profile: Optional[str] = typer.Option(None, help="assumed (default: worst-case constants given stated floors "
+                                          "on the RMS entering each normalizer) | certified (unconditional worst "
+                                          "case) | modula (nominal)."),
     mass: Optional[str] = typer.Option(None, help="roles (input 1 : hidden m : output 1) | uniform."),
     hidden_mass: Optional[float] = typer.Option(None, help="Total mass of the hidden atoms (the m of 1:m:1)."),
     mass_of: List[str] = typer.Option([], "--mass-of", help="GLOB=VALUE: the matching atoms share VALUE."),
@@ -431,7 +433,8 @@ def probe_command(
     input_shape: Optional[str] = typer.Option(None, help="Example input shape, e.g. 4,128."),
     input_dtype: Optional[str] = typer.Option(None, help="long | float."),
     kwargs: List[str] = typer.Option([], "--kwargs", help="NAME=VALUE keyword arguments for the factory."),
-    profile: str = typer.Option("certified", help="certified | modula (nominal bounds may be exceeded)."),
+    profile: str = typer.Option("assumed", help="assumed (default; its normalizer floors are checked) | certified "
+                                "| modula (nominal bounds may be exceeded)."),
     trials: int = typer.Option(4, help="Random directions per measurement (at least 1)."),
     max_params: Optional[int] = typer.Option(None, help="Refuse models above this many parameters (default "
                                                         "1e8): the probe builds the model on the CPU."),
