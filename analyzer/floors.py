@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-__all__ = ["Floor", "FLOOR_FRACTION", "measure", "typical", "floor_of"]
+__all__ = ["Floor", "FLOOR_FRACTION", "measure", "typical", "floor_of", "in_unit_ball"]
 
 FLOOR_FRACTION = 0.5  # the floor is this fraction of the value at init: room for the stream to shrink in training
 
@@ -62,6 +62,20 @@ def _position_stats(value: Any) -> tuple[float, float] | None:
     return float(rms.min()), float(centred.min())
 
 
+def in_unit_ball(inputs: tuple[Any, ...], radius: float = 1.0) -> tuple[Any, ...]:
+    """The inputs with the first continuous one scaled into the ball the bounds assume (max-position RMS <= 1,
+    features on axis 1 for NCHW, else last), as `modnorm probe` measures them: floors and their check agree."""
+    out = list(inputs)
+    for i, x in enumerate(out):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim():
+            fdim = 1 if x.dim() == 4 else -1
+            size = float(x.detach().movedim(fdim, -1).pow(2).mean(-1).sqrt().max())
+            if size > radius:
+                out[i] = x * (radius / size)
+            break
+    return tuple(out)
+
+
 class _Recorder(fx.Interpreter):
     def __init__(self, module: fx.GraphModule) -> None:
         super().__init__(module)
@@ -86,7 +100,7 @@ def measure(graph_module: fx.GraphModule, inputs: tuple[Any, ...] | None) -> dic
     recorder = _Recorder(graph_module)
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            recorder.run(*inputs)
+            recorder.run(*in_unit_ball(inputs))
     except Exception:  # noqa: BLE001 - a graph that cannot run here: the floors fall back to the prediction
         return {}
     return recorder.stats
