@@ -45,7 +45,8 @@ class Floor:
 
     def text(self) -> str:
         """`input RMS >= 0.41 (0.5x its smallest value at init, 0.82, measured on the example inputs)`."""
-        how = ("its smallest per-position value at init, measured on the example inputs" if self.basis == "measured"
+        how = ("its smallest per-position value at init, measured on the example inputs (in the unit ball)"
+               if self.basis == "measured"
                else "its typical value at init predicted from the init laws (residual branches not counted)")
         return (f"{self.quantity} >= {self.rms:.3g} ({FLOOR_FRACTION:g}x {how}: {self.at_init:.3g})")
 

@@ -78,7 +78,8 @@ def assumption_rows(analysis: Analysis) -> list[dict[str, Any]]:
     return rows
 
 
-_BASIS = {"measured": "0.5x its smallest per-position value at init (measured on the example inputs)",
+_BASIS = {"measured": "0.5x its smallest per-position value at init (measured on the example inputs in the unit "
+                      "ball)",
           "predicted": "0.5x its typical value at init (predicted from the init laws, residual branches not counted)",
           "stated": "--norm-input-rms, stated by the user"}
 
