@@ -51,7 +51,7 @@ def analyze(model: Any, example_inputs: Any, options: "Options | None" = None, *
             traced = trace(model, inputs, user_file=file, leaf_types=leaf_types)
             device = "meta" if any(p.is_meta for p in model.parameters()) else "cpu"
             return analyze_traced(traced, options, user_file=file, entry=entry, device=device,
-                                  init_laws=init_laws)
+                                  init_laws=init_laws, example_inputs=inputs)
         finally:
             model.train(was_training)
             for name in set(vars(model)) - attributes:  # fx's `_tensor_constantN`: the graph keeps its own copy

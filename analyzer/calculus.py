@@ -20,8 +20,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import semantics, sharpness
-from .combinators import parallel, series
+from . import floors, semantics, sharpness
+from .combinators import exp_of, log10_of, log_of, log_parallel, log_series, parallel, series
 from .errors import ModnormError
 from .folding import abs_bound
 from .patterns import Fused, find_patterns
@@ -43,13 +43,20 @@ class _View:
     """The OpView handed to registry entries (see semantics.OpView)."""
 
     def __init__(self, node: fx.Node, output: fx.Node, inputs: list[fx.Node], bounds: list[Bounds],
-                 ctx: "Context", scale: float = 1.0) -> None:
+                 ctx: "Context", scale: float = 1.0, sources: list[Record] | None = None) -> None:
         self.node, self.output, self.inputs, self.bounds = node, output, inputs, bounds
+        self.sources = sources or []
         self.ctx, self.scale = ctx, scale
         self.profile = ctx.options.profile
         self.weights = ctx.weights
         self.norm_input_rms = ctx.options.norm_input_rms
         self.module = ctx.root.get_submodule(node.target) if node.op == "call_module" else None
+
+    def input_floor(self, centred: bool) -> floors.Floor | None:
+        """The `assumed` profile's floor on the (centred) RMS of data input 0 (floors.py), or None."""
+        if self.profile != "assumed" or not self.sources:
+            return None
+        return floors.floor_of(self.ctx.measured, self.sources[0], centred)
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
         if name in self.node.kwargs:
@@ -160,7 +167,7 @@ def _is_discrete(value: Any) -> bool:
 def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[Record], ctx: Context) -> Semantics:
     base = fused.info["atom"] if fused is not None and fused.kind == "scaled_atom" else node
     scale = fused.info["scale"] if fused is not None and fused.kind == "scaled_atom" else 1.0
-    view = _View(base, node, [r.node for r in inputs], [r.bounds for r in inputs], ctx, scale)
+    view = _View(base, node, [r.node for r in inputs], [r.bounds for r in inputs], ctx, scale, inputs)
     try:
         if fused is not None and fused.kind == "rms_norm":
             return _rms_pattern(view, fused)
@@ -273,6 +280,7 @@ def _forward(traced: TracedModel, ctx: Context) -> list[Record]:
                                              "scaled_atom" else node, root, group)
         record.index = index
         record.module = _module_path(node)
+        record.typical = floors.typical(record, ctx.options.input_rms)
         records[node] = record
         ordered.append(record)
     return ordered
@@ -287,17 +295,24 @@ def _may_be_atom(node: fx.Node, group: Fused | None, root: nn.Module) -> bool:
 
 
 def _backward(records: list[Record]) -> None:
+    """S_down by reverse accumulation, in float64 and in log space (the logs never overflow: a deep network's
+    figure that exceeds float range is still known, and inf then means an unbounded constant)."""
     for record in records:
         record.down = record.design_down = 0.0
+        record.log_down = record.log_design_down = -math.inf
     for record in reversed(records):
         if record.kind == "output":
             for inp in record.inputs:
                 inp.down += 1.0
                 inp.design_down += 1.0
+                inp.log_down = log_parallel(inp.log_down, 0.0)
+                inp.log_design_down = log_parallel(inp.log_design_down, 0.0)
             continue
         for inp, c, d in zip(record.inputs, record.lipschitz, record.design):
             inp.down += series(record.down, c)
             inp.design_down += series(record.design_down, d)
+            inp.log_down = log_parallel(inp.log_down, log_series(record.log_down, log_of(c)))
+            inp.log_design_down = log_parallel(inp.log_design_down, log_series(record.log_design_down, log_of(d)))
 
 
 # ------------------------------------------------------------------------------------------- masses, layers
@@ -360,7 +375,7 @@ def _layers(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
         spec = a.semantics.atom
         mass = masses[id(a)]
         share = mass / total if total > 0 else 0.0
-        target = share / a.design_down if a.design_down > 0 else (math.inf if share > 0 else 0.0)
+        target = _target(share, a.design_down, a.log_design_down)
         owner = spec.weight.rsplit(".", 1)[0] if "." in spec.weight else ""
         try:
             owner_module = ctx.root.get_submodule(owner) if owner else None
@@ -372,11 +387,25 @@ def _layers(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
             name=names[id(a)], kind=spec.kind, shape=spec.shape, role=roles.get(id(a), "gain"), mass=mass,
             mass_share=share, sensitivity=a.lipschitz[0] if a.lipschitz else spec.norm,
             downstream_sensitivity=a.down, design_downstream_sensitivity=a.design_down, target_norm=target,
+            log10_downstream_sensitivity=log10_of(a.log_down),
+            log10_design_downstream_sensitivity=log10_of(a.log_design_down),
             norm_at_init=spec.norm, norm_source=spec.norm_source, scale=spec.scale,
             certified=a.semantics.certified, op=a.node.name, weight=spec.weight, params=spec.params,
             file=file, line=line, module_type=module_type, defined_at=definition(ctx.root, owner),
             predicted_norm=_predicted_norm(ctx.weights, spec), norm_factor=spec.factor, groups=spec.groups))
     return layers, total
+
+
+def _target(share: float, design_down: float, log_design_down: float) -> float:
+    """t_i = share / S_down(i); from the log of S_down when the float overflowed, so that a design sensitivity
+    beyond float range still gives its (tiny, finite) target."""
+    if share <= 0:
+        return 0.0
+    if 0 < design_down < math.inf:
+        return share / design_down
+    if log_design_down == -math.inf:
+        return math.inf
+    return exp_of(math.log(share) - log_design_down)
 
 
 def _predicted_norm(weights: WeightStore, spec: Any) -> float | None:
@@ -472,16 +501,20 @@ def _merges(records: list[Record], ctx: Context) -> tuple[list[Merge], list[Stre
 # ----------------------------------------------------------------------------------------------- entry point
 def analyze_traced(traced: TracedModel, options: Options = Options(), user_file: str | None = None,
                    entry: str | None = None, device: str = "meta", init_laws: dict[str, Any] | None = None,
-                   checkpoint: Any = None) -> Analysis:
+                   checkpoint: Any = None, example_inputs: tuple[Any, ...] | None = None) -> Analysis:
     """Run the calculus on a traced model and return the plain `Analysis`.
 
     `init_laws` (from `initlaw.record_init` around a meta build) predicts the norms of meta parameters.
+    `example_inputs` (real tensors, with real weights) let the `assumed` profile measure the RMS entering each
+    normalizer at init (floors.py); without them the floors are predicted.
     """
     root = traced.root
     store = WeightStore(root, init_laws, checkpoint)
     store.graph_module = traced.graph_module
     ctx = Context(root, store, options, user_file,
                    {name for name, _ in root.named_parameters(remove_duplicate=False)})
+    if options.profile == "assumed" and checkpoint is None:
+        ctx.measured = floors.measure(traced.graph_module, example_inputs)
     records = _forward(traced, ctx)
     _backward(records)
     layers, total_mass = _layers(records, ctx)

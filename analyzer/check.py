@@ -90,7 +90,8 @@ def check_model(target: str, settings: Settings, *, input_shape: tuple[int, ...]
 
     with audit_progress(loaded.checkpoint):  # a progress bar while a checkpoint is read (terminal, text output)
         analysis = analyze_traced(traced, options, user_file=source, entry=loaded.entry,
-                                  device=loaded.device, init_laws=loaded.init_laws, checkpoint=loaded.checkpoint)
+                                  device=loaded.device, init_laws=loaded.init_laws, checkpoint=loaded.checkpoint,
+                                  example_inputs=tuple(loaded.inputs))
     if loaded.checkpoint is not None:
         analysis = replace(analysis, model=replace(analysis.model, weights=str(settings.weights)))
     # The header names what the user passed (a config.json for Hugging Face), the findings the code lines.

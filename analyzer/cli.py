@@ -108,7 +108,9 @@ def check(
     color: str = typer.Option("auto", help="auto | always | never (NO_COLOR and FORCE_COLOR are honoured)."),
     config: Optional[Path] = typer.Option(None, help="Read [tool.modnorm] from this pyproject.toml."),
     isolated: bool = typer.Option(False, help="Ignore every configuration file."),
-    profile: Optional[str] = typer.Option(None, help="certified (worst-case constants) | modula (nominal)."),
+    profile: Optional[str] = typer.Option(None, help="assumed (default: worst-case constants given stated floors "
+                                          "on the RMS entering each normalizer) | certified (unconditional worst "
+                                          "case) | modula (nominal)."),
     mass: Optional[str] = typer.Option(None, help="roles (input 1 : hidden m : output 1) | uniform."),
     hidden_mass: Optional[float] = typer.Option(None, help="Total mass of the hidden atoms (the m of 1:m:1)."),
     mass_of: List[str] = typer.Option([], "--mass-of", help="GLOB=VALUE: the matching atoms share VALUE."),
@@ -431,7 +433,8 @@ def probe_command(
     input_shape: Optional[str] = typer.Option(None, help="Example input shape, e.g. 4,128."),
     input_dtype: Optional[str] = typer.Option(None, help="long | float."),
     kwargs: List[str] = typer.Option([], "--kwargs", help="NAME=VALUE keyword arguments for the factory."),
-    profile: str = typer.Option("certified", help="certified | modula (nominal bounds may be exceeded)."),
+    profile: str = typer.Option("assumed", help="assumed (default; its normalizer floors are checked) | certified "
+                                "| modula (nominal bounds may be exceeded)."),
     trials: int = typer.Option(4, help="Random directions per measurement (at least 1)."),
     max_params: Optional[int] = typer.Option(None, help="Refuse models above this many parameters (default "
                                                         "1e8): the probe builds the model on the CPU."),
@@ -468,11 +471,12 @@ def probe_command(
     if output_format == "json":
         typer.echo(json.dumps({"schema": "modnorm-probe/1", "notes": list(measured.notes), "rows": [
             {"what": r.what, "bound": _finite(r.bound), "measured": _finite(r.measured),
-             "tightness": _finite(r.tightness), "kind": r.kind, "violated": r.violated, "op": r.op, "note": r.note}
+             "tightness": _finite(r.tightness), "kind": r.kind, "violated": r.violated,
+             "assumption_broken": r.assumption_broken, "op": r.op, "note": r.note}
             for r in measured.rows]}, indent=2, allow_nan=False))
     else:
         _render_probe(measured, _console("auto"))
-    raise typer.Exit(EXIT_FINDINGS if measured.violations else EXIT_CLEAN)
+    raise typer.Exit(EXIT_FINDINGS if measured.violations or measured.broken_assumptions else EXIT_CLEAN)
 
 
 def _probe_job(target: str, settings: Any, input_shape: Any, input_dtype: str | None, kwargs: dict[str, Any],
@@ -503,7 +507,7 @@ def _probe_all(results: list[Any], settings: Any, input_shape: Any, input_dtype:
         measured = run_isolated(_measure_job, result.analysis, result.target, settings, input_shape, input_dtype,
                                 kwargs, target=result.target, timeout=settings.timeout)
         _render_probe(measured, _console(color, sys.stderr) if machine else _console(color))
-        violated = violated or bool(measured.violations)
+        violated = violated or bool(measured.violations) or bool(measured.broken_assumptions)
     return violated
 
 
@@ -535,7 +539,8 @@ def _render_probe(measured: Any, console: Any) -> None:
     for column in ("quantity", "bound", "measured", "measured/bound", "how"):
         table.add_column(column, justify="left" if column in ("quantity", "how") else "right")
     for r in measured.rows:
-        style = "bold red" if r.violated else ("dim" if r.kind == "compare" else None)
+        style = "bold red" if r.violated else ("yellow" if r.assumption_broken else
+                                               "dim" if r.kind == "compare" else None)
         table.add_row(r.what, fmt(r.bound), fmt(r.measured), fmt(r.tightness, 3), r.note, style=style)
     console.print(table)
     for note in measured.notes:
@@ -543,6 +548,9 @@ def _render_probe(measured: Any, console: Any) -> None:
     for r in measured.violations:
         console.print(f"[bold red]BUG: measured {r.measured:.6g} > bound {r.bound:.6g} for {r.what} (op {r.op}); "
                       "please report it with the model file[/]")
+    for r in measured.broken_assumptions:
+        console.print(f"[yellow]assumption violated: {r.what}: measured {r.measured:.4g} < {r.bound:.4g} (op {r.op}); "
+                      "the figures conditioned on it do not hold at these inputs (profile `certified` drops it)[/]")
     if not measured.violations:
         console.print("[green]every measurement is within its bound[/]")
 

@@ -9,7 +9,7 @@ directory for a bare `modnorm check`); `--config PATH` names one explicitly and 
     select = ["ALL"]
     ignore = ["MN602"]
     fail-on = "warning"
-    profile = "certified"
+    profile = "assumed"
     hidden-mass = 5
     loss = "xent"
     per-module-ignores = { "blocks.*.attn" = ["MN301"] }
@@ -45,7 +45,7 @@ __all__ = ["Settings", "find_config", "load_config", "settings_from_table", "KEY
 
 # One list of choices per option: the command line, [tool.modnorm] and `modnorm.analyze` all check against these.
 SEVERITIES = ("info", "warning", "error")
-PROFILES = ("certified", "modula")
+PROFILES = ("assumed", "certified", "modula")  # assumed: the default (README, docs/theory/profiles.md)
 MASS_SCHEMES = ("roles", "uniform")
 LOSSES = ("xent", "mse")
 DEVICES = ("auto", "meta", "cpu")
@@ -68,7 +68,7 @@ class Settings:
     ignore: tuple[str, ...] = ()
     extend_select: tuple[str, ...] = ()
     fail_on: str = "warning"
-    profile: str = "certified"
+    profile: str = "assumed"
     mass: str = "roles"
     hidden_mass: float = 1.0
     mass_of: tuple[tuple[str, float], ...] = ()

@@ -20,7 +20,7 @@ from xml.etree import ElementTree as ET
 
 from ._version import __version__
 from .result import Finding
-from .report import SCHEMA, fmt, relative_path, relative_text, to_dict
+from .report import SCHEMA, assumption_lines, fmt, relative_path, relative_text, to_dict
 
 __all__ = ["FORMATS", "render", "statistics", "github_step_summary", "relative_path", "fingerprint",
            "stable_identity"]
@@ -195,6 +195,9 @@ def sarif(results: Sequence[Any], root: str | None = None) -> str:
             "locations": [_sarif_location(f.file or result.analysis.model.file, line, root)],
             "partialFingerprints": {"modnormFinding/v2": fingerprint(f, result.analysis)},
             "properties": {"module": f.module, "op": f.op, "target": result.target,
+                           "profile": result.analysis.profile,
+                           **({"assumptions": assumption_lines(result.analysis)}
+                              if result.analysis.network.assumptions else {}),
                            **({"note": relative_text(result.note, root)} if getattr(result, "note", "") else {})},
         }
         if f.related:

@@ -109,12 +109,14 @@ def withhold_graph_quantities(analysis: Analysis, skipped: list[str]) -> Analysi
               "residual streams, network sensitivity and sharpness need the graph and are not computed")
     layers = tuple(replace(layer, role="unknown", downstream_sensitivity=math.inf,
                            design_downstream_sensitivity=math.nan, target_norm=math.nan,
+                           log10_downstream_sensitivity=math.inf, log10_design_downstream_sensitivity=math.nan,
                            file=layer.file or (layer.defined_at or (None, None))[0],
                            line=layer.line or (layer.defined_at or (None, None))[1]) for layer in analysis.layers)
     # The atoms themselves are analysed soundly; what is missing is the graph, which MN904 reports once.
     ops = tuple(replace(op, downstream_sensitivity=math.inf) for op in analysis.ops if op.kind == "atom")
     unknown = tuple(f"{s}: between the atoms; not modelled" for s in skipped)
     network = replace(analysis.network, sensitivity=math.inf, design_sensitivity=math.inf, certified=False,
+                      log10_sensitivity=math.inf, log10_design_sensitivity=math.inf,
                       uncertified_reasons=(reason,), unknown_ops=unknown, input_sensitivities={},
                       modular_norm_at_init=math.nan, sharpness=None, loss=None, block_sharpness=(),
                       mass_groups=())

@@ -13,26 +13,38 @@ from .registry import AtomSpec, INF, OpView, Semantics, batch_norm_semantics, li
 
 # ---------------------------------------------------------------------------------------------- normalization
 def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, centred: bool,
-                  label: str) -> Semantics:
+                  label: str, last_axis: bool = True) -> Semantics:
     """LayerNorm/RMSNorm/RMSDivide: ||w||_inf / max(input RMS floor, sqrt(eps)), docs/theory/constants.md#normalization.
 
-    The floor is the forward pass's lower bound on the input RMS (for RMS-type norms only: a lower bound on the
-    RMS says nothing about the centred RMS), sqrt(eps), or the user's --norm-input-rms assumption. Targets use
-    the well-normed value ||w||_inf (Modula's precondition: normalizer inputs at RMS >= 1).
+    The floor is the largest of: the forward pass's lower bound on the input RMS (for RMS-type norms only: a lower
+    bound on the RMS says nothing about the centred RMS), sqrt(eps), and an *assumption* — the user's
+    --norm-input-rms, or under the default `assumed` profile half the (centred) input RMS at init (floors.py) for a
+    normalizer over the last axis. A constant that rests on an assumption says so in `info["assumption"]`: the
+    report, JSON, SARIF and `modnorm probe` show and check it. Targets use the well-normed value ||w||_inf
+    (Modula's precondition: normalizer inputs at RMS >= 1).
     """
     w_max, origin = op.weights.abs_max(gain) if gain else (1.0, "none")
     b_rms = op.weights.rms(bias)[0] if bias else 0.0
     floor_from_bounds = 0.0 if centred else op.bounds[0].lower
     floor = math.sqrt(floor_from_bounds ** 2 + eps)
-    assumption = ""
+    assumption, assumed = "", None
+    derived = _derived_floor(op, centred) if last_axis else None
     if op.norm_input_rms is not None and op.norm_input_rms > floor:
-        floor, assumption = op.norm_input_rms, f"assumes input RMS >= {op.norm_input_rms:g} (--norm-input-rms)"
+        floor = op.norm_input_rms
+        assumption = f"input RMS >= {op.norm_input_rms:g} (--norm-input-rms, stated by the user)"
+        assumed = {"quantity": "input RMS", "floor": op.norm_input_rms, "at_init": None, "basis": "stated"}
+    elif derived is not None and math.sqrt(derived.rms ** 2 + eps) > floor:
+        floor = math.sqrt(max(derived.rms, floor_from_bounds) ** 2 + eps)  # r² = ms + eps >= floor² + eps
+        assumption = derived.text()
+        assumed = {"quantity": derived.quantity, "floor": derived.rms, "at_init": derived.at_init,
+                   "basis": derived.basis}
     if op.profile == "modula":
         constant, certified, reason = w_max, True, "Modula nominal: 1 (valid only for input RMS >= 1)"
     elif floor > 0:
         constant, certified = w_max / floor, True
-        reason = assumption or (f"no lower bound on the input RMS: bounded by 1/sqrt(eps) = {1 / math.sqrt(eps):.4g}"
-                                if floor_from_bounds == 0 else "")
+        reason = ("" if assumption else
+                  f"no lower bound on the input RMS: bounded by 1/sqrt(eps) = {1 / math.sqrt(eps):.4g}"
+                  if floor_from_bounds == 0 else "")
     else:
         constant, certified = INF, False
         reason = "no eps and no lower bound on the input RMS: unbounded near 0 (docs/theory/constants.md#bonds)"
@@ -40,12 +52,23 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
     if gain:
         atom = AtomSpec("Gain", gain, tuple(op.weights.shape(gain)), w_max, origin, params=(gain,))
     lower = 0.0 if eps > 0 or centred else 1.0 * (op.weights.abs_min(gain)[0] if gain else 1.0)
+    info = {"eps": eps, "floor": floor, "assumption": assumption}
+    if assumed is not None:
+        info["assumed"] = assumed
     return Semantics("atom" if atom else "bond", (constant,), f"{label}: ||w||_inf / max(RMS floor, sqrt(eps))",
                      design=(w_max,), nominal=(w_max,), certified=certified, reason=reason, atom=atom,
                      upper=w_max + b_rms, lower=max(0.0, lower - b_rms), tags=("normalization",),
                      curvature=2 / math.sqrt(3) / max(floor, 1e-12) ** 2, label=label,
                      hessian=_normalization_hessian(w_max, floor, op.profile, certified),
-                     info={"eps": eps, "floor": floor, "assumption": assumption})
+                     info=info)
+
+
+def _derived_floor(op: OpView, centred: bool):
+    """The `assumed` profile's floor for this normalizer's input (floors.py), when its feature axis is last."""
+    finder = getattr(op, "input_floor", None)
+    if finder is None or not op.in_shape(0) or op.bounds[0].fdim not in (None, len(op.in_shape(0)) - 1):
+        return None
+    return finder(centred)
 
 
 def _normalization_hessian(w_max: float, floor: float, profile: str, certified: bool) -> float | None:
@@ -62,13 +85,18 @@ def _layer_norm_module(op: OpView) -> Semantics:
     prefix, m = op.node.target, op.module
     gain = f"{prefix}.weight" if m.weight is not None else None
     bias = f"{prefix}.bias" if getattr(m, "bias", None) is not None else None
-    return normalization(op, gain, bias, m.eps, True, "LayerNorm")
+    return normalization(op, gain, bias, m.eps, True, "LayerNorm", last_axis=len(m.normalized_shape) == 1)
 
 
 @register(F.layer_norm)
 def _layer_norm_function(op: OpView) -> Semantics:
     return normalization(op, op.param_name(2, "weight"), op.param_name(3, "bias"), op.arg(4, "eps", 1e-5), True,
-                         "LayerNorm")
+                         "LayerNorm", last_axis=_one_axis(op.arg(1, "normalized_shape")))
+
+
+def _one_axis(shape: object) -> bool:
+    """A normalized_shape of one axis (the last): the only case the per-position floor speaks about."""
+    return isinstance(shape, int) or (isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 1)
 
 
 @register(nn.RMSNorm)
@@ -76,14 +104,15 @@ def _rms_norm_module(op: OpView) -> Semantics:
     prefix, m = op.node.target, op.module
     eps = m.eps if m.eps is not None else torch.finfo(torch.float32).eps
     gain = f"{prefix}.weight" if m.weight is not None else None
-    return normalization(op, gain, None, eps, False, "RMSNorm")
+    return normalization(op, gain, None, eps, False, "RMSNorm", last_axis=len(m.normalized_shape) == 1)
 
 
 @register(F.rms_norm)
 def _rms_norm_function(op: OpView) -> Semantics:
     eps = op.arg(3, "eps")
     eps = eps if eps is not None else torch.finfo(torch.float32).eps
-    return normalization(op, op.param_name(2, "weight"), None, eps, False, "RMSNorm")
+    return normalization(op, op.param_name(2, "weight"), None, eps, False, "RMSNorm",
+                         last_axis=_one_axis(op.arg(1, "normalized_shape")))
 
 
 @register(nn.GroupNorm)
@@ -91,7 +120,7 @@ def _group_norm(op: OpView) -> Semantics:
     prefix, m = op.node.target, op.module
     gain = f"{prefix}.weight" if m.affine else None
     bias = f"{prefix}.bias" if m.affine else None
-    semantics = normalization(op, gain, bias, m.eps, True, "GroupNorm")
+    semantics = normalization(op, gain, bias, m.eps, True, "GroupNorm", last_axis=False)
     return Semantics(**{**semantics.__dict__, "fdim": 1})
 
 

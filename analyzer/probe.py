@@ -7,16 +7,17 @@ measured ≤ bound must hold; a measurement above its bound is a bug in modnorm 
 * the well-normedness inequality ‖D_w f[Δw]‖ ≤ A for updates of modular norm 1 (each atom at its target);
 * per atom, its linearised output change ‖D_{w_i} f[Δw_i]‖ ≤ S_down(i)·R(x_i)·t_i, and its share of the total
   next to its mass share (Proposition 3, docs/theory/modular-norm.md#mass);
-* the RMS entering every normalization next to the floor the certified profile assumed;
+* the RMS entering every normalization next to the floor the profile used, and every stated assumption (the
+  `assumed` profile's floors, --norm-input-rms) checked: an input RMS below its assumed floor is a violated
+  assumption (the figures conditioned on it do not hold at these inputs), reported as a finding, not a bug;
 * for smooth models, the weight–weight second derivative next to α.
 """
 
 from __future__ import annotations
 
 import contextlib
-
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -35,7 +36,8 @@ class Row:
     measured: float
     note: str = ""
     op: str = ""
-    kind: str = "bound"  # "bound": measured must stay below; "compare": two figures side by side (shares)
+    kind: str = "bound"  # "bound": measured must stay below; "compare": two figures side by side (shares);
+    # "assumption": a stated floor (bound) that the measured value must stay at or above
 
     @property
     def tightness(self) -> float:
@@ -46,6 +48,11 @@ class Row:
         return self.kind == "bound" and (self.measured != self.measured
                                          or self.measured > self.bound * (1 + 1e-6) + 1e-12)
 
+    @property
+    def assumption_broken(self) -> bool:
+        """A stated assumption that does not hold at the measured inputs (NaN counts as not holding)."""
+        return self.kind == "assumption" and not (self.measured >= self.bound * (1 - 1e-9))
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -55,6 +62,10 @@ class Probe:
     @property
     def violations(self) -> tuple[Row, ...]:
         return tuple(r for r in self.rows if r.violated)
+
+    @property
+    def broken_assumptions(self) -> tuple[Row, ...]:
+        return tuple(r for r in self.rows if r.assumption_broken)
 
 
 def _rms_max(t: torch.Tensor, fdim: int | None = None) -> torch.Tensor:
@@ -147,8 +158,14 @@ def _probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, 
     atoms = [l for l in analysis.layers if l.mass > 0 and l.weight in params and l.kind != AtomKind.GAIN]
     rows += _weight_rows(run, params, inputs, atoms, analysis, trials)
     rows += _normalization_rows(model, inputs, analysis)
+    rows += _assumption_rows(model, inputs, analysis, notes)
     if analysis.network.sharpness is not None and analysis.network.sharpness.certified and atoms:
         rows.append(_alpha_row(run, params, inputs, atoms, analysis, trials))
+    if any(r.assumption_broken for r in rows):  # the bounds are conditioned on it: compared, not asserted, here
+        rows = [replace(r, kind="compare", note=f"{r.note}; rests on a violated assumption") if r.kind == "bound"
+                else r for r in rows]
+        notes.append("an assumption does not hold at these inputs: the bounds conditioned on it are shown, not "
+                     "asserted (rerun with --profile certified for unconditional bounds)")
     return Probe(tuple(rows), tuple(notes))
 
 
@@ -240,8 +257,37 @@ def _normalization_rows(model: torch.nn.Module, inputs: tuple, analysis: Analysi
         op = floors[name]
         floor = op.info.get("floor", 0.0)
         rows.append(Row(f"normalization {name}: input RMS (min over positions)", floor, smallest,
-                        "certified profile assumed RMS ≥ floor; ≥ 1 is Modula's assumption", op=op.name,
+                        f"{analysis.profile} profile: floor (eps included); ≥ 1 is Modula's assumption", op=op.name,
                         kind="compare"))
+    return rows
+
+
+def _assumption_rows(model: torch.nn.Module, inputs: tuple, analysis: Analysis, notes: list[str]) -> list[Row]:
+    """Each stated assumption (a floor on the (centred) RMS entering a normalizer) against the smallest value seen
+    at these inputs: the graph is traced again and run (floors.measure), the normalizer's input read by op name."""
+    from .floors import measure
+    from .report import assumption_rows
+    from .routes import trace
+
+    stated = assumption_rows(analysis)
+    if not stated:
+        return []
+    try:
+        seen = measure(trace(model, inputs).graph_module, inputs)
+    except Exception as exc:  # noqa: BLE001 - the assumptions then stay unchecked, and the probe says so
+        seen = {}
+        notes.append(f"assumptions not checked: the model could not be traced again ({type(exc).__name__})")
+    inputs_of = {op.name: op.inputs for op in analysis.ops}
+    rows = []
+    for row in stated:
+        source = (inputs_of.get(row["op"]) or ("",))[0]
+        stats = seen.get(source)
+        if stats is None:
+            notes.append(f"assumption at {row['module'] or row['op']} not checked: its input was not measured")
+            continue
+        value = stats[1] if "centred" in row["quantity"] else stats[0]
+        rows.append(Row(f"assumption {row['module'] or row['op']}: {row['quantity']} ≥ floor", row["floor"], value,
+                        f"min over positions; {row['basis']} floor", op=row["op"], kind="assumption"))
     return rows
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch.fx as fx
@@ -17,7 +18,7 @@ __all__ = ["Options", "Record", "Context"]
 class Options:
     """How to run the calculus (all of it is configurable from the CLI and pyproject)."""
 
-    profile: str = "certified"  # "certified" | "modula"
+    profile: str = "assumed"  # "assumed" (default: normalizer floors stated) | "certified" | "modula"
     mass: str = "roles"  # "roles" | "uniform"
     hidden_mass: float = 1.0
     mass_of: tuple[tuple[str, float], ...] = ()
@@ -38,8 +39,11 @@ class Record:
     index: int = 0
     down: float = 0.0
     design_down: float = 0.0
+    log_down: float = -math.inf  # ln S_down: finite whenever every constant on the paths is (no overflow)
+    log_design_down: float = -math.inf
     module: str = ""
     target: str = ""
+    typical: float | None = None  # typical output RMS at init, predicted (floors.typical); None: not predicted
 
 
 @dataclass
@@ -49,3 +53,4 @@ class Context:
     options: Options
     user_file: str | None
     parameter_names: set[str] = field(default_factory=set)
+    measured: dict[str, tuple[float, float]] = field(default_factory=dict)  # floors.measure: per-node RMS at init

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .result import Analysis, Finding, Layer
 
-__all__ = ["to_json", "to_dict", "render_full", "fmt", "relative_path", "relative_text", "SCHEMA"]
+__all__ = ["to_json", "to_dict", "render_full", "fmt", "fmt_log10", "assumption_lines", "assumption_rows", "relative_path", "relative_text", "SCHEMA"]
 
 SCHEMA = "modnorm/1"
 
@@ -53,6 +53,58 @@ def fmt(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
+def fmt_log10(value: float, log10: float, digits: int = 4) -> str:
+    """`fmt(value)`, or, when the float overflowed but its log10 is finite, the figure from its log10
+    (`1.2e+412`): a figure beyond float range is still printed honestly, and ∞ means an unbounded op."""
+    if isinstance(value, float) and math.isinf(value) and value > 0 and log10 is not None and math.isfinite(log10):
+        exponent = math.floor(log10)
+        mantissa = 10 ** (log10 - exponent)
+        if round(mantissa, digits - 1) >= 10:
+            mantissa, exponent = mantissa / 10, exponent + 1
+        return f"{mantissa:.{digits - 1}f}e+{exponent}"
+    return fmt(value, digits)
+
+
+def assumption_rows(analysis: Analysis) -> list[dict[str, Any]]:
+    """One row per op whose constant rests on an assumption (a floor on the RMS entering a normalizer)."""
+    rows = []
+    for op in analysis.ops:
+        assumed = op.info.get("assumed")
+        if not assumed:
+            continue
+        rows.append({"op": op.name, "module": op.module, "label": op.target, "file": op.file, "line": op.line,
+                     "quantity": assumed["quantity"], "floor": assumed["floor"], "at_init": assumed["at_init"],
+                     "basis": assumed["basis"], "text": op.info.get("assumption", "")})
+    return rows
+
+
+_BASIS = {"measured": "0.5x its smallest per-position value at init (measured on the example inputs in the unit "
+                      "ball)",
+          "predicted": "0.5x its typical value at init (predicted from the init laws, residual branches not counted)",
+          "stated": "--norm-input-rms, stated by the user"}
+
+
+def assumption_lines(analysis: Analysis) -> list[str]:
+    """The assumptions the figures rest on, repeated blocks folded into one line per role
+    (`transformer.h.*.ln_1 ×12: input centred RMS >= 0.41..0.52, 0.5x its smallest value at init`)."""
+    groups: "OrderedDict[tuple, list[dict[str, Any]]]" = OrderedDict()
+    for row in assumption_rows(analysis):
+        role = re.sub(r"\.\d+(?=\.|$)", ".*", row["module"] or row["op"])
+        groups.setdefault((role, row["quantity"], row["basis"]), []).append(row)
+    lines = []
+    for (role, quantity, basis), rows in groups.items():
+        low, high = min(r["floor"] for r in rows), max(r["floor"] for r in rows)
+        span = f"{low:.3g}" if f"{low:.3g}" == f"{high:.3g}" else f"{low:.3g}..{high:.3g}"
+        count = f" ×{len(rows)}" if len(rows) > 1 else ""
+        lines.append(f"{role}{count}: {quantity} >= {span}, {_BASIS.get(basis, basis)}")
+    return lines
+
+
+def _log10(x: float) -> float | None:
+    """A log10 figure for JSON: null when it is ±inf or nan (an unbounded or unknown figure)."""
+    return round(x, 6) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
 def _number(x: float) -> float | None:
     """JSON has no inf/nan: unbounded or unknown numbers are null (and `certified` says why)."""
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
@@ -64,6 +116,8 @@ def _layer_dict(layer: Layer, root: str | None = None) -> dict[str, Any]:
         "mass": layer.mass, "mass_share": layer.mass_share, "sensitivity": _number(layer.sensitivity),
         "downstream_sensitivity": _number(layer.downstream_sensitivity),
         "design_downstream_sensitivity": _number(layer.design_downstream_sensitivity),
+        "log10_downstream_sensitivity": _log10(layer.log10_downstream_sensitivity),
+        "log10_design_downstream_sensitivity": _log10(layer.log10_design_downstream_sensitivity),
         "target_norm": _number(layer.target_norm), "norm_at_init": _number(layer.norm_at_init),
         "norm_source": layer.norm_source, "scale": layer.scale, "certified": layer.certified,
         "weight": layer.weight, "file": _short(layer.file, root) or None, "line": layer.line,
@@ -100,6 +154,8 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
         "network": {
             "mass": net.mass, "sensitivity": _number(net.sensitivity),
             "design_sensitivity": _number(net.design_sensitivity), "certified": net.certified,
+            "log10_sensitivity": _log10(net.log10_sensitivity),
+            "log10_design_sensitivity": _log10(net.log10_design_sensitivity),
             "uncertified_reasons": text(net.uncertified_reasons), "unknown_ops": text(net.unknown_ops),
             "assumptions": text(net.assumptions), "input_convention": net.input_convention,
             "input_sensitivities": {k: _number(v) for k, v in net.input_sensitivities.items()},
@@ -116,6 +172,7 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
                      for g in net.mass_groups if g.by == by]
                 for by in ("role", "block")},
         },
+        "assumptions": [{**row, "file": _short(row["file"], root) or None} for row in assumption_rows(analysis)],
         "layers": [_layer_dict(layer, root) for layer in analysis.layers],
         "residual_streams": [
             {"merges": [_merge_dict(analysis, m, root) for m in stream.merges], "depth": stream.depth,
@@ -192,7 +249,8 @@ def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
         extra = ([fmt(layer.predicted_norm, 3) if layer.predicted_norm is not None else "",
                   *(fmt(v, 3) for v in analysis.op(layer.op).sharpness or ())] if verbose else [])
         table.add_row(label, layer.kind, "×".join(map(str, layer.shape)), layer.role, fmt(layer.mass_share),
-                      fmt(layer.sensitivity), fmt(layer.downstream_sensitivity), fmt(layer.target_norm),
+                      fmt(layer.sensitivity), fmt_log10(layer.downstream_sensitivity, layer.log10_downstream_sensitivity),
+                      fmt(layer.target_norm),
                       f"{fmt(layer.norm_at_init)} {source}", where, *extra, style=style)
     console.print(table)
     if verbose:
@@ -263,9 +321,12 @@ def _weights_label(model: Any, root: str | None = None) -> str:
 def _render_summary(analysis: Analysis, console: Any, root: str | None = None) -> None:
     net, model = analysis.network, analysis.model
     status = "[green]certified[/]" if net.certified else "[yellow]not certified[/]"
+    if net.certified and net.assumptions:
+        status = f"[green]certified[/] given {len(net.assumptions)} assumption{'s' if len(net.assumptions) > 1 else ''} below"
     console.print(
-        f"[bold]network[/]  mass {fmt(net.mass)} · sensitivity {fmt(net.sensitivity)} ({status}) · "
-        f"design sensitivity {fmt(net.design_sensitivity)} · modular norm at init {fmt(net.modular_norm_at_init)}")
+        f"[bold]network[/]  mass {fmt(net.mass)} · sensitivity {fmt_log10(net.sensitivity, net.log10_sensitivity)} "
+        f"({status}) · design sensitivity {fmt_log10(net.design_sensitivity, net.log10_design_sensitivity)} · "
+        f"modular norm at init {fmt(net.modular_norm_at_init)}")
     console.print(
         f"profile {analysis.profile} · masses {analysis.mass_scheme} (hidden {fmt(analysis.hidden_mass)}) · "
         f"tracer {model.tracer} · weights {_weights_label(model, root)} · "
@@ -277,7 +338,7 @@ def _render_summary(analysis: Analysis, console: Any, root: str | None = None) -
         console.print(f"  … and {len(net.uncertified_reasons) - 8} more (see --output-format json)")
     for op in net.unknown_ops:
         console.print(f"  [red]unknown op:[/] {relative_text(op, root)}", highlight=False)
-    for assumption in net.assumptions:
+    for assumption in assumption_lines(analysis) if net.assumptions else ():
         console.print(f"  [cyan]assumption:[/] {relative_text(assumption, root)}", highlight=False)
 
 

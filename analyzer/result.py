@@ -71,6 +71,10 @@ class Layer:
     predicted_norm: float | None = None  # measured atoms: what the recorded init law predicted
     norm_factor: float = 1.0  # natural norm = norm_factor × raw norm of the weight (semantics.AtomSpec.factor)
     groups: int = 1  # convolution groups
+    # log10 of the two S_down: finite whenever every constant on the paths is, even past float range (then the
+    # float figures above are inf and these carry them)
+    log10_downstream_sensitivity: float = math.nan
+    log10_design_downstream_sensitivity: float = math.nan
 
     @property
     def weighted_norm(self) -> float:
@@ -169,6 +173,8 @@ class Network:
     sharpness: Sharpness | None = None
     loss: LossBound | None = None
     block_sharpness: tuple[BlockSharpness, ...] = ()
+    log10_sensitivity: float = math.nan  # log10 of `sensitivity`, finite past float range (no overflow)
+    log10_design_sensitivity: float = math.nan
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import sharpness
-from .combinators import series
+from .combinators import exp_of, log10_of, log_of, log_parallel, log_series, series
 from .errors import short_path
 from .records import Context, Record
 from .result import BlockSharpness, Layer, LossBound, MassGroup, Network, Op, Sharpness
@@ -133,16 +133,27 @@ def op_of(record: Record, ctx: Context, triple: Any = None) -> Op:
 def network_of(records: list[Record], layers: list[Layer], total_mass: float, ctx: Context) -> Network:
     inputs = [r for r in records if r.kind == "input"]
     continuous = {r.node.name: r.down for r in inputs if not r.bounds.discrete}
-    design_continuous = [r.design_down for r in inputs if not r.bounds.discrete]
     convention = "max over continuous inputs of S_down(input) (sum norm on the input tuple)"
     if continuous:
-        sensitivity, design = max(continuous.values()), max(design_continuous)
+        sensitivity = max(continuous.values())
+        design = max(r.design_down for r in inputs if not r.bounds.discrete)
+        log_sensitivity = max(r.log_down for r in inputs if not r.bounds.discrete)
+        log_design = max(r.log_design_down for r in inputs if not r.bounds.discrete)
     else:  # token ids: measure from the embedding lookups, as Modula's Embedding and Enumerate do
         embeddings = [r for r in records if r.kind == "atom" and r.semantics.atom.kind == "Embedding"]
         sensitivity = sum(series(r.down, r.lipschitz[0] if r.lipschitz else r.semantics.atom.norm) for r in embeddings)
         design = sum(series(r.design_down, r.semantics.atom.norm) for r in embeddings)
+        log_sensitivity = log_parallel(*(log_series(r.log_down, log_of(r.lipschitz[0] if r.lipschitz else
+                                                                        r.semantics.atom.norm))
+                                         for r in embeddings))
+        log_design = log_parallel(*(log_series(r.log_design_down, log_of(r.semantics.atom.norm))
+                                    for r in embeddings))
         convention = ("discrete input: sum over embedding lookups (token ids and positions alike) of "
                       "S_down(embedding) x its l1->RMS norm, as Modula counts Embedding and Enumerate")
+    if not math.isfinite(sensitivity):  # the float product overflowed (or a constant is unbounded)
+        sensitivity = exp_of(log_sensitivity)
+    if not math.isfinite(design):
+        design = exp_of(log_design)
     reasons, unknown, assumptions = [], [], []
     for r in records:
         sem = r.semantics
@@ -155,12 +166,13 @@ def network_of(records: list[Record], layers: list[Layer], total_mass: float, ct
         if not sem.certified and r.down > 0:
             reasons.append(f"{sem.label or r.target} at {where}: {sem.reason}")
         if sem.info.get("assumption"):
-            assumptions.append(f"{sem.label} at {where}: {sem.info['assumption']}")
+            assumptions.append(f"{r.module or r.node.name} ({sem.label} at {where}): {sem.info['assumption']}")
     modular_norm = max((l.weighted_norm for l in layers if l.mass > 0), default=math.nan)
-    finite = math.isfinite(sensitivity)
+    finite = math.isfinite(log_sensitivity)  # the log overflows only where a constant is unbounded
     if not finite and not reasons:
         reasons.append("a path from the input carries an unbounded constant")
     return Network(mass=total_mass, sensitivity=sensitivity, design_sensitivity=design,
+                   log10_sensitivity=log10_of(log_sensitivity), log10_design_sensitivity=log10_of(log_design),
                    certified=finite and not reasons, uncertified_reasons=tuple(dict.fromkeys(reasons)),
                    unknown_ops=tuple(dict.fromkeys(unknown)), assumptions=tuple(dict.fromkeys(assumptions)),
                    input_sensitivities=continuous, input_convention=convention, modular_norm_at_init=modular_norm)

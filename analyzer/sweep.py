@@ -152,10 +152,14 @@ def series_of(axes: Sequence[Axis], points: Sequence[dict[str, Any]], analyses: 
             values = tuple(float(aggregate([getattr(l, quantity) for l in group])) for group in members)
             out.append(_series(role, quantity, values, axes, points, flat, first.file, first.line))
     network = [_network_quantities(a) for a in analyses]
+    # Figures that rest on assumptions measured at init (the `assumed` profile's normalizer floors) move with the
+    # stream's RMS at each size: reported, but not judged for drift (the design figures are).
+    assumed = any(a.network.assumptions for a in analyses)
     for quantity in network[0]:
         if all(quantity in n for n in network):
             values = tuple(n[quantity] for n in network)
-            out.append(_series("network", quantity, values, axes, points, True, None, None))
+            flat = not (assumed and quantity in ("sensitivity", "alpha", "gradient_lipschitz"))
+            out.append(_series("network", quantity, values, axes, points, flat, None, None))
     return out
 
 

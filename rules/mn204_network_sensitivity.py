@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
+from modnorm.report import fmt_log10
 from modnorm.result import Analysis, Finding
 from modnorm.rules import Rule, Severity
 
@@ -41,13 +42,18 @@ class NetworkSensitivityHigh(Rule):
     options = {"warn": math.e, "error": 10.0}
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
-        s = analysis.network.design_sensitivity
+        net = analysis.network
+        s = net.design_sensitivity
+        if math.isinf(s) and math.isfinite(net.log10_design_sensitivity):  # beyond float range: judge its log
+            s = 10 ** min(net.log10_design_sensitivity, 300.0)
         if not math.isfinite(s) or s <= self.config["warn"]:
             return
         severity = Severity.ERROR if s > self.config["error"] else Severity.WARNING
         first = analysis.layers[0] if analysis.layers else None
+        design = fmt_log10(net.design_sensitivity, net.log10_design_sensitivity, 3)
+        certified = fmt_log10(net.sensitivity, net.log10_sensitivity, 3)
         yield self.finding(
-            f"network sensitivity {s:.3g} (design constants; certified bound {analysis.network.sensitivity:.3g})",
+            f"network sensitivity {design} (design constants; {analysis.profile} bound {certified})",
             fix="find the op with the largest constant in the report and scale it down; keep residual blocks at 1",
             module=first.name if first else "", file=first.file if first else analysis.model.file,
             line=first.line if first else None, severity=severity)

@@ -49,7 +49,7 @@ class DepthGrowth(Rule):
         limit = self.config["max_exponent"]
         for axis in (a for a in sweep.axes if a.is_depth):
             growing = [s for s in sweep.series if s.role == "network" and s.quantity in self._GROWING
-                       and s.exponents.get(axis.name, math.nan) > limit]
+                       and s.should_be_flat and s.exponents.get(axis.name, math.nan) > limit]
             roles = [s for s in sweep.series if s.quantity == "design_downstream_sensitivity"
                      and s.exponents.get(axis.name, math.nan) > limit]
             if not growing and not roles:

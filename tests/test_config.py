@@ -131,7 +131,7 @@ def test_mass_table_overrides_like_tare(project):
     ("[tool.modnorm]\nselct = ['MN2']\n", "unknown key `selct`", 5),
     ("[tool.modnorm]\nhidden-mass = 'five'\n", "`hidden-mass` must be a finite non-negative number", 5),
     ("[tool.modnorm]\nselect = ['MN777']\n", "`MN777`, which is no rule code", 5),
-    ("[tool.modnorm]\nprofile = 'fast'\n", '`profile` must be "certified" or "modula"', 5),
+    ("[tool.modnorm]\nprofile = 'fast'\n", '`profile` must be "assumed" or "certified" or "modula"', 5),
     ("[tool.modnorm]\n[tool.modnorm.rules.MN204]\nwarm = 3\n", "MN204 has no option `warm`", 6),
     ("[tool.modnorm]\nmass = { 'nothing.*' = 2 }\n", "matches no atom", None),
     ("[tool.modnorm\n", "not valid TOML", None),

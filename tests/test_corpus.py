@@ -178,7 +178,21 @@ def measured_input_lipschitz(model: torch.nn.Module, x: torch.Tensor, *, steps: 
 CONTINUOUS = [p for p in CASES if "gpt" not in p.stem]  # GPTs read token ids: no input Lipschitz to measure
 
 
-def test_certified_sensitivity_bounds_the_measured_lipschitz_constant(capsys):
+# Where the default profile's bound is looser than 100x on a clean design, and why (asserted: a case not listed here
+# must be within 100x; a listed one must stay within its stated ratio, or be inf for the stated reason).
+CLEAN_TIGHTNESS = 100.0
+LOOSER = {
+    "clean_rescnn_mul_after": (math.inf, "its RMS division normalizes over (C, H, W) together: the per-position "
+                               "floor of the assumed profile does not speak about a normalizer that couples "
+                               "positions, and without eps the unconditional constant is unbounded"),
+    "clean_rescnn_mul_before": (math.inf, "same as clean_rescnn_mul_after"),
+}
+
+
+def test_tightness_network_bound_holds_at_init_and_clean_designs_are_within_100x(capsys):
+    """For the default profile (`assumed`: normalizer floors at 0.5x their RMS at init, measured on these very
+    inputs) the bound must hold at the inputs it is measured on (they satisfy the assumption by construction:
+    the floors are half their values here); the unconditional `certified` column is printed next to it."""
     rows = []
     for path in CONTINUOUS:
         module = _load(path)
@@ -186,6 +200,7 @@ def test_certified_sensitivity_bounds_the_measured_lipschitz_constant(capsys):
         model = module.build_model().eval()
         x = module.example_inputs(model)
         bound = modnorm.analyze(model, x).network.sensitivity
+        worst_case = modnorm.analyze(model, x, profile="certified").network.sensitivity
         model, x = model.double(), x.double()
         x = x / max(1.0, _rms_max(x, 1 if x.dim() == 4 else -1))  # into the unit ball the bounds assume
         threads = torch.get_num_threads()
@@ -194,15 +209,23 @@ def test_certified_sensitivity_bounds_the_measured_lipschitz_constant(capsys):
             measured = measured_input_lipschitz(model, x)
         finally:
             torch.set_num_threads(threads)
-        rows.append((path.stem, bound, measured))
+        rows.append((path.stem, bound, worst_case, measured))
         assert measured <= bound * (1 + 1e-6), f"{path.stem}: measured {measured:.6g} above bound {bound:.6g}"
-    lines = ["tightness at init (certified profile): certified network sensitivity / measured input Lipschitz",
-             f"{'case':42} {'certified':>11} {'measured':>10} {'tightness':>11}"]
-    for case, bound, measured in rows:
+        assert measured <= worst_case * (1 + 1e-6), f"{path.stem}: measured {measured:.6g} above {worst_case:.6g}"
+    lines = ["tightness at init (default profile `assumed`): network sensitivity bound / measured input Lipschitz",
+             f"{'case':42} {'assumed':>10} {'certified':>10} {'measured':>10} {'tightness':>10}"]
+    for case, bound, worst_case, measured in rows:
         ratio = bound / measured if measured > 0 else math.inf
-        lines.append(f"{case:42} {bound:11.3g} {measured:10.3g} {ratio:11.3g}")
-    finite = [b / m for _, b, m in rows if math.isfinite(b) and m > 0]
+        why = f"  looser: {LOOSER[case][1]}" if case in LOOSER else ""
+        lines.append(f"{case:42} {bound:10.3g} {worst_case:10.3g} {measured:10.3g} {ratio:10.3g}{why}")
+    finite = [b / m for _, b, _, m in rows if math.isfinite(b) and m > 0]
     lines.append(f"within 100x (issue 16 aim): {sum(t <= 100 for t in finite)}/{len(rows)}; "
-                 f"uncertified (inf): {sum(not math.isfinite(b) for _, b, _ in rows)}")
+                 f"uncertified (inf): {sum(not math.isfinite(b) for _, b, _, _ in rows)}")
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+    for case, bound, _, measured in rows:
+        if not case.startswith("clean_"):
+            continue  # a defect may be loose: the defect is what makes its constants large
+        limit = LOOSER.get(case, (CLEAN_TIGHTNESS, ""))[0]
+        ratio = bound / measured
+        assert ratio <= limit or (math.isinf(limit) and math.isinf(ratio)), f"{case}: tightness {ratio:.3g} > {limit}"

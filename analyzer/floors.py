@@ -1,0 +1,142 @@
+"""Floors for the RMS entering each normalizer: what the default profile (`assumed`) conditions its bounds on.
+
+A LayerNorm/RMSNorm x ↦ w ⊙ x̂ / sqrt(ms(x̂) + eps) has Jacobian norm ||w||_inf / sqrt(ms(x̂) + eps) at x (x̂ = x,
+centred for LayerNorm; docs/theory/constants.md#normalization). Unconditionally only eps bounds it (1/sqrt(eps):
+316 to 1000 per normalizer, multiplied along the residual stream). The `assumed` profile states instead that the
+(centred) RMS entering each normalizer stays at or above half its value at init, and uses ||w||_inf / floor:
+
+* on the CPU (real weights) the floor is 0.5 x the smallest per-position (centred) RMS seen when the traced graph
+  runs on the example inputs (`measure`);
+* on meta it is 0.5 x the *typical* RMS predicted from the recorded init laws (`typical`): inputs at RMS 1,
+  embedding rows at their init RMS, normalizer outputs at their gain, constant multipliers applied, and a
+  residual sum counted by its skip path only (a branch whose typical size is not predicted is left out: at init
+  it only adds to the stream, so the floor stays below the value).
+
+The bound is then certified *given* the assumption: it holds at every input where the assumption holds, the report
+prints it beside the figure, and `modnorm probe` checks it on the inputs it measures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+__all__ = ["Floor", "FLOOR_FRACTION", "measure", "typical", "floor_of", "in_unit_ball"]
+
+FLOOR_FRACTION = 0.5  # the floor is this fraction of the value at init: room for the stream to shrink in training
+
+
+@dataclass(frozen=True)
+class Floor:
+    """A stated lower bound on the (centred) RMS entering a normalizer, and where it comes from."""
+
+    rms: float  # the floor
+    at_init: float  # the value at init it is a fraction of
+    centred: bool  # LayerNorm: the centred RMS (std over the normalized axis); RMSNorm: the RMS
+    basis: str  # "measured" (CPU, example inputs) | "predicted" (meta, init laws)
+
+    @property
+    def quantity(self) -> str:
+        return "input centred RMS" if self.centred else "input RMS"
+
+    def text(self) -> str:
+        """`input RMS >= 0.41 (0.5x its smallest value at init, 0.82, measured on the example inputs)`."""
+        how = ("its smallest per-position value at init, measured on the example inputs (in the unit ball)"
+               if self.basis == "measured"
+               else "its typical value at init predicted from the init laws (residual branches not counted)")
+        return (f"{self.quantity} >= {self.rms:.3g} ({FLOOR_FRACTION:g}x {how}: {self.at_init:.3g})")
+
+
+def _position_stats(value: Any) -> tuple[float, float] | None:
+    """(min per-position RMS, min per-position centred RMS) along the last axis, or None for non-float data."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() == 0 or value.is_meta:
+        return None
+    if value.shape[-1] < 1 or value.numel() == 0:
+        return None
+    x = value.detach().double()
+    rms = x.pow(2).mean(-1).sqrt()
+    centred = (x - x.mean(-1, keepdim=True)).pow(2).mean(-1).sqrt()
+    return float(rms.min()), float(centred.min())
+
+
+def in_unit_ball(inputs: tuple[Any, ...], radius: float = 1.0) -> tuple[Any, ...]:
+    """The inputs with the first continuous one scaled into the ball the bounds assume (max-position RMS <= 1,
+    features on axis 1 for NCHW, else last), as `modnorm probe` measures them: floors and their check agree."""
+    out = list(inputs)
+    for i, x in enumerate(out):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim():
+            fdim = 1 if x.dim() == 4 else -1
+            size = float(x.detach().movedim(fdim, -1).pow(2).mean(-1).sqrt().max())
+            if size > radius:
+                out[i] = x * (radius / size)
+            break
+    return tuple(out)
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.stats: dict[str, tuple[float, float]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        stats = _position_stats(result)
+        if stats is not None:
+            self.stats[n.name] = stats
+        return result
+
+
+def measure(graph_module: fx.GraphModule, inputs: tuple[Any, ...] | None) -> dict[str, tuple[float, float]]:
+    """Per node: the smallest per-position RMS and centred RMS of its output when the traced graph runs on the
+    example inputs with the model's real weights. Empty when that is not possible (meta weights or inputs, a graph
+    that does not run): the floors are then predicted (`typical`)."""
+    if inputs is None or any(isinstance(t, torch.Tensor) and t.is_meta for t in inputs):
+        return {}
+    if any(p.is_meta for p in graph_module.parameters()) or any(b.is_meta for b in graph_module.buffers()):
+        return {}
+    recorder = _Recorder(graph_module)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            recorder.run(*in_unit_ball(inputs))
+    except Exception:  # noqa: BLE001 - a graph that cannot run here: the floors fall back to the prediction
+        return {}
+    return recorder.stats
+
+
+def typical(record: Any, input_rms: float) -> float | None:
+    """The typical RMS of a record's output at init, predicted without running the model (None: not predicted)."""
+    sem = record.semantics
+    if record.kind == "input":
+        return None if record.bounds.discrete else input_rms
+    if sem is None:
+        return None
+    known = [i.typical for i in record.inputs]
+    if sem.kind == "atom" and sem.atom is not None and sem.atom.kind == "Embedding":
+        return sem.atom.norm if math.isfinite(sem.atom.norm) else None
+    if "normalization" in sem.tags:
+        return sem.design[0] if sem.design else None
+    if "scalar" in sem.tags and "factor" in sem.info and len(known) == 1 and known[0] is not None:
+        return abs(sem.info["factor"]) * known[0]
+    if "merge" in sem.tags:
+        present = [t for t in known if t is not None]
+        return math.sqrt(sum(t * t for t in present)) if present else None
+    passes = sem.source.startswith("identity") or ("layout" in sem.tags and tuple(sem.lipschitz) == (1.0,))
+    if passes and len(known) == 1:
+        return known[0]
+    return None
+
+
+def floor_of(measured: dict[str, tuple[float, float]], source: Any, centred: bool) -> Floor | None:
+    """The floor for a normalizer fed by the record `source`: measured when the graph ran, else predicted."""
+    stats = measured.get(source.node.name)
+    if stats is not None:
+        at_init = stats[1] if centred else stats[0]
+        return Floor(FLOOR_FRACTION * at_init, at_init, centred, "measured") if at_init > 0 else None
+    value = getattr(source, "typical", None)
+    if value is None or not value > 0 or not math.isfinite(value):
+        return None
+    return Floor(FLOOR_FRACTION * value, value, centred, "predicted")
