@@ -111,8 +111,10 @@ def _order_statistics(op: OpView, kept: int, what: str) -> Semantics:
     along_features = dim == first_fdim(op) % max(1, len(shape))
     constant = math.sqrt(n / max(1, kept)) if along_features else math.sqrt(n)
     upper = constant * op.bounds[0].upper if op.bounds else None
+    chooses = not all(_integer_valued(n) for n in op.inputs)  # sorting activations selects; sorting ids does not
     return linear(Semantics("bond", (constant,), f"{what}: order statistics are 1-Lipschitz in l2; {FIXED_ROUTING}",
-                            upper=upper, label=what, tags=ROUTING, reason=FIXED_ROUTING))
+                            upper=upper, label=what, tags=ROUTING if chooses else (), certified=not chooses,
+                            reason=FIXED_ROUTING if chooses else ""))
 
 
 @register(torch.topk, "topk")
@@ -314,3 +316,11 @@ def _wrap_division() -> None:
 
 
 _wrap_division()
+
+
+@register(operator.eq, torch.eq, "eq", operator.ne, torch.ne, "ne", operator.lt, torch.lt, "lt", operator.le,
+          torch.le, "le", operator.gt, torch.gt, "gt", operator.ge, torch.ge, "ge")
+def _compare(op: OpView) -> Semantics:
+    """A comparison gives booleans: no perturbation (constant 0). Of integer routing indices (`chosen == e`) it is
+    exact bookkeeping; of activations it jumps where the two sides cross (not certified, said by the calculus)."""
+    return _counting("comparison", op)

@@ -655,8 +655,10 @@ def _explain_trace_failure(exc: BaseException, model: nn.Module, user_file: str 
     file, line, source = frame if frame else (user_file, None, "")
     construct = f'"{source}"' if source else "the model's forward"
     if isinstance(exc, DataDependentError):
-        problem = (f"torch.fx cannot trace {construct}: {exc} (data-dependent control flow; the branch "
-                   f"taken depends on tensor values, which a static analysis on the meta device does not have)")
+        what = ("data-dependent control flow; the branch taken depends on tensor values" if "control flow" in
+                str(exc) else "a tensor's value used as a Python number, e.g. an index or a size computed from data")
+        problem = (f"torch.fx cannot trace {construct}: {exc} ({what}, which a static analysis on the meta device "
+                   f"does not have)")
         remedy = ("Make the branch depend on shapes or on module attributes, or mark the enclosing module as a "
                   "leaf with --leaf CLASSNAME and register its semantics")
     else:
