@@ -324,3 +324,18 @@ def _compare(op: OpView) -> Semantics:
     """A comparison gives booleans: no perturbation (constant 0). Of integer routing indices (`chosen == e`) it is
     exact bookkeeping; of activations it jumps where the two sides cross (not certified, said by the calculus)."""
     return _counting("comparison", op)
+
+
+@register(getattr)
+def _field(op: OpView) -> Semantics:
+    """`torch.topk(x, k).values` / `.indices` (and sort, max, min): a field of torch's named-tuple result, the
+    same tensor the producing op bounded (constant 1). Any other attribute read from a traced value is unknown."""
+    field = op.node.args[1] if len(op.node.args) > 1 else None
+    source = op.node.args[0] if op.node.args else None
+    value = source.meta.get("value") if isinstance(source, fx.Node) else None
+    if isinstance(value, tuple) and hasattr(value, "_fields") or type(value).__module__ == "torch.return_types":
+        if field in ("values", "indices"):
+            return linear(Semantics("bond", (1.0,), f"field `{field}` of a named tuple", tags=("layout",),
+                                    label=str(field)))
+    why = f"attribute `{field}` read from a traced value"
+    return Semantics("unknown", (INF,) * max(1, len(op.inputs)), why, certified=False, reason=why)
