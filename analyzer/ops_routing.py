@@ -7,7 +7,8 @@ discontinuous function of the activations (a token flips to another expert when 
 certifies for an MoE layer holds **for a fixed routing**: with the selected experts held fixed, the layer's output is
 a combination of the selected experts' outputs with routing weights that are non-negative and sum to at most 1 (a
 convex combination after Mixtral's renormalisation, or a part of the softmax), so its sensitivity is at most the
-largest expert's. The integer outputs of the routing (indices, counts, offsets) carry no perturbation (constant 0 on
+largest expert's (modnorm's printed bound adds the k selected outputs, each at most the largest expert's, so it is
+within a factor k of that). The integer outputs of the routing (indices, counts, offsets) carry no perturbation (constant 0 on
 integer or boolean data); the op that turns activations into indices is reported as not certified, with this reason.
 
 Each constant bounds the max-position RMS of the output by that of the input (registry.py's norm convention).
