@@ -200,3 +200,17 @@ def test_a_tensor_used_as_an_index_is_not_called_control_flow():
     with pytest.raises(modnorm.errors.ModnormError) as caught:
         modnorm.routes.trace(Indexes(), (torch.randn(3, 8),), tracer="fx")
     assert "control flow" not in caught.value.problem and "Python number" in caught.value.problem
+
+
+def test_eager_experts_are_read_through_grouped_mm_and_the_config_is_restored():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.MixtralConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                        num_key_value_heads=2, intermediate_size=64, vocab_size=100,
+                                        num_local_experts=4, num_experts_per_tok=2)
+    config._experts_implementation = "eager"  # a data-dependent loop over the experts a batch hits
+    with torch.device("meta"):
+        model = transformers.MixtralForCausalLM(config).eval()
+    traced = modnorm.routes.trace(model, (torch.zeros(1, 8, dtype=torch.long),))
+    assert traced.tracer == "fx_values"
+    assert any("grouped_mm" in a for a in traced.attempts)
+    assert model.config._experts_implementation == "eager"
