@@ -30,8 +30,8 @@ from .ops_shape import first_fdim
 
 ROUTING = ("routing",)  # tag: a selection by activations, bound valid for a fixed routing
 COUNTS = ("counts",)  # tag: the output carries no perturbation (integer-valued bookkeeping)
-FIXED_ROUTING = ("routing: choosing the top-k experts from activations is discontinuous (a token switches experts "
-                 "when two router logits cross); the bound holds for a fixed routing")
+FIXED_ROUTING = ("routing: the top-k choice is discontinuous (a token switches experts when router logits cross); "
+                 "the bound holds for a fixed routing")
 
 
 # --------------------------------------------------------------------------------------------------- experts
