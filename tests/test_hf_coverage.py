@@ -101,11 +101,12 @@ CASES = [
     Case("bloom", _on_meta(T.BloomConfig, T.BloomForCausalLM, hidden_size=D, n_layer=L, n_head=HEADS,
                            vocab_size=VOCAB), ids, atoms=4 * L + 1 + 1, merges=2 * L, family="decoder",
          xfail="BLOOM: Tensor.baddbmm (ALiBi scores) and the GeLUFunction autograd.Function are unknown ops, modeling_bloom.py BloomAttention/BloomGelu"),
-    # Falcon: query_key_value, dense, dense_h_to_4h, dense_4h_to_h (FalconLinear); word_embeddings; lm_head.
+    # Falcon: query_key_value, dense, dense_h_to_4h, dense_4h_to_h (FalconLinear: `input @ self.weight.T`);
+    # word_embeddings; lm_head. Parallel attention is the default (parallel_attn=True): `mlp_output +=
+    # attention_output; output = mlp_output + residual`, one branch merged once per layer.
     Case("falcon", _on_meta(T.FalconConfig, T.FalconForCausalLM, hidden_size=D, num_hidden_layers=L,
                             num_attention_heads=HEADS, vocab_size=VOCAB), ids,
-         atoms=4 * L + 1 + 1, merges=2 * L, family="decoder",
-         xfail="Falcon: FalconLinear.forward is `input @ self.weight.T` (operator.matmul with a transposed weight): unknown, atom missed, modeling_falcon.py FalconLinear"),
+         atoms=4 * L + 1 + 1, merges=L, family="decoder"),
     # Llama-style (q, k, v, o, gate, up, down per layer; embed_tokens; lm_head).
     *[Case(n, _on_meta(c, m, **DECODER), ids, atoms=7 * L + 1 + 1, merges=2 * L, family="decoder",
            xfail=GEMMA if n.startswith("gemma") else None)

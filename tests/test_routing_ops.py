@@ -214,3 +214,22 @@ def test_eager_experts_are_read_through_grouped_mm_and_the_config_is_restored():
     assert traced.tracer == "fx_values"
     assert any("grouped_mm" in a for a in traced.attempts)
     assert model.config._experts_implementation == "eager"
+
+
+class TransposedWeight(nn.Linear):
+    """FalconLinear's spelling of a Linear: `x @ self.weight.T`."""
+
+    def forward(self, x):
+        return x @ self.weight.T
+
+
+def test_matmul_by_a_transposed_parameter_is_a_linear_atom():
+    model = TransposedWeight(12, 6, bias=False).double()
+    x = torch.randn(4, 12, dtype=torch.float64)
+    analysis = modnorm.analyze(model, x)
+    (layer,) = [l for l in analysis.layers if l.kind == "Linear"]
+    # Hand: a Linear (out=6, in=12) in RMS norms: sqrt(12/6) sigma_max(W).
+    expected = math.sqrt(12 / 6) * float(torch.linalg.matrix_norm(model.weight.detach(), ord=2))
+    assert analysis.network.sensitivity == pytest.approx(expected, rel=1e-6)
+    measured = measure_input_lipschitz(lambda z: model(z), x, BUDGET)
+    assert 0.95 * expected <= measured <= expected * (1 + 1e-6)
