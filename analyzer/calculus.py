@@ -202,7 +202,7 @@ def _rms_pattern(view: _View, fused: Fused) -> Semantics:
 
 
 def _bounds_out(sem: Semantics, inputs: list[Record], value: Any) -> Bounds:
-    if _is_discrete(value):
+    if _is_discrete(value) or "counts" in sem.tags:  # counts (histc of routing indices) carry no perturbation
         return Bounds(upper=0.0, fdim=None, discrete=True)
     upper = sem.upper
     if upper is None and inputs and all(r.bounds.discrete for r in inputs):
@@ -273,8 +273,11 @@ def _forward(traced: TracedModel, ctx: Context) -> list[Record]:
             lipschitz = _fit(sem.lipschitz, inputs)
             design = _fit(sem.design, inputs) if sem.design is not None else lipschitz
             if _is_discrete(value) and any(not r.bounds.discrete for r in inputs):
-                sem = replace(sem, certified=False, kind="bond",
-                              reason="a comparison or rounding of activations is piecewise constant with jumps")
+                # integer bookkeeping (counts, offsets) carries no perturbation; a top-k choice is the routing
+                routing = [s for s in (sem, *(r.semantics for r in inputs)) if s is not None and "routing" in s.tags]
+                sem = replace(sem, certified=sem.certified and "counts" in sem.tags, kind="bond",
+                              reason=routing[0].reason if routing else sem.reason if "counts" in sem.tags else
+                              "a comparison or rounding of activations is piecewise constant with jumps")
             record = Record(node, sem.kind, inputs, sem, _bounds_out(sem, inputs, value), lipschitz, design)
             record.target = _readable_target(group.info["atom"] if group is not None and group.kind ==
                                              "scaled_atom" else node, root, group)

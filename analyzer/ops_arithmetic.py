@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from . import atoms
-from .registry import (AtomSpec, INF, OpView, Semantics, is_number, linear, output_feature_width, register,
+from .registry import (AtomSpec, Bounds, INF, OpView, Semantics, is_number, linear, output_feature_width, register,
                        sup_bound)
 
 
@@ -113,14 +113,41 @@ def _product(op: OpView) -> Semantics:
     # d(a*b) = da*b + a*db: w.r.t. a the constant is ||b||_inf (docs/theory/constants.md#products).
     width = output_feature_width(op)
     a, b = op.bounds
-    sup_a, sup_b = sup_bound(a, width), sup_bound(b, width)
+    sup_a, sup_b = _sup_of(op, 0, a, width), _sup_of(op, 1, b, width)
     via_rms = a.sup is None and b.sup is None
     reason = ("product of two activations: bounded only through ||x||_inf <= sqrt(d) ||x||_RMS"
               if via_rms else "")
     # D²(a ⊙ b)[(a1, b1), (a2, b2)] = a1 ⊙ b2 + a2 ⊙ b1, and ||a1 ⊙ b2|| <= sqrt(d) ||a1|| ||b2|| in RMS norms.
     return Semantics("bond", (sup_b, sup_a), "elementwise product: ||b||_inf and ||a||_inf",
-                     upper=min(sup_a * b.upper, sup_b * a.upper), reason=reason, tags=("product",),
+                     upper=_product_upper(a, b, sup_a, sup_b), reason=reason, tags=("product",),
                      smooth=True, curvature=1.0, label="a ⊙ b", hessian=math.sqrt(width))
+
+
+def _sup_of(op: OpView, index: int, bound: Bounds, width: int) -> float:
+    """max |entry| of a product's operand. A discrete operand (a routing mask, a one-hot dispatch) has no RMS
+    bound (upper 0 means "not perturbed", not "zero"): a boolean or one-hot mask is at most 1, other integers are
+    unbounded as far as modnorm knows."""
+    if not bound.discrete:
+        return sup_bound(bound, width)
+    node = op.inputs[index] if index < len(op.inputs) else None
+    value = node.meta.get("value") if node is not None else None
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool:
+        return 1.0
+    source = node
+    while source is not None and getattr(source, "op", "") in ("call_function", "call_method"):
+        name = source.target if isinstance(source.target, str) else getattr(source.target, "__name__", "")
+        if name == "one_hot":
+            return 1.0
+        if name not in ("getitem", "to", "float", "long", "int", "unsqueeze", "view", "reshape"):
+            break
+        source = source.args[0]
+    return INF
+
+
+def _product_upper(a: Bounds, b: Bounds, sup_a: float, sup_b: float) -> float:
+    if a.discrete or b.discrete:  # only the continuous operand has an RMS bound
+        return (sup_b * a.upper) if b.discrete and not a.discrete else (sup_a * b.upper if not b.discrete else 0.0)
+    return min(sup_a * b.upper, sup_b * a.upper)
 
 
 # ---------------------------------------------------------------------------------------------------- reductions

@@ -8,6 +8,7 @@ import math
 import operator
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -63,6 +64,9 @@ def _matmul(op: OpView) -> Semantics:
         weight = op.param_name(1, "other")
         if weight is not None and len(op.weights.shape(weight)) == 2:
             return _linear_atom(op, weight, None, transposed=True)
+        weight = _transposed_parameter(op, op.arg(1, "other"))
+        if weight is not None and len(op.weights.shape(weight)) == 2:  # `x @ W.T` (FalconLinear) is F.linear(x, W)
+            return _linear_atom(op, weight, None)
         value = op.constant_value(1, "other")
         if value is not None and value.dim() == 2:
             norm = float(torch.linalg.matrix_norm(value.double(), ord=2))
@@ -72,7 +76,6 @@ def _matmul(op: OpView) -> Semantics:
     # Two activations: |(AB)_i| <= k ||A_i||_RMS max_l ||B_l||_RMS (docs/theory/constants.md#products), where A_i
     # and B_l are rows (last axis). A row is a feature vector only when the operand's feature axis is last; else
     # (x.transpose(1, 2) @ x) a row mixes positions and its RMS is bounded by the operand's sup, <= sqrt(F) ||.||.
-    a, b = op.bounds
     k = op.in_shape(0)[-1]
     row_a, factor_a = _row_bound(op, 0)
     row_b, factor_b = _row_bound(op, 1)
@@ -91,6 +94,20 @@ def _row_bound(op: OpView, index: int) -> tuple[float, float]:
         return bound.upper, 1.0
     width = shape[bound.fdim % len(shape)]
     return sup_bound(bound, width), math.sqrt(width)
+
+
+def _transposed_parameter(op: OpView, arg: object) -> str | None:
+    """The parameter W behind `W.T`, `W.t()` or `W.transpose(0, 1)` of a 2-D parameter, else None."""
+    if not isinstance(arg, fx.Node) or not arg.args or not isinstance(arg.args[0], fx.Node):
+        return None
+    source = arg.args[0]
+    names = getattr(getattr(op, "ctx", None), "parameter_names", ())
+    if source.op != "get_attr" or source.target not in names:
+        return None
+    name = arg.target if isinstance(arg.target, str) else getattr(arg.target, "__name__", "")
+    flips = (name == "getattr" and arg.args[1:2] in (("T",), ("mT",))) or name in ("t", "T") or (
+        name == "transpose" and {d % 2 for d in arg.args[1:3] if isinstance(d, int)} == {0, 1})
+    return source.target if flips else None
 
 
 def unknown_weight(op: OpView, why: str) -> Semantics:

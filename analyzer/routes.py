@@ -4,7 +4,8 @@ imports another: tracing.py (fx, export), oplog.py and module_only.py each build
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 from torch import nn
 
@@ -35,6 +36,31 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | No
         raise ModnormError(f"the model has submodules named {', '.join(map(repr, odd[:3]))}, which torch.fx "
                            "cannot write into generated code", "name submodules with letters, digits and "
                            "underscores (add_module / setattr)", user_file)
+    with _experts_as_grouped_mm(model) as switched:
+        traced = _first_route(model, routes, tracer, user_file)
+    if switched:
+        traced.attempts = [*traced.attempts[:-1], switched, *traced.attempts[-1:]]
+    return traced
+
+
+@contextlib.contextmanager
+def _experts_as_grouped_mm(model: nn.Module) -> Iterator[str]:
+    """transformers' eager experts loop (`for expert in expert_hit: ...`) iterates over the experts a batch hits, a
+    data-dependent loop no graph route can read on meta. Its `grouped_mm` implementation computes the same function
+    (same weights, same routing) without the loop: the experts are read through it, and the config restored."""
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "has_gate") and hasattr(m, "config")
+               and getattr(m.config, "_experts_implementation", None) == "eager"}
+    for config in configs.values():
+        config._experts_implementation = "grouped_mm"
+    try:
+        yield ("experts: the eager experts loop (data-dependent) read through transformers' grouped_mm "
+               "implementation, the same function" if configs else "")
+    finally:
+        for config in configs.values():
+            config._experts_implementation = "eager"
+
+
+def _first_route(model: nn.Module, routes: dict[str, Any], tracer: str, user_file: str | None) -> TracedModel:
     if tracer in routes:
         return routes[tracer]([])
     if tracer == "modules":

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 # importing the entry files registers their entries, in this order (a later spelling would override)
 from . import ops_elementwise, ops_arithmetic, ops_shape, ops_atoms  # noqa: F401
-from . import ops_normalization, ops_attention, ops_aten, ops_select  # noqa: F401
+from . import ops_normalization, ops_attention, ops_aten, ops_select, ops_routing  # noqa: F401
 from .ops_attention import attention, attention_hessian
 from .ops_normalization import normalization
 from .ops_shape import layout_lipschitz

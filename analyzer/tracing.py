@@ -190,6 +190,12 @@ class ValueProxy(fx.Proxy):
     def __int__(self) -> int:
         return self.__index__()
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # `inv_perm[perm] = arange(...)` (transformers' grouped-mm experts): recorded as an operator.setitem node,
+        # whose entry (ops_routing.py) accepts index bookkeeping and names a write of data as unknown, since later
+        # reads of this tensor do not see the write in the graph.
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
     def keys(self) -> Any:
         return self.value.keys()
 
@@ -292,6 +298,8 @@ class ShapeTracer(fx.Tracer):
         module = self.root.get_submodule(target) if kind == "call_module" else None
         try:
             _check_dtypes(module if module is not None else target, values)
+            if kind == "call_function" and _is_grouped_mm(target):
+                return _grouped_mm_shape(*values, **kw)
             if kind == "call_function":
                 return getattr(target, "_modnorm_leaf_of", target)(*values, **kw)
             if kind == "call_method":
@@ -353,6 +361,21 @@ def _check_dtypes(op: Any, values: tuple) -> None:
         raise TypeError(f"expected integer token ids, got {tensors[0].dtype}")
     elif any(op is f for f in _MATMUL_FUNCTIONS) and len({t.is_floating_point() for t in tensors}) > 1:
         raise TypeError(f"expected inputs of one dtype, got {', '.join(str(t.dtype) for t in tensors)}")
+
+
+def _is_grouped_mm(target: Any) -> bool:
+    """torch's grouped matmul (mixture-of-experts experts, transformers' integrations/moe.py) in any spelling."""
+    grouped = [getattr(torch, "_grouped_mm", None), getattr(torch.nn.functional, "grouped_mm", None)]
+    return any(target is g for g in grouped if g is not None) or "grouped_mm" in str(getattr(target, "__name__", ""))
+
+
+def _grouped_mm_shape(mat_a: torch.Tensor, mat_b: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """The value of a grouped matmul of (S, in) rows by (E, in, out) experts: (S, out), in the input's dtype.
+    torch's meta kernel accepts bf16 only (the CPU kernel takes float32), so the shape is computed here."""
+    if mat_a.dim() != 2 or mat_b.dim() != 3 or mat_a.shape[-1] != mat_b.shape[-2]:
+        raise RuntimeError(f"grouped_mm expects (S, in) and (E, in, out), got {tuple(mat_a.shape)} and "
+                           f"{tuple(mat_b.shape)}")
+    return torch.empty(mat_a.shape[0], mat_b.shape[-1], dtype=mat_a.dtype, device="meta")
 
 
 def _cannot_run_on_meta(exc: BaseException, args: Any, kwargs: Any) -> bool:
@@ -632,8 +655,10 @@ def _explain_trace_failure(exc: BaseException, model: nn.Module, user_file: str 
     file, line, source = frame if frame else (user_file, None, "")
     construct = f'"{source}"' if source else "the model's forward"
     if isinstance(exc, DataDependentError):
-        problem = (f"torch.fx cannot trace {construct}: {exc} (data-dependent control flow; the branch "
-                   f"taken depends on tensor values, which a static analysis on the meta device does not have)")
+        what = ("data-dependent control flow; the branch taken depends on tensor values" if "control flow" in
+                str(exc) else "a tensor's value used as a Python number, e.g. an index or a size computed from data")
+        problem = (f"torch.fx cannot trace {construct}: {exc} ({what}, which a static analysis on the meta device "
+                   f"does not have)")
         remedy = ("Make the branch depend on shapes or on module attributes, or mark the enclosing module as a "
                   "leaf with --leaf CLASSNAME and register its semantics")
     else:

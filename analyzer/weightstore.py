@@ -120,6 +120,23 @@ class WeightStore:
             return std * (math.sqrt(c_out // groups) + math.sqrt(c_in_g)) * 1.05, source
         return self._cached(("conv", name, groups), compute)
 
+    def batched(self, name: str) -> tuple[float, str, int | None]:
+        """max over experts of sigma_max of an (E, a, b) expert stack, where it came from, and the worst expert
+        (None when predicted on meta: the init law gives every expert the same prediction)."""
+        def compute() -> tuple[float, str, int | None]:
+            w = self.tensor(name)
+            experts, rows, cols = w.shape[0], w.shape[-2], w.shape[-1]
+            if not w.is_meta:
+                sigmas = [norms.spectral_norm(w[e].detach()).upper for e in range(experts)]
+                worst = max(range(experts), key=sigmas.__getitem__) if sigmas else None
+                return (max(sigmas) if sigmas else 0.0), "measured", worst
+            law, source = self._law(name)
+            if law is not None:  # the largest of E draws: 5% on top, as for conv slices
+                return initlaw.spectral(law, rows, cols) * 1.05, source, None
+            std = 1.0 / math.sqrt(3 * min(rows, cols))
+            return std * (math.sqrt(rows) + math.sqrt(cols)) * 1.05, source, None
+        return self._cached(("batched", name), compute)
+
     def row_rms(self, name: str) -> tuple[float, float, str]:
         def compute() -> tuple[float, float, str]:
             w = self.tensor(name)

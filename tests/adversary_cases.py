@@ -657,6 +657,95 @@ def gathers(draw: st.DrawFn) -> Case:
 STRATEGIES.update({torch.roll: rolls(), F.pad: pads(), torch.masked_fill: masked_fills(), torch.gather: gathers()})
 
 
+# ----------------------------------------------------------------- mixture-of-experts routing (analyzer/ops_routing.py)
+# Forward-mode AD differentiates at each point with the routing that point selects: the fixed-routing condition
+# under which the routing entries' bounds hold.
+@st.composite
+def order_statistics(draw: st.DrawFn) -> Case:
+    op, layout, width = draw(st.sampled_from(["topk", "sort", "argsort"])), draw(st.sampled_from(["last", "tokens"])), \
+        draw(widths)
+    k = draw(st.integers(1, 3))
+    bodies: dict[str, Body] = {
+        "topk": lambda s, h, a: torch.topk(h, k, dim=a).values,
+        "sort": lambda s, h, a: torch.sort(h, dim=a)[0],
+        "argsort": lambda s, h, a: torch.gather(h, a, torch.argsort(h, dim=a)),  # = sort, through the indices
+    }
+    return case(f"{op} (k={k})", bodies[op], layout, width)
+
+
+def _counts_mask(s: nn.Module, h: torch.Tensor, a: int) -> torch.Tensor:
+    """h kept where the count of tokens whose largest feature is that feature (halved) is nonzero."""
+    width = h.shape[-1]
+    ids = h.argmax(dim=-1)
+    counts = torch.histc(ids.double(), bins=width, min=0, max=width - 1)
+    return h * ((counts // 2) >= 0)
+
+
+@st.composite
+def countings(draw: st.DrawFn) -> Case:
+    width, which = draw(widths), draw(st.sampled_from(["histc", "one_hot", "compare"]))
+    bodies: dict[str, Body] = {
+        "histc": _counts_mask,
+        "one_hot": lambda s, h, a: h * F.one_hot(h.argmax(dim=-1), num_classes=h.shape[-1]),
+        "compare": lambda s, h, a: h * (h > 0),
+    }
+    return case(f"{which} mask", bodies[which], "last", width)
+
+
+@st.composite
+def cumsums(draw: st.DrawFn) -> Case:
+    layout, width = draw(st.sampled_from(["last", "tokens", "middle"])), draw(widths)
+    return case("cumsum", lambda s, h, a: torch.cumsum(h, dim=a), layout, width)
+
+
+def _inverse_permutation_write(s: nn.Module, h: torch.Tensor, a: int) -> torch.Tensor:
+    order = torch.argsort(h, dim=-1)
+    inverse = torch.empty_like(order)
+    inverse[...] = order  # integer bookkeeping written in place (transformers writes inv_perm[perm] = arange)
+    return torch.gather(h, -1, inverse) + torch.zeros_like(h)
+
+
+@st.composite
+def index_adds(draw: st.DrawFn) -> Case:
+    width, repeats = draw(widths), draw(st.integers(1, 3))
+    index = torch.tensor([0] * repeats + list(range(1, 5 - repeats + 1)))[:5]
+    return case(f"index_add ({repeats} rows on one token)",
+                lambda s, h, a: torch.zeros_like(h).index_add(1, s.index, h), "last", width,
+                buffers={"index": index})
+
+
+def _grouped(s: nn.Module, h: torch.Tensor, a: int) -> torch.Tensor:
+    rows = h.reshape(-1, h.shape[-1])
+    if isinstance(rows, torch.fx.Proxy):  # traced: the op modnorm reads
+        out = F.grouped_mm(rows, s.experts, offs=s.offs)
+    else:  # measured: the same function (rows [offs[e-1], offs[e]) through expert e); grouped_mm has no forward AD
+        bounds = [0, *s.offs.tolist()]
+        out = torch.cat([rows[bounds[e]:bounds[e + 1]] @ s.experts[e] for e in range(len(bounds) - 1)])
+    return out.reshape(*h.shape[:-1], -1)
+
+
+@st.composite
+def grouped_mms(draw: st.DrawFn) -> Case:
+    width, experts = draw(st.sampled_from([4, 8])), draw(st.integers(2, 3))
+    torch.manual_seed(0)
+    weights = torch.randn(experts, width, 4, dtype=torch.float64)
+    offs = torch.tensor(sorted(draw(st.lists(st.integers(0, 10), min_size=experts - 1, max_size=experts - 1)))
+                        + [10], dtype=torch.int32)
+    c = case(f"grouped_mm ({experts} experts)", _grouped, "last", width, buffers={"offs": offs})
+    c.model.experts = nn.Parameter(weights)
+    return c
+
+
+STRATEGIES.update({
+    torch.topk: order_statistics(), torch.sort: order_statistics(), torch.argsort: order_statistics(),
+    torch.histc: countings(), operator.floordiv: countings(), F.one_hot: countings(), operator.gt: countings(),
+    torch.cumsum: cumsums(), torch.empty_like: st.just(None).map(lambda _: case(
+        "empty_like written", _inverse_permutation_write, "last", 8)),
+    operator.setitem: st.just(None).map(lambda _: case("setitem of indices", _inverse_permutation_write, "last", 8)),
+    torch.index_add: index_adds(), getattr: order_statistics(), torch._grouped_mm: grouped_mms(),
+})
+
+
 # ------------------------------------------------------------------------- explicit cases (run before the search)
 def _bn_then_square(route: str) -> Case:
     bn = nn.BatchNorm1d(4)

@@ -83,6 +83,26 @@ FINDINGS = {
     ],
     "clean_mlp": [
     ],
+    "switch_moe": [
+        ('MN101', 'warning', 1, 'probs = F.softmax(self.router(tokens), dim=-1)'),
+        ('MN101', 'warning', 1, 'expert = self.down[e](F.relu(self.up[e](tokens)))'),
+        ('MN204', 'error', 1, 'probs = F.softmax(self.router(tokens), dim=-1)'),
+        ('MN602', 'info', 1, 'expert = self.down[e](F.relu(self.up[e](tokens)))'),
+        ('MN901', 'warning', 1, 'prob, chosen = torch.topk(probs, 1, dim=-1)'),
+        ('MN902', 'info', 8, 'out = out + routed[:, e:e + 1] * prob * expert'),
+    ],
+    "topk_moe": [
+        ('MN101', 'warning', 1, 'return self.down(F.gelu(self.up(x)))'),
+        ('MN101', 'warning', 1, 'probs = F.softmax(self.router(x), dim=-1)'),
+        ('MN201', 'warning', 1, 'return x + self.moe(self.norm(x))'),
+        ('MN203', 'error', 1, 'return x + self.moe(self.norm(x))'),
+        ('MN204', 'error', 1, 'return x + self.moe(self.norm(x))'),
+        ('MN601', 'info', 1, 'return x + self.moe(self.norm(x))'),
+        ('MN602', 'info', 1, 'return self.down(F.gelu(self.up(x)))'),
+        ('MN901', 'warning', 1, 'weights, chosen = torch.topk(probs, self.k, dim=-1)'),
+        ('MN901', 'warning', 1, 'weights = weights / weights.sum(dim=-1, keepdim=True)'),
+        ('MN902', 'info', 4, 'out = out + gate * expert(x)'),
+    ],
     "data_dependent": [
         ('MN904', 'warning', 1, 'if h.abs().amax() > self.limit:  # data-dependent: never true for tanh'),
     ],
@@ -219,7 +239,7 @@ FINDINGS = {
         ('MN602', 'info', 2, 'def build_model(d_in=16, width=32, heads=4, layers=2, d_out=4):'),
     ],
     "uncertified_ops": [
-        ('MN901', 'error', 1, 'h = torch.cumsum(torch.tanh(self.fc1(x)), dim=-1)'),
+        ('MN901', 'error', 1, 'h = torch.cumprod(torch.tanh(self.fc1(x)), dim=-1)'),
         ('MN901', 'warning', 1, 'h = h / (1 + h.abs().sum(-1, keepdim=True))'),
     ],
     "vit": [

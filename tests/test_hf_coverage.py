@@ -35,7 +35,7 @@ import modnorm  # noqa: E402
 L = 2  # layers of every tiny config
 D, HEADS, KV, FF, VOCAB, CTX = 32, 4, 2, 64, 100, 64
 SEQ = 8
-MATRIX_KINDS = {"Linear", "Conv1d", "Conv2d", "Embedding"}
+MATRIX_KINDS = {"Linear", "Conv1d", "Conv2d", "Embedding", "Batched"}  # Batched: a stack of experts
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,12 @@ CASES = [
     Case("bloom", _on_meta(T.BloomConfig, T.BloomForCausalLM, hidden_size=D, n_layer=L, n_head=HEADS,
                            vocab_size=VOCAB), ids, atoms=4 * L + 1 + 1, merges=2 * L, family="decoder",
          xfail="BLOOM: Tensor.baddbmm (ALiBi scores) and the GeLUFunction autograd.Function are unknown ops, modeling_bloom.py BloomAttention/BloomGelu"),
-    # Falcon: query_key_value, dense, dense_h_to_4h, dense_4h_to_h (FalconLinear); word_embeddings; lm_head.
+    # Falcon: query_key_value, dense, dense_h_to_4h, dense_4h_to_h (FalconLinear: `input @ self.weight.T`);
+    # word_embeddings; lm_head. Parallel attention is the default (parallel_attn=True): `mlp_output +=
+    # attention_output; output = mlp_output + residual`, one branch merged once per layer.
     Case("falcon", _on_meta(T.FalconConfig, T.FalconForCausalLM, hidden_size=D, num_hidden_layers=L,
                             num_attention_heads=HEADS, vocab_size=VOCAB), ids,
-         atoms=4 * L + 1 + 1, merges=2 * L, family="decoder",
-         xfail="Falcon: FalconLinear.forward is `input @ self.weight.T` (operator.matmul with a transposed weight): unknown, atom missed, modeling_falcon.py FalconLinear"),
+         atoms=4 * L + 1 + 1, merges=L, family="decoder"),
     # Llama-style (q, k, v, o, gate, up, down per layer; embed_tokens; lm_head).
     *[Case(n, _on_meta(c, m, **DECODER), ids, atoms=7 * L + 1 + 1, merges=2 * L, family="decoder",
            xfail=GEMMA if n.startswith("gemma") else None)
@@ -113,16 +114,17 @@ CASES = [
                       ("qwen2", T.Qwen2Config, T.Qwen2ForCausalLM), ("qwen3", T.Qwen3Config, T.Qwen3ForCausalLM),
                       ("gemma", T.GemmaConfig, T.GemmaForCausalLM), ("gemma2", T.Gemma2Config, T.Gemma2ForCausalLM),
                       ("olmo", T.OlmoConfig, T.OlmoForCausalLM)]],
-    # Mixtral: q, k, v, o; router gate; 4 experts x (w1, w2, w3); embed_tokens; lm_head.
+    # Mixtral (transformers 5.x): q, k, v, o; router gate (a Linear); the experts are two 3-D stacks,
+    # MixtralExperts.gate_up_proj (E, 2 * I, H) and down_proj (E, H, I), each one Batched atom of E experts;
+    # embed_tokens; lm_head.
     Case("mixtral", _on_meta(T.MixtralConfig, T.MixtralForCausalLM, **DECODER, num_local_experts=4,
-                             num_experts_per_tok=2), ids, atoms=(4 + 1 + 4 * 3) * L + 1 + 1, merges=2 * L,
-         family="decoder (MoE)",
-         xfail="MoE: 3-D expert weights are not atoms; topk/one_hot/index/index_add routing unknown; fx stops, modules route, integrations/moe.py and MixtralSparseMoeBlock"),
-    # Qwen2-MoE: q, k, v, o; router gate; 4 experts x 3; shared expert (3) and its gate (1); embed; lm_head.
+                             num_experts_per_tok=2), ids, atoms=(4 + 1 + 2) * L + 1 + 1, merges=2 * L,
+         family="decoder (MoE)"),
+    # Qwen2-MoE: q, k, v, o; router gate; experts gate_up_proj and down_proj stacks (2); shared expert gate, up,
+    # down (3) and its scalar gate shared_expert_gate (1); embed_tokens; lm_head.
     Case("qwen2_moe", _on_meta(T.Qwen2MoeConfig, T.Qwen2MoeForCausalLM, **DECODER, num_experts=4,
                                num_experts_per_tok=2, moe_intermediate_size=FF, shared_expert_intermediate_size=FF),
-         ids, atoms=(4 + 1 + 4 * 3 + 3 + 1) * L + 1 + 1, merges=2 * L, family="decoder (MoE)",
-         xfail="MoE: 3-D expert weights are not atoms; topk/index routing unknown; fx stops, modules route, Qwen2MoeSparseMoeBlock"),
+         ids, atoms=(4 + 1 + 2 + 3 + 1) * L + 1 + 1, merges=2 * L, family="decoder (MoE)"),
     # Phi: q, k, v, dense, fc1, fc2; embed_tokens; lm_head. Parallel block `attn + mlp + residual`: one merge.
     Case("phi", _on_meta(T.PhiConfig, T.PhiForCausalLM, **DECODER), ids, atoms=6 * L + 1 + 1, merges=L,
          family="decoder"),
