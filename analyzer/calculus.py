@@ -317,9 +317,12 @@ def _roles(records: list[Record]) -> dict[int, str]:
     return roles
 
 
-def _masses(atoms: list[Record], roles: dict[int, str], options: Options, names: dict[int, str]) -> dict[int, float]:
+def _masses(atoms: list[Record], roles: dict[int, str], options: Options, names: dict[int, str],
+            frozen: frozenset[int] = frozenset()) -> dict[int, float]:
+    """Mass per atom. Frozen atoms (every parameter requires_grad=False: a LoRA's base layer) take no step, so
+    they get no mass and the trainable atoms share it (--mass-of can still give them some)."""
     masses: dict[int, float] = {}
-    counted = [a for a in atoms if a.semantics.atom.kind != "Gain"]
+    counted = [a for a in atoms if a.semantics.atom.kind != "Gain" and id(a) not in frozen]
     if options.mass == "uniform":
         masses = {id(a): 1.0 for a in counted}
     elif options.mass == "roles":
@@ -344,6 +347,17 @@ def _masses(atoms: list[Record], roles: dict[int, str], options: Options, names:
     return masses
 
 
+def _frozen(atoms: list[Record], root: torch.nn.Module) -> frozenset[int]:
+    """Atoms none of whose parameters require a gradient."""
+    def trainable(name: str) -> bool:
+        try:
+            return root.get_parameter(name).requires_grad
+        except AttributeError:
+            return True  # not a parameter of the root (a buffer, a folded constant): counted as before
+    return frozenset(id(a) for a in atoms if a.semantics.atom.params
+                     and not any(trainable(p) for p in a.semantics.atom.params))
+
+
 def _layer_name(record: Record) -> str:
     weight = record.semantics.atom.weight
     return weight[: -len(".weight")] if weight.endswith(".weight") else weight
@@ -353,7 +367,7 @@ def _layers(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
     atoms = [r for r in records if r.kind == "atom"]
     roles = _roles(records)
     names = {id(a): _layer_name(a) for a in atoms}
-    masses = _masses(atoms, roles, ctx.options, names)
+    masses = _masses(atoms, roles, ctx.options, names, _frozen(atoms, ctx.root))
     total = sum(masses.values())
     layers = []
     for a in atoms:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -63,6 +65,9 @@ def _matmul(op: OpView) -> Semantics:
         weight = op.param_name(1, "other")
         if weight is not None and len(op.weights.shape(weight)) == 2:
             return _linear_atom(op, weight, None, transposed=True)
+        weight = _transposed_parameter(op, op.arg(1, "other"))
+        if weight is not None:  # x @ self.A.t(): LoRA written with raw parameters, A stored (out, in) like Linear's
+            return _linear_atom(op, weight, None)
         value = op.constant_value(1, "other")
         if value is not None and value.dim() == 2:
             norm = float(torch.linalg.matrix_norm(value.double(), ord=2))
@@ -75,6 +80,23 @@ def _matmul(op: OpView) -> Semantics:
     return Semantics("bond", (k * b.upper, k * a.upper), "matmul of activations: k ||B||, k ||A||",
                      upper=k * a.upper * b.upper, tags=("product",), label="A @ B",
                      reason="product of two activations: certified through their RMS upper bounds")
+
+
+def _transposed_parameter(op: OpView, node: Any) -> str | None:
+    """The name of a 2-D parameter P read as `P.t()`, `P.T`, `P.mT` or `P.transpose(0, 1)`; None otherwise."""
+    if not isinstance(node, fx.Node) or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    source = node.args[0]
+    if not (source.op == "get_attr" and source.target in op.ctx.parameter_names):
+        return None
+    if len(op.weights.shape(source.target)) != 2:
+        return None
+    swaps = ((node.op == "call_method" and node.target == "t")
+             or (node.op == "call_function" and node.target is getattr and node.args[1:2] in (("T",), ("mT",)))
+             or (node.op in ("call_method", "call_function") and getattr(node.target, "__name__", node.target)
+                 == "transpose" and len(node.args) == 3 and {d % 2 for d in node.args[1:3] if isinstance(d, int)}
+                 == {0, 1}))
+    return source.target if swaps else None
 
 
 def unknown_weight(op: OpView, why: str) -> Semantics:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
-from modnorm.result import Analysis, Finding
+from modnorm.result import Analysis, Finding, Layer
 from modnorm.rules import Rule, Severity
 
 
@@ -25,6 +26,10 @@ class AtomNormOutOfBand(Rule):
         self.head = nn.Linear(3072, 10)
         nn.init.orthogonal_(self.head.weight, gain=(10 / 3072) ** 0.5)   # N = 1
 
+    A zero weight is flagged ("initialise the weight"), except the up-projection of a low-rank adapter: LoRA's B
+    (`lora_B`, `lora_up`, a raw parameter `B`, with fewer inputs than outputs) starts at 0 by design, so the
+    adapted model equals the base model at step 0; its norm grows with training, not at init.
+
     ## Options
     - `low` (0.5), `high` (1.25): the warning band; `error` (4.0): above it the finding is an error.
 
@@ -43,7 +48,7 @@ class AtomNormOutOfBand(Rule):
             if layer.kind == "Gain":
                 continue
             norm = layer.norm_at_init
-            if self.config["low"] <= norm <= self.config["high"]:
+            if self.config["low"] <= norm <= self.config["high"] or (norm == 0 and is_lora_up(layer)):
                 continue
             severity = Severity.ERROR if norm > self.config["error"] else Severity.WARNING
             yield self.layer_finding(
@@ -52,3 +57,12 @@ class AtomNormOutOfBand(Rule):
                 fix=f"initialise so that the effective operator norm is 1, e.g. orthogonal with gain "
                     f"sqrt(fan_out/fan_in), or multiply the output by {1 / norm:.3g}" if norm > 0 else
                     "initialise the weight (it is zero)", severity=severity)
+
+
+_LORA_UP = re.compile(r"(^|\.)(lora_?B|lora_up|B)(\.default)?$", re.IGNORECASE)
+
+
+def is_lora_up(layer: Layer) -> bool:
+    """LoRA's second factor: named like PEFT's `lora_B` (or `lora_up`, `B`) and mapping a rank r up to more
+    outputs (shape (out, r), r < out)."""
+    return bool(_LORA_UP.search(layer.name)) and len(layer.shape) == 2 and layer.shape[1] < layer.shape[0]

@@ -31,3 +31,52 @@ def test_meta_llama_casts_and_repeat_interleave_keep_the_attention_pattern():
     mn301 = next(f for f in report["findings"] if f["code"] == "MN301")
     assert "head dim 8" in mn301["message"] and "0.354" in mn301["message"]  # 1/sqrt(8) = 0.3536
     assert report["network"]["sensitivity"] < float("inf")
+
+
+def layers(report: dict) -> dict[str, dict]:
+    return {layer["name"]: layer for layer in report["layers"]}
+
+
+def test_raw_parameter_lora_factors_are_atoms():
+    """`x @ self.A.t() @ self.B.t()`: A and B are trainable weights, so they are Linear atoms with mass (not
+    'matmul with a constant of unknown value'), and B at 0 is LoRA's init, not a missing one."""
+    report = check("raw_lora.py")
+    assert "MN901" not in codes(report)
+    found = layers(report)
+    for name, shape in {"l1.A": [4, 32], "l1.B": [64, 4], "l2.A": [4, 64], "l2.B": [10, 4]}.items():
+        assert found[name]["kind"] == "Linear" and found[name]["shape"] == shape and found[name]["mass"] > 0
+    assert found["l1.B"]["norm_at_init"] == 0
+    assert not [f for f in report["findings"] if f["code"] == "MN101" and f["module"].endswith(".B")]
+    assert report["network"]["sensitivity"] < float("inf")
+
+
+def test_raw_parameter_lora_bound_holds_by_measurement():
+    """The network's input Lipschitz bound, with A and B as atoms, against power iteration and gradient ascent.
+    B is set non-zero first (a trained adapter), so the low-rank branch really contributes."""
+    import importlib.util
+
+    import torch
+
+    import modnorm
+    from tests.adversary import DEFAULT, measure_input_lipschitz
+
+    spec = importlib.util.spec_from_file_location("raw_lora", IDIOMS / "raw_lora.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.build_model().double()
+    with torch.no_grad():
+        for lora in (model.l1, model.l2):
+            lora.B.normal_(0, 0.5)
+    x = module.example_inputs(model).double()
+    bound = modnorm.analyze(model, x).network.sensitivity
+    measured = measure_input_lipschitz(model, x, DEFAULT)
+    assert 0 < measured <= bound, (measured, bound)
+
+
+def test_peft_lora_zero_b_is_not_flagged_and_frozen_base_gets_no_mass():
+    report = check("peft_lora.py")
+    found = layers(report)
+    assert found["l1.base_layer"]["mass"] == 0 and found["l2.base_layer"]["mass"] == 0  # requires_grad=False
+    trainable = [found[n]["mass"] for n in ("l1.lora_A", "l1.lora_B", "l2.lora_A", "l2.lora_B")]
+    assert all(m > 0 for m in trainable) and sum(trainable) == report["network"]["mass"]
+    assert not [f for f in report["findings"] if f["code"] == "MN101" and "lora_B" in f["module"]]
