@@ -148,7 +148,31 @@ def _unknown_reason(node: fx.Node, root: nn.Module) -> str:
     if is_compiled(key) or (node.op == "call_module" and is_compiled(root.get_submodule(node.target))):
         return (f"`{name}` is wrapped by torch.compile: a leaf, not modelled (register its semantics with "
                 f"@modnorm.register, or analyse the uncompiled function)")
-    return f"op `{name}` is not in modnorm's registry"
+    return f"op `{name}` is not in modnorm's registry{_unmodelled_parameters(node, root)}"
+
+
+def _unmodelled_info(node: fx.Node, root: nn.Module) -> dict[str, Any]:
+    """`unmodelled_parameters` (count) and `unmodelled_share` (of the model's parameters) of an unknown module."""
+    if node.op != "call_module":
+        return {}
+    count = sum(p.numel() for p in root.get_submodule(node.target).parameters())
+    total = sum(p.numel() for p in root.parameters()) or 1
+    return {"unmodelled_parameters": count, "unmodelled_share": count / total} if count else {}
+
+
+def _unmodelled_parameters(node: fx.Node, root: nn.Module) -> str:
+    """The weights an unknown module holds (an LSTM's are most of a small RNN's): said, never silently dropped
+    from the table and the mass."""
+    if node.op != "call_module":
+        return ""
+    module = root.get_submodule(node.target)
+    own = {f"{node.target}.{n}": p.numel() for n, p in module.named_parameters()}
+    if not own:
+        return ""
+    total = sum(p.numel() for p in root.parameters()) or 1
+    count, names = sum(own.values()), ", ".join(sorted(own))
+    return (f"; its {count:,} parameters ({100 * count / total:.0f}% of the model's: {names}) are unmodelled "
+            f"atoms, outside the layer table and the mass")
 
 
 def _is_discrete(value: Any) -> bool:
@@ -172,7 +196,7 @@ def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[Record], ctx: Con
         entry = semantics.lookup(_registry_key(base, ctx.root))
         if entry is None:
             return Semantics("unknown", (INF,) * max(1, len(inputs)), "not in the registry", certified=False,
-                             reason=_unknown_reason(base, ctx.root))
+                             reason=_unknown_reason(base, ctx.root), info=_unmodelled_info(base, ctx.root))
         return entry(view)
     except ModnormError:
         raise

@@ -251,6 +251,10 @@ def _render_mass_groups(analysis: Analysis, console: Any, blocks_shown: int = 6)
                           fmt(sum(h.mass for h in hidden)), f"{sum(h.share for h in hidden):.1%}", style="dim")
         else:
             table.add_row(f"block {g.name}", str(g.atoms), fmt(g.mass), f"{g.share:.1%}")
+    for op in analysis.ops:  # weights of unknown modules (an LSTM): no mass, but never silently absent
+        if op.info.get("unmodelled_parameters"):
+            table.add_row(f"unmodelled {op.module} ({op.target})", "?", "none",
+                          f"{op.info['unmodelled_share']:.1%} of the parameters", style="yellow")
     console.print(table)
 
 

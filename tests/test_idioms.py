@@ -1,11 +1,15 @@
 """Idioms people write from memory (issue 19): each is read as what it computes, not as an unknown op or a
 constant of unknown value. The models are in tests/data/idioms/."""
 
+import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+import torch
 from typer.testing import CliRunner
 
+import modnorm
 from modnorm.cli import app
 
 IDIOMS = Path(__file__).parent / "data" / "idioms"
@@ -16,6 +20,13 @@ def check(name: str, *args: str) -> dict:
     result = runner.invoke(app, ["check", str(IDIOMS / name), "-f", "json", "--exit-zero", "--isolated", *args])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+def load(name: str, entry: str = "build_model") -> torch.nn.Module:
+    spec = importlib.util.spec_from_file_location(Path(name).stem, IDIOMS / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, entry)()
 
 
 def codes(report: dict) -> set[str]:
@@ -53,21 +64,13 @@ def test_raw_parameter_lora_factors_are_atoms():
 def test_raw_parameter_lora_bound_holds_by_measurement():
     """The network's input Lipschitz bound, with A and B as atoms, against power iteration and gradient ascent.
     B is set non-zero first (a trained adapter), so the low-rank branch really contributes."""
-    import importlib.util
-
-    import torch
-
-    import modnorm
     from tests.adversary import DEFAULT, measure_input_lipschitz
 
-    spec = importlib.util.spec_from_file_location("raw_lora", IDIOMS / "raw_lora.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = module.build_model().double()
+    model = load("raw_lora.py").double()
     with torch.no_grad():
         for lora in (model.l1, model.l2):
             lora.B.normal_(0, 0.5)
-    x = module.example_inputs(model).double()
+    x = torch.randn(4, 32, dtype=torch.float64)
     bound = modnorm.analyze(model, x).network.sensitivity
     measured = measure_input_lipschitz(model, x, DEFAULT)
     assert 0 < measured <= bound, (measured, bound)
@@ -80,3 +83,28 @@ def test_peft_lora_zero_b_is_not_flagged_and_frozen_base_gets_no_mass():
     trainable = [found[n]["mass"] for n in ("l1.lora_A", "l1.lora_B", "l2.lora_A", "l2.lora_B")]
     assert all(m > 0 for m in trainable) and sum(trainable) == report["network"]["mass"]
     assert not [f for f in report["findings"] if f["code"] == "MN101" and "lora_B" in f["module"]]
+
+
+@pytest.mark.parametrize("entry, cell, rnn_params", [
+    ("build_model", "LSTM", 4 * 64 * (32 + 64) + 2 * 4 * 64),  # 4 gates: W_ih 256×32, W_hh 256×64, two biases
+    ("build_gru", "GRU", 3 * 64 * (32 + 64) + 2 * 3 * 64),  # 3 gates
+])
+def test_recurrent_cell_is_reported_with_its_parameters_and_sharpness_is_not_certified(entry, cell, rnn_params):
+    report = check(f"recurrent.py:{entry}")
+    total = 100 * 32 + rnn_params + 64 * 10 + 10
+    unknown = [f for f in report["findings"] if f["code"] == "MN901"]
+    assert len(unknown) == 1 and unknown[0]["module"] == "rnn"
+    assert f"{rnn_params:,} parameters ({round(100 * rnn_params / total)}% of the model's" in unknown[0]["message"]
+    model = load("recurrent.py", entry)
+    op = next(o for o in modnorm.analyze(model, torch.randint(0, 100, (2, 7))).ops if o.kind == "unknown")
+    assert op.module == "rnn" and op.info["unmodelled_parameters"] == rnn_params
+    assert abs(op.info["unmodelled_share"] - rnn_params / total) < 1e-9
+    sharpness = report["network"]["sharpness"]
+    assert sharpness["certified"] is False and cell in sharpness["reason"]  # not "certified α 0 β 0 γ 0"
+
+
+def test_recurrent_cell_is_listed_in_the_mass_table():
+    result = runner.invoke(app, ["check", str(IDIOMS / "recurrent.py"), "-v", "--isolated", "--exit-zero",
+                                 "--color", "never"])
+    assert "unmodelled rnn (LSTM)" in result.stdout and "86.7% of the parameters" in result.stdout  # 25088/28938
+    assert "sharpness (certified)" not in result.stdout
