@@ -14,6 +14,7 @@ import fnmatch
 import math
 import operator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from .patterns import Fused, find_patterns
 from .records import Context, Options, Record
 from .result import Analysis, Layer, Merge, ModelInfo, Stream
 from .semantics import INF, Bounds, Semantics, linear
-from .sourcelines import definition
+from .sourcelines import definition, element_definition
 from .tracing import TracedModel, call_site, is_compiled, node_location
 from .weightstore import WeightStore
 from .summary import (block_sharpness_of, mass_groups, network_of, op_of, records_named, sharpness_of,
@@ -371,6 +372,25 @@ def _masses(atoms: list[Record], roles: dict[int, str], options: Options, names:
     return masses
 
 
+def _merge_module(module: str, block: list[Record]) -> str:
+    """The module a merge is reported under. `for block in self.blocks: x = x + block(x)` adds in the parent's
+    forward, so the merge's own module is the parent for every block; the branch's atoms all sit in
+    `blocks.3`, so that (up to the first list index the parent's path lacks) names the block instead."""
+    paths = [r.semantics.atom.weight.split(".")[:-1] for r in block if r.kind == "atom"]
+    if not paths:
+        return module
+    common: list[str] = []
+    for parts in zip(*paths):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    depth = len(module.split(".")) if module else 0
+    if common[:depth] != (module.split(".") if module else []):
+        return module
+    index = next((i for i in range(depth, len(common)) if common[i].isdigit()), None)
+    return ".".join(common[: index + 1]) if index is not None else module
+
+
 def _frozen(atoms: list[Record], root: torch.nn.Module) -> frozenset[int]:
     """Atoms none of whose parameters require a gradient."""
     def trainable(name: str) -> bool:
@@ -406,6 +426,11 @@ def _layers(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
             owner_module = None
         module_type = type(owner_module).__name__ if owner_module is not None else ""
         file, line = call_site(a.node, owner_module, ctx.user_file)
+        if owner.rsplit(".", 1)[-1].isdigit() and type(owner_module).__module__.startswith("torch."):
+            # called by torch's container (`self.features(x)`, one line for every element): its own line instead
+            element = element_definition(ctx.root, owner)
+            if element is not None and file is not None and Path(element[0]).resolve() == Path(file).resolve():
+                line = element[1]
         layers.append(Layer(
             name=names[id(a)], kind=spec.kind, shape=spec.shape, role=roles.get(id(a), "gain"), mass=mass,
             mass_share=share, sensitivity=a.lipschitz[0] if a.lipschitz else spec.norm,
@@ -490,8 +515,8 @@ def _merges(records: list[Record], ctx: Context) -> tuple[list[Merge], list[Stre
             merges.append(Merge(
                 op=record.node.name, skip=skip.node.name, branch=branch.node.name, skip_coefficient=skip_c,
                 branch_coefficient=branch_c, branch_sensitivity=_branch_sensitivity(skip, block, False),
-                design_branch_sensitivity=_branch_sensitivity(skip, block, True), module=record.module,
-                file=file, line=line))
+                design_branch_sensitivity=_branch_sensitivity(skip, block, True),
+                module=_merge_module(record.module, block), file=file, line=line))
             break
     by_output = {m.op: m for m in merges}
     previous = {m.op: _stream_source(records_by_name[m.skip]) for m in merges}

@@ -108,3 +108,26 @@ def test_recurrent_cell_is_listed_in_the_mass_table():
                                  "--color", "never"])
     assert "unmodelled rnn (LSTM)" in result.stdout and "86.7% of the parameters" in result.stdout  # 25088/28938
     assert "sharpness (certified)" not in result.stdout
+
+
+def source_line(name: str, text: str) -> int:
+    lines = (IDIOMS / name).read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if text in line)
+
+
+def test_modulelist_of_sequential_blocks_names_the_block():
+    """`for block in self.blocks: x = x + block(x)` adds in the parent's forward: the merges are named by their
+    block (`blocks.3`), so the eight identical `[<model>]` lines fold into one finding for the role `blocks.*`."""
+    report = check("sequential_blocks.py")
+    merges = [f for f in report["findings"] if f["code"] == "MN201"]
+    assert len(merges) == 1 and merges[0]["module"] == "blocks.*", merges
+    assert "×8" in merges[0]["message"]
+
+
+def test_convs_inside_a_sequential_point_at_their_own_lines():
+    report = check("cifar_cnn.py")
+    found = layers(report)
+    for name, text in {"features.0": "nn.Conv2d(3, 32", "features.3": "nn.Conv2d(32, 64",
+                       "features.6": "nn.Conv2d(64, 128"}.items():
+        assert found[name]["line"] == source_line("cifar_cnn.py", text), (name, found[name]["line"])
+    assert found["classifier"]["line"] == source_line("cifar_cnn.py", "return self.classifier(")
