@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from modnorm.result import Analysis, Finding
+from modnorm.result import Analysis, Finding, Merge
 from modnorm.rules import Rule, Severity
 from modnorm.rules.mn202_underscaled_residual_branch import is_underscaled_branch, merges_over_budget
 
@@ -45,8 +45,36 @@ class UnscaledResidual(Rule):
             if is_underscaled_branch(abs(merge.skip_coefficient), abs(merge.branch_coefficient)):
                 continue  # MN202 reports x + b·f(x) with 0 < b < 1
             a, b = merge.skip_coefficient, merge.branch_coefficient
+            culprits = branch_constants(analysis, merge)
+            ops = "; ".join(f"{name} {c:.3g}" for name, c in culprits)
+            if abs(abs(a) - (1 - 1 / depth)) < 1e-6 and abs(abs(b) - 1 / depth) < 1e-6:
+                fix = (f"the multipliers 1 - 1/L and 1/L are in place; the branch's sensitivity "
+                       f"{merge.branch_sensitivity:.3g} comes from its largest constants ({ops}): bring those to 1")
+            else:
+                fix = f"scale the skip by {1 - 1 / depth:.3g} and the branch by {1 / depth:.3g} (1 - 1/L and 1/L)"
+                fix += f"; the branch's largest constants: {ops}" if ops else ""
             yield self.finding(
                 f"residual merge {a:.3g}·x + {b:.3g}·f(x) has block sensitivity {block:.3g} "
                 f"(limit {1 + self.config['slack'] / depth:.3g} for {depth} merges in the stream)",
-                fix=f"scale the skip by {1 - 1 / depth:.3g} and the branch by {1 / depth:.3g} (1 - 1/L and 1/L)",
-                module=merge.module, file=merge.file, line=merge.line, op=merge.op)
+                fix=fix, module=merge.module, file=merge.file, line=merge.line, op=merge.op)
+
+
+def branch_constants(analysis: Analysis, merge: Merge, top: int = 3) -> list[tuple[str, float]]:
+    """The ops of f(x) (upstream of the branch input, not of the skip) with the largest constants above 1: where
+    the branch's sensitivity comes from, named as the report's op table names them."""
+    ops = {op.name: op for op in analysis.ops}
+
+    def upstream(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in ops:
+                continue
+            seen.add(name)
+            todo.extend(ops[name].inputs)
+        return seen
+
+    inside = upstream(merge.branch) - upstream(merge.skip)
+    constants = [(f"{ops[n].target}{f' `{ops[n].module}`' if ops[n].module else ''}", max(ops[n].lipschitz))
+                 for n in inside if ops[n].lipschitz and max(ops[n].lipschitz) > 1]
+    return sorted(constants, key=lambda item: -item[1])[:top]
