@@ -102,3 +102,57 @@ def test_mn301_fix_fits_sdpa():
         assert not findings(model, x, "MN301")
     finally:
         F.scaled_dot_product_attention = sdpa
+
+
+class Scale(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, x):
+        return x * self.c
+
+
+def test_mn201_fix_applies_to_blocks_added_in_a_loop():
+    """'scale the skip by 1 - 1/L and the branch by 1/L', with the printed numbers."""
+    model, x = load("sequential_blocks.py"), torch.randn(4, 32)
+    (finding,) = findings(model, x, "MN201")
+    a, b = number_after(finding.fix, "skip by"), number_after(finding.fix, "branch by")
+    assert "the branch's largest constants" in finding.fix  # which op in f(x) weighs most
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = a * x + b * block(x)
+        return self.head(x)
+
+    type(model).forward = forward
+    assert not findings(model, x, "MN201")
+
+
+def test_mn201_on_scaled_merges_names_the_branch_ops_not_the_multipliers():
+    """A model already written 0.875·x + 0.125·f(x) whose branch is too sensitive: the fix names the op of f(x)
+    with the largest constant (here a ×8 between GELU and the second Linear) instead of repeating the multipliers it has."""
+    model, x = load("sequential_blocks.py"), torch.randn(4, 32)
+    depth = len(model.blocks)
+    for block in model.blocks:
+        block.insert(3, Scale(8.0))  # LayerNorm, Linear, GELU, ×8, Linear
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = (1 - 1 / depth) * x + (1 / depth) * block(x)
+        return self.head(x)
+
+    type(model).forward = forward
+    (finding,) = findings(model, x, "MN201")
+    assert "are in place" in finding.fix and "scale the skip" not in finding.fix, finding.fix
+    assert re.search(r"largest constants \([^)]*mul[^)]* 8\b", finding.fix), finding.fix  # the ×8, first
+
+
+def test_mn204_fix_names_the_pools_and_applying_it_clears_the_finding():
+    model, x = load("cifar_cnn.py"), torch.randn(2, 3, 32, 32)
+    (finding,) = findings(model, x, "MN204")
+    assert "MaxPool2d 2 ×3 ops = 8" in finding.fix  # three 2×2 max-pools, each sqrt(4) = 2: 2^3 = 8
+    for i, layer in enumerate(model.features):
+        if isinstance(layer, nn.MaxPool2d):
+            model.features[i] = nn.Sequential(layer, Scale(1 / math.sqrt(layer.kernel_size ** 2)))
+    assert not findings(model, x, "MN204")
