@@ -391,6 +391,17 @@ def _merge_module(module: str, block: list[Record]) -> str:
     return ".".join(common[: index + 1]) if index is not None else module
 
 
+def _called_by_sequential(root: torch.nn.Module, path: str) -> bool:
+    """`features.3` of an nn.Sequential: torch calls it. (A ModuleList's elements are called by the user's loop.)"""
+    parent, _, index = path.rpartition(".")
+    if not index.isdigit():
+        return False
+    try:
+        return type(root.get_submodule(parent)) is torch.nn.Sequential
+    except AttributeError:
+        return False
+
+
 def _frozen(atoms: list[Record], root: torch.nn.Module) -> frozenset[int]:
     """Atoms none of whose parameters require a gradient."""
     def trainable(name: str) -> bool:
@@ -426,8 +437,8 @@ def _layers(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
             owner_module = None
         module_type = type(owner_module).__name__ if owner_module is not None else ""
         file, line = call_site(a.node, owner_module, ctx.user_file)
-        if owner.rsplit(".", 1)[-1].isdigit() and type(owner_module).__module__.startswith("torch."):
-            # called by torch's container (`self.features(x)`, one line for every element): its own line instead
+        if _called_by_sequential(ctx.root, owner) and type(owner_module).__module__.startswith("torch."):
+            # called by nn.Sequential (`self.features(x)`, one line for every element): its own line instead
             element = element_definition(ctx.root, owner)
             if element is not None and file is not None and Path(element[0]).resolve() == Path(file).resolve():
                 line = element[1]

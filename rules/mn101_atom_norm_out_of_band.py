@@ -73,15 +73,18 @@ def fix_text(layer: Layer) -> str:
     gain = 1 / layer.norm_factor if layer.norm_factor > 0 else 1.0
     scale = f"or multiply the output by {1 / layer.norm_at_init:.3g}" if layer.norm_at_init > 0 else ""
     if layer.kind == "Embedding":
-        init = (f"give every row RMS {gain:.3g}: `w.copy_(w / w.pow(2).mean(1, keepdim=True).sqrt() * {gain:.3g})` "
+        times = f" * {gain:.3g}" if abs(gain - 1) > 1e-9 else ""
+        init = (f"give every row RMS {gain:.3g}: `w.copy_(w / w.pow(2).mean(1, keepdim=True).sqrt(){times})` "
                 f"under torch.no_grad() (the natural norm is the largest row RMS)")
     elif layer.kind.startswith("Conv"):
         positions = "w[:, :, " + ", ".join("i j k".split()[: len(layer.shape) - 2]) + "]"
+        per_scale = f" / {abs(layer.scale):.3g}" if abs(abs(layer.scale) - 1) > 1e-9 else ""
         init = (f"initialise each kernel position {positions} orthogonal with gain {gain:.3g} = sqrt(out/in) / "
-                f"kernel size {math.prod(layer.shape[2:])} (the natural norm is kernel size · sqrt(in/out) · the "
+                f"kernel size {math.prod(layer.shape[2:])}{per_scale} (the natural norm is kernel size · sqrt(in/out) · the "
                 f"largest per-position spectral norm)")
     elif layer.kind == "Linear":
-        init = f"initialise it orthogonal with gain {gain:.3g} = sqrt(fan_out/fan_in)"
+        per_scale = f" / {abs(layer.scale):.3g} (its forward multiplier)" if abs(abs(layer.scale) - 1) > 1e-9 else ""
+        init = f"initialise it orthogonal with gain {gain:.3g} = sqrt(fan_out/fan_in){per_scale}"
     else:
         init = "initialise so that the effective operator norm is 1"
     if layer.norm_at_init == 0:
