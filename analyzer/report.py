@@ -267,9 +267,10 @@ def _weights_label(model: Any, root: str | None = None) -> str:
 def _render_summary(analysis: Analysis, console: Any, root: str | None = None) -> None:
     net, model = analysis.network, analysis.model
     status = "[green]certified[/]" if net.certified else "[yellow]not certified[/]"
+    when = "at init" if model.weights == "init" else "of the checkpoint"  # an audit reads trained weights
     console.print(
         f"[bold]network[/]  mass {fmt(net.mass)} · sensitivity {fmt(net.sensitivity)} ({status}) · "
-        f"design sensitivity {fmt(net.design_sensitivity)} · modular norm at init {fmt(net.modular_norm_at_init)}")
+        f"design sensitivity {fmt(net.design_sensitivity)} · modular norm {when} {fmt(net.modular_norm_at_init)}")
     console.print(
         f"profile {analysis.profile} · masses {analysis.mass_scheme} (hidden {fmt(analysis.hidden_mass)}) · "
         f"tracer {model.tracer} · weights {_weights_label(model, root)} · "

@@ -156,3 +156,22 @@ def test_mn204_fix_names_the_pools_and_applying_it_clears_the_finding():
         if isinstance(layer, nn.MaxPool2d):
             model.features[i] = nn.Sequential(layer, Scale(1 / math.sqrt(layer.kernel_size ** 2)))
     assert not findings(model, x, "MN204")
+
+
+def test_a_checkpoint_audit_does_not_say_at_init(tmp_path):
+    """--weights reads trained weights: MN101 and the summary say 'in/of the checkpoint', never 'at init'."""
+    from typer.testing import CliRunner
+
+    from modnorm.cli import app
+    from tests.test_idioms import IDIOMS
+
+    model = load("recurrent.py")
+    with torch.no_grad():
+        model.head.weight.mul_(3)  # a trained head, out of band
+    checkpoint = tmp_path / "trained.pt"
+    torch.save(model.state_dict(), checkpoint)
+    result = CliRunner().invoke(app, ["check", str(IDIOMS / "recurrent.py"), "--weights", str(checkpoint),
+                                      "--isolated", "--exit-zero", "--color", "never", "-v"])
+    assert result.exit_code == 0, result.output
+    assert "MN101" in result.stdout and "in the checkpoint" in result.stdout
+    assert "at init" not in result.stdout, result.stdout
