@@ -175,3 +175,19 @@ def test_a_checkpoint_audit_does_not_say_at_init(tmp_path):
     assert result.exit_code == 0, result.output
     assert "MN101" in result.stdout and "in the checkpoint" in result.stdout
     assert "at init" not in result.stdout, result.stdout
+
+
+def test_probe_share_rows_carry_no_ratio_and_the_footer_says_so():
+    """The share rows compare two shares (not a bound): no measured/bound figure to read as a violation, and the
+    footer that says every measurement holds counts them apart."""
+    from typer.testing import CliRunner
+
+    from modnorm.cli import app
+    from tests.test_idioms import IDIOMS
+
+    result = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "240"}).invoke(app, ["probe", str(IDIOMS / "raw_lora.py")])
+    assert result.exit_code == 0, result.output
+    shares = [line for line in result.stdout.splitlines() if "share of the output change" in line]
+    assert shares and all("—" in line for line in shares)
+    assert f"the {len(shares)} share rows compare mass shares with measured shares, they bound nothing" in \
+        result.stdout.replace("\n", " ")
