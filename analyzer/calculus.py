@@ -14,6 +14,7 @@ import fnmatch
 import math
 import operator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from .patterns import Fused, find_patterns
 from .records import Context, Options, Record
 from .result import Analysis, Layer, Merge, ModelInfo, Stream
 from .semantics import INF, Bounds, Semantics, linear
-from .sourcelines import definition
+from .sourcelines import definition, element_definition
 from .tracing import TracedModel, call_site, is_compiled, node_location
 from .weightstore import WeightStore
 from .summary import (block_sharpness_of, mass_groups, network_of, op_of, records_named, sharpness_of,
@@ -155,7 +156,31 @@ def _unknown_reason(node: fx.Node, root: nn.Module) -> str:
     if is_compiled(key) or (node.op == "call_module" and is_compiled(root.get_submodule(node.target))):
         return (f"`{name}` is wrapped by torch.compile: a leaf, not modelled (register its semantics with "
                 f"@modnorm.register, or analyse the uncompiled function)")
-    return f"op `{name}` is not in modnorm's registry"
+    return f"op `{name}` is not in modnorm's registry{_unmodelled_parameters(node, root)}"
+
+
+def _unmodelled_info(node: fx.Node, root: nn.Module) -> dict[str, Any]:
+    """`unmodelled_parameters` (count) and `unmodelled_share` (of the model's parameters) of an unknown module."""
+    if node.op != "call_module":
+        return {}
+    count = sum(p.numel() for p in root.get_submodule(node.target).parameters())
+    total = sum(p.numel() for p in root.parameters()) or 1
+    return {"unmodelled_parameters": count, "unmodelled_share": count / total} if count else {}
+
+
+def _unmodelled_parameters(node: fx.Node, root: nn.Module) -> str:
+    """The weights an unknown module holds (an LSTM's are most of a small RNN's): said, never silently dropped
+    from the table and the mass."""
+    if node.op != "call_module":
+        return ""
+    module = root.get_submodule(node.target)
+    own = {f"{node.target}.{n}": p.numel() for n, p in module.named_parameters()}
+    if not own:
+        return ""
+    total = sum(p.numel() for p in root.parameters()) or 1
+    count, names = sum(own.values()), ", ".join(sorted(own))
+    return (f"; its {count:,} parameters ({100 * count / total:.0f}% of the model's: {names}) are unmodelled "
+            f"atoms, outside the layer table and the mass")
 
 
 def _is_discrete(value: Any) -> bool:
@@ -179,7 +204,7 @@ def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[Record], ctx: Con
         entry = semantics.lookup(_registry_key(base, ctx.root))
         if entry is None:
             return Semantics("unknown", (INF,) * max(1, len(inputs)), "not in the registry", certified=False,
-                             reason=_unknown_reason(base, ctx.root))
+                             reason=_unknown_reason(base, ctx.root), info=_unmodelled_info(base, ctx.root))
         return entry(view)
     except ModnormError:
         raise
@@ -335,9 +360,12 @@ def _roles(records: list[Record]) -> dict[int, str]:
     return roles
 
 
-def _masses(atoms: list[Record], roles: dict[int, str], options: Options, names: dict[int, str]) -> dict[int, float]:
+def _masses(atoms: list[Record], roles: dict[int, str], options: Options, names: dict[int, str],
+            frozen: frozenset[int] = frozenset()) -> dict[int, float]:
+    """Mass per atom. Frozen atoms (every parameter requires_grad=False: a LoRA's base layer) take no step, so
+    they get no mass and the trainable atoms share it (--mass-of can still give them some)."""
     masses: dict[int, float] = {}
-    counted = [a for a in atoms if a.semantics.atom.kind != "Gain"]
+    counted = [a for a in atoms if a.semantics.atom.kind != "Gain" and id(a) not in frozen]
     if options.mass == "uniform":
         masses = {id(a): 1.0 for a in counted}
     elif options.mass == "roles":
@@ -362,6 +390,47 @@ def _masses(atoms: list[Record], roles: dict[int, str], options: Options, names:
     return masses
 
 
+def _merge_module(module: str, block: list[Record]) -> str:
+    """The module a merge is reported under. `for block in self.blocks: x = x + block(x)` adds in the parent's
+    forward, so the merge's own module is the parent for every block; the branch's atoms all sit in
+    `blocks.3`, so that (up to the first list index the parent's path lacks) names the block instead."""
+    paths = [r.semantics.atom.weight.split(".")[:-1] for r in block if r.kind == "atom"]
+    if not paths:
+        return module
+    common: list[str] = []
+    for parts in zip(*paths):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    depth = len(module.split(".")) if module else 0
+    if common[:depth] != (module.split(".") if module else []):
+        return module
+    index = next((i for i in range(depth, len(common)) if common[i].isdigit()), None)
+    return ".".join(common[: index + 1]) if index is not None else module
+
+
+def _called_by_sequential(root: torch.nn.Module, path: str) -> bool:
+    """`features.3` of an nn.Sequential: torch calls it. (A ModuleList's elements are called by the user's loop.)"""
+    parent, _, index = path.rpartition(".")
+    if not index.isdigit():
+        return False
+    try:
+        return type(root.get_submodule(parent)) is torch.nn.Sequential
+    except AttributeError:
+        return False
+
+
+def _frozen(atoms: list[Record], root: torch.nn.Module) -> frozenset[int]:
+    """Atoms none of whose parameters require a gradient."""
+    def trainable(name: str) -> bool:
+        try:
+            return root.get_parameter(name).requires_grad
+        except AttributeError:
+            return True  # not a parameter of the root (a buffer, a folded constant): counted as before
+    return frozenset(id(a) for a in atoms if a.semantics.atom.params
+                     and not any(trainable(p) for p in a.semantics.atom.params))
+
+
 def _layer_name(record: Record) -> str:
     weight = record.semantics.atom.weight
     return weight[: -len(".weight")] if weight.endswith(".weight") else weight
@@ -371,7 +440,7 @@ def _layers(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
     atoms = [r for r in records if r.kind == "atom"]
     roles = _roles(records)
     names = {id(a): _layer_name(a) for a in atoms}
-    masses = _masses(atoms, roles, ctx.options, names)
+    masses = _masses(atoms, roles, ctx.options, names, _frozen(atoms, ctx.root))
     total = sum(masses.values())
     layers = []
     for a in atoms:
@@ -386,6 +455,11 @@ def _layers(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
             owner_module = None
         module_type = type(owner_module).__name__ if owner_module is not None else ""
         file, line = call_site(a.node, owner_module, ctx.user_file)
+        if _called_by_sequential(ctx.root, owner) and type(owner_module).__module__.startswith("torch."):
+            # called by nn.Sequential (`self.features(x)`, one line for every element): its own line instead
+            element = element_definition(ctx.root, owner)
+            if element is not None and file is not None and Path(element[0]).resolve() == Path(file).resolve():
+                line = element[1]
         layers.append(Layer(
             name=names[id(a)], kind=spec.kind, shape=spec.shape, role=roles.get(id(a), "gain"), mass=mass,
             mass_share=share, sensitivity=a.lipschitz[0] if a.lipschitz else spec.norm,
@@ -484,8 +558,8 @@ def _merges(records: list[Record], ctx: Context) -> tuple[list[Merge], list[Stre
             merges.append(Merge(
                 op=record.node.name, skip=skip.node.name, branch=branch.node.name, skip_coefficient=skip_c,
                 branch_coefficient=branch_c, branch_sensitivity=_branch_sensitivity(skip, block, False),
-                design_branch_sensitivity=_branch_sensitivity(skip, block, True), module=record.module,
-                file=file, line=line))
+                design_branch_sensitivity=_branch_sensitivity(skip, block, True),
+                module=_merge_module(record.module, block), file=file, line=line))
             break
     by_output = {m.op: m for m in merges}
     previous = {m.op: _stream_source(records_by_name[m.skip]) for m in merges}

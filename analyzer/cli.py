@@ -541,7 +541,9 @@ def _render_probe(measured: Any, console: Any) -> None:
     for r in measured.rows:
         style = "bold red" if r.violated else ("yellow" if r.assumption_broken else
                                                "dim" if r.kind == "compare" else None)
-        table.add_row(r.what, fmt(r.bound), fmt(r.measured), fmt(r.tightness, 3), r.note, style=style)
+        # a share row sets two shares side by side: no bound, so no measured/bound ratio to read as one
+        ratio = "—" if r.kind == "compare" else fmt(r.tightness, 3)
+        table.add_row(r.what, fmt(r.bound), fmt(r.measured), ratio, r.note, style=style)
     console.print(table)
     for note in measured.notes:
         console.print(f"[dim]{note}[/]")
@@ -552,7 +554,11 @@ def _render_probe(measured: Any, console: Any) -> None:
         console.print(f"[yellow]assumption violated: {r.what}: measured {r.measured:.4g} < {r.bound:.4g} (op {r.op}); "
                       "the figures conditioned on it do not hold at these inputs (profile `certified` drops it)[/]")
     if not measured.violations:
-        console.print("[green]every measurement is within its bound[/]")
+        checked = sum(r.kind == "bound" for r in measured.rows)
+        compared = len(measured.rows) - checked
+        console.print(f"[green]every measurement is within its bound[/] ({checked} bounds checked"
+                      + (f"; the {compared} share rows compare mass shares with measured shares, they bound nothing)"
+                         if compared else ")"))
 
 
 def rules_markdown() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -65,7 +66,7 @@ def _matmul(op: OpView) -> Semantics:
         if weight is not None and len(op.weights.shape(weight)) == 2:
             return _linear_atom(op, weight, None, transposed=True)
         weight = _transposed_parameter(op, op.arg(1, "other"))
-        if weight is not None and len(op.weights.shape(weight)) == 2:  # `x @ W.T` (FalconLinear) is F.linear(x, W)
+        if weight is not None:  # `x @ W.T`: FalconLinear, or LoRA with raw parameters (W stored (out, in))
             return _linear_atom(op, weight, None)
         value = op.constant_value(1, "other")
         if value is not None and value.dim() == 2:
@@ -96,18 +97,21 @@ def _row_bound(op: OpView, index: int) -> tuple[float, float]:
     return sup_bound(bound, width), math.sqrt(width)
 
 
-def _transposed_parameter(op: OpView, arg: object) -> str | None:
-    """The parameter W behind `W.T`, `W.t()` or `W.transpose(0, 1)` of a 2-D parameter, else None."""
-    if not isinstance(arg, fx.Node) or not arg.args or not isinstance(arg.args[0], fx.Node):
+def _transposed_parameter(op: OpView, node: Any) -> str | None:
+    """The name of a 2-D parameter P read as `P.t()`, `P.T`, `P.mT` or `P.transpose(0, 1)`; None otherwise."""
+    if not isinstance(node, fx.Node) or not node.args or not isinstance(node.args[0], fx.Node):
         return None
-    source = arg.args[0]
-    names = getattr(getattr(op, "ctx", None), "parameter_names", ())
-    if source.op != "get_attr" or source.target not in names:
+    source = node.args[0]
+    if not (source.op == "get_attr" and source.target in op.ctx.parameter_names):
         return None
-    name = arg.target if isinstance(arg.target, str) else getattr(arg.target, "__name__", "")
-    flips = (name == "getattr" and arg.args[1:2] in (("T",), ("mT",))) or name in ("t", "T") or (
-        name == "transpose" and {d % 2 for d in arg.args[1:3] if isinstance(d, int)} == {0, 1})
-    return source.target if flips else None
+    if len(op.weights.shape(source.target)) != 2:
+        return None
+    swaps = ((node.op == "call_method" and node.target == "t")
+             or (node.op == "call_function" and node.target is getattr and node.args[1:2] in (("T",), ("mT",)))
+             or (node.op in ("call_method", "call_function") and getattr(node.target, "__name__", node.target)
+                 == "transpose" and len(node.args) == 3 and {d % 2 for d in node.args[1:3] if isinstance(d, int)}
+                 == {0, 1}))
+    return source.target if swaps else None
 
 
 def unknown_weight(op: OpView, why: str) -> Semantics:

@@ -132,6 +132,27 @@ def _expand(op: OpView) -> Semantics:
                      tags=("layout",)))
 
 
+@register("repeat_interleave", torch.repeat_interleave)
+def _repeat_interleave(op: OpView) -> Semantics:
+    """`k.repeat_interleave(r, dim)` (grouped-query attention in Meta's Llama code): with a whole-number r every
+    entry appears exactly r times, so along a position axis each feature vector is copied whole (RMS kept) and along
+    the feature axis every entry's square is counted r times in a vector r times as wide (RMS kept): constant 1.
+    Per-entry repeat counts (a tensor) or a flattened input (no `dim`) may repeat one entry more than the others:
+    bounded like any selection, by sqrt(n) of the axis read."""
+    shape, fdim = op.in_shape(0), first_fdim(op)
+    repeats, dim = op.arg(1, "repeats"), op.arg(2, "dim")
+    uniform = isinstance(repeats, int) and not isinstance(repeats, bool) and isinstance(dim, int)
+    if uniform:
+        constant, new = 1.0, fdim
+        why = "repeat_interleave copies whole entries r times: RMS kept"
+    else:
+        axis = dim % max(1, len(shape)) if isinstance(dim, int) else fdim
+        constant, new = math.sqrt(math.prod(shape) if dim is None else shape[axis] or 1), len(op.out_shape()) - 1
+        why = "repeat_interleave with per-entry counts: entries may repeat unevenly, sqrt(n)"
+    lipschitz = (constant,) + (0.0,) * (len(op.inputs) - 1)
+    return linear(Semantics("bond", lipschitz, why, fdim=new, tags=("layout",), label="repeat_interleave"))
+
+
 @register(operator.getitem)
 def _getitem(op: OpView) -> Semantics:
     source = op.inputs[0].meta.get("value") if op.inputs else None

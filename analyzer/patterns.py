@@ -72,9 +72,20 @@ def _dims(node: fx.Node, index: int = 1) -> tuple[int, ...] | None:
     return tuple(dim) if isinstance(dim, (list, tuple)) else (dim,)
 
 
+_CASTS = ("to", "float", "double", "half", "bfloat16", "type_as", "type")
+
+
 def _uncast(node: Any) -> Any:
     """`x.to(torch.float32)`, `x.float()`, `x.type_as(y)`: a precision cast is the identity for the calculus."""
-    while _is(node, "to", "float", "double", "type_as", "type") and isinstance(node.args[0], fx.Node):
+    while _is(node, *_CASTS) and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node
+
+
+def _absorb_casts(node: Any, members: set[fx.Node]) -> Any:
+    """Step back over precision casts (`softmax(...).type_as(q)`), adding them to a fused group's members."""
+    while _is(node, *_CASTS) and isinstance(node.args[0], fx.Node):
+        members.add(node)
         node = node.args[0]
     return node
 
@@ -199,6 +210,7 @@ def _match_attention(node: fx.Node) -> Fused | None:
         return None
     probs, v = node.args
     members = {node}
+    probs = _absorb_casts(probs, members)
     while _is(probs, "dropout") or (isinstance(probs, fx.Node) and probs.op == "call_module"
                                     and "Dropout" in type(probs.graph.owning_module.get_submodule(probs.target)).__name__):
         members.add(probs)
@@ -209,6 +221,10 @@ def _match_attention(node: fx.Node) -> Fused | None:
     members.add(probs)
     logits, scale = probs.args[0], 1.0
     while isinstance(logits, fx.Node):
+        if _is(logits, *_CASTS) and isinstance(logits.args[0], fx.Node):
+            members.add(logits)  # softmax(scores.float()): Meta's Llama casts the logits up for the softmax
+            logits = logits.args[0]
+            continue
         if _is(logits, *_MASK_OPS) and logits.args and isinstance(logits.args[0], fx.Node):
             if _is(logits, "add") and all(isinstance(a, fx.Node) for a in logits.args) is False:
                 break

@@ -309,6 +309,10 @@ def _render_mass_groups(analysis: Analysis, console: Any, blocks_shown: int = 6)
                           fmt(sum(h.mass for h in hidden)), f"{sum(h.share for h in hidden):.1%}", style="dim")
         else:
             table.add_row(f"block {g.name}", str(g.atoms), fmt(g.mass), f"{g.share:.1%}")
+    for op in analysis.ops:  # weights of unknown modules (an LSTM): no mass, but never silently absent
+        if op.info.get("unmodelled_parameters"):
+            table.add_row(f"unmodelled {op.module} ({op.target})", "?", "none",
+                          f"{op.info['unmodelled_share']:.1%} of the parameters", style="yellow")
     console.print(table)
 
 
@@ -323,10 +327,11 @@ def _render_summary(analysis: Analysis, console: Any, root: str | None = None) -
     status = "[green]certified[/]" if net.certified else "[yellow]not certified[/]"
     if net.certified and net.assumptions:
         status = f"[green]certified[/] given {len(net.assumptions)} assumption{'s' if len(net.assumptions) > 1 else ''} below"
+    when = "at init" if model.weights == "init" else "of the checkpoint"  # an audit reads trained weights
     console.print(
         f"[bold]network[/]  mass {fmt(net.mass)} · sensitivity {fmt_log10(net.sensitivity, net.log10_sensitivity)} "
         f"({status}) · design sensitivity {fmt_log10(net.design_sensitivity, net.log10_design_sensitivity)} · "
-        f"modular norm at init {fmt(net.modular_norm_at_init)}")
+        f"modular norm {when} {fmt(net.modular_norm_at_init)}")
     console.print(
         f"profile {analysis.profile} · masses {analysis.mass_scheme} (hidden {fmt(analysis.hidden_mass)}) · "
         f"tracer {model.tracer} · weights {_weights_label(model, root)} · "

@@ -92,6 +92,10 @@ def _bond(record: Any, inputs: list[Triple]) -> Triple:
     out.blocker = next((t.blocker for t in inputs if t.blocker is not None), None)
     if out.blocker is None and (sem is None or sem.hessian is None) and (raw_A > 0 or raw_S > 0):
         out.blocker = record
+    if out.blocker is None and sem is not None and sem.kind == "unknown":
+        # An unmodelled op (an LSTM) may hold weights of its own and curvature modnorm knows nothing of: what
+        # arrives at it being 0 says nothing about what leaves it, so nothing downstream is certified.
+        out.blocker = record
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from modnorm.result import Analysis, Finding
+from modnorm.result import Analysis, Finding, Merge, Op
 from modnorm.rules import Rule, Severity
 from modnorm.rules.mn202_underscaled_residual_branch import is_underscaled_branch, merges_over_budget
 
@@ -45,8 +45,51 @@ class UnscaledResidual(Rule):
             if is_underscaled_branch(abs(merge.skip_coefficient), abs(merge.branch_coefficient)):
                 continue  # MN202 reports x + b·f(x) with 0 < b < 1
             a, b = merge.skip_coefficient, merge.branch_coefficient
+            culprits = branch_constants(analysis, merge)
+            ops = "; ".join(f"{name} {c:.3g}" for name, c in culprits)
+            if abs(abs(a) - (1 - 1 / depth)) < 1e-6 and abs(abs(b) - 1 / depth) < 1e-6:
+                fix = (f"the multipliers 1 - 1/L and 1/L are in place; the branch's sensitivity "
+                       f"{merge.design_branch_sensitivity:.3g} comes from its largest constants ({ops}): bring those to 1")
+            else:
+                fix = f"scale the skip by {1 - 1 / depth:.3g} and the branch by {1 / depth:.3g} (1 - 1/L and 1/L)"
+                fix += f"; the branch's largest constants: {ops}" if ops else ""
             yield self.finding(
                 f"residual merge {a:.3g}·x + {b:.3g}·f(x) has block sensitivity {block:.3g} "
                 f"(limit {1 + self.config['slack'] / depth:.3g} for {depth} merges in the stream)",
-                fix=f"scale the skip by {1 - 1 / depth:.3g} and the branch by {1 / depth:.3g} (1 - 1/L and 1/L)",
-                module=merge.module, file=merge.file, line=merge.line, op=merge.op)
+                fix=fix, module=merge.module, file=merge.file, line=merge.line, op=merge.op)
+
+
+def branch_constants(analysis: Analysis, merge: Merge, top: int = 3) -> list[tuple[str, float]]:
+    """The ops of f(x) (upstream of the branch input, not of the skip) with the largest constants above 1: where
+    the branch's sensitivity comes from, named as the report's op table names them."""
+    ops = {op.name: op for op in analysis.ops}
+
+    def upstream(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in ops:
+                continue
+            seen.add(name)
+            todo.extend(ops[name].inputs)
+        return seen
+
+    inside = upstream(merge.branch) - upstream(merge.skip)
+    constants: dict[str, float] = {}
+    for n in inside:
+        op, value = ops[n], design_constant(ops[n])
+        if value > 1.005:
+            label = f"{op.target}{f' `{op.module}`' if op.module else ''}"
+            constants[label] = max(constants.get(label, 0.0), value)
+    return sorted(constants.items(), key=lambda item: -item[1])[:top]
+
+
+def design_constant(op: Op) -> float:
+    """The constant an op contributes to design sensitivities: a normalizer's gain (its nominal constant; its
+    certified one is the eps floor's worst case), 1 for a layout (its certified bound is a worst case over
+    layouts; feature vectors are kept), the profile constant otherwise."""
+    if "layout" in op.tags or not op.lipschitz:
+        return 1.0
+    if "normalization" in op.tags:
+        return max(op.nominal) if op.nominal else 1.0
+    return max(op.lipschitz)

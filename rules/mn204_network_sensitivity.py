@@ -8,6 +8,7 @@ from typing import Iterator
 from modnorm.report import fmt_log10
 from modnorm.result import Analysis, Finding
 from modnorm.rules import Rule, Severity
+from modnorm.rules.mn201_unscaled_residual import design_constant
 
 
 class NetworkSensitivityHigh(Rule):
@@ -54,6 +55,26 @@ class NetworkSensitivityHigh(Rule):
         certified = fmt_log10(net.sensitivity, net.log10_sensitivity, 3)
         yield self.finding(
             f"network sensitivity {design} (design constants; {analysis.profile} bound {certified})",
-            fix="find the op with the largest constant in the report and scale it down; keep residual blocks at 1",
+            fix=fix_text(analysis),
             module=first.name if first else "", file=first.file if first else analysis.model.file,
             line=first.line if first else None, severity=severity)
+
+
+def fix_text(analysis: Analysis, top: int = 3) -> str:
+    """Name the op constants behind the figure: per kind of op (a CNN's three max-pools), the product of its
+    constants above 1, largest first. Normalizers count with their gain, layouts with 1 (mn201.design_constant)."""
+    products: dict[str, tuple[float, int, float]] = {}
+    for op in analysis.ops:
+        if op.kind != "bond" or op.downstream_sensitivity == 0:
+            continue
+        c = design_constant(op)
+        if 1.005 < c < math.inf:
+            product, count, largest = products.get(op.target, (1.0, 0, 0.0))
+            products[op.target] = (product * c, count + 1, max(largest, c))
+    ranked = sorted(products.items(), key=lambda item: -item[1][0])[:top]
+    named = "; ".join(f"{target} {largest:.3g}" + (f" ×{count} ops = {product:.3g}" if count > 1 else "")
+                      for target, (product, count, largest) in ranked)
+    pools = " (multiply a max-pool by 1/sqrt(window size), or use an average pool)" if "MaxPool" in named else ""
+    advice = f"scale those down{pools}; keep residual blocks at 1"
+    return f"the largest op constants on the way: {named}; {advice}" if named else (
+        "bring every atom to norm 1 (MN101) and keep residual blocks at 1 (MN201)")

@@ -55,5 +55,15 @@ class AttentionScaledForInitialization(Rule):
             yield self.finding(
                 f"attention logits scaled by {scale:.3g} with head dim {d}: aligned q·k reaches {aligned:.3g} "
                 f"(scaled for initialization, not alignment)",
-                fix=f"scale logits by 1/d = {1 / d:.3g} (pass scale=1/head_dim to scaled_dot_product_attention)",
+                fix=fix_text(op.target, d),
                 module=op.module, file=op.file, line=op.line, op=op.name, severity=severity)
+
+
+def fix_text(target: str, d: int) -> str:
+    """The change in the form the code has: sdpa takes `scale=`, hand-written attention divides its logits."""
+    if "pattern" in target:  # softmax(q @ k.transpose(-2, -1) * c) @ v written by hand
+        return (f"divide the logits by head_dim instead of sqrt(head_dim): `q @ k.transpose(-2, -1) / {d}` "
+                f"(scale {1 / d:.3g})")
+    if "scaled_dot_product_attention" in target:
+        return f"pass scale=1/head_dim = {1 / d:.3g} to scaled_dot_product_attention"
+    return f"scale the attention logits by 1/head_dim = {1 / d:.3g} instead of 1/sqrt(head_dim)"

@@ -746,6 +746,26 @@ STRATEGIES.update({
 })
 
 
+@st.composite
+def repeat_interleaves(draw: st.DrawFn) -> Case:
+    """GQA's `k.repeat_interleave(n_rep, dim=1)` on (B, heads, T, d), tokens and features repeated, per-entry counts
+    and a flattened input; the feature-axis case is followed by x*x, whose constant needs the new width."""
+    role, width = draw(st.sampled_from(["heads", "tokens", "features then x*x", "uneven counts", "flattened"])), \
+        draw(widths)
+    r = draw(st.integers(2, 3))
+    bodies: dict[str, Body] = {
+        "heads": lambda s, h, a: h.unsqueeze(1).repeat_interleave(r, dim=1).transpose(1, 2).flatten(2),
+        "tokens": lambda s, h, a: torch.repeat_interleave(h, r, dim=1),
+        "features then x*x": lambda s, h, a: (lambda y: y * y)(h.repeat_interleave(r, dim=-1)),
+        "uneven counts": lambda s, h, a: h.repeat_interleave(
+            torch.arange(1, h.shape[-1] + 1), dim=-1)[..., : h.shape[-1]],
+        "flattened": lambda s, h, a: h.repeat_interleave(r).reshape(h.shape[0], -1, h.shape[-1]),
+    }
+    return case(f"repeat_interleave: {role} x{r}", bodies[role], "last", width)
+
+
+STRATEGIES["repeat_interleave"] = repeat_interleaves()
+
 # ------------------------------------------------------------------------- explicit cases (run before the search)
 def _bn_then_square(route: str) -> Case:
     bn = nn.BatchNorm1d(4)

@@ -175,7 +175,7 @@ FINDINGS = {
         ('MN602', 'info', 1, 'x = self.layers(F.relu(self.bn(self.stem(x))))'),
     ],
     "sqrt_depth_resmlp": [
-        ('MN202', 'error', 16, 'x = x + block(x) / math.sqrt(self.depth)'),
+        ('MN202', 'error', 1, 'x = x + block(x) / math.sqrt(self.depth)'),  # blocks.*: one per role
         ('MN203', 'error', 1, 'x = x + block(x) / math.sqrt(self.depth)'),
         ('MN204', 'error', 1, 'x = self.inp(x)'),
         ('MN501', 'warning', 1, 'return torch.tanh(self.fc(rms_divide(x)))'),
