@@ -440,7 +440,8 @@ def _layers(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
     atoms = [r for r in records if r.kind == "atom"]
     roles = _roles(records)
     names = {id(a): _layer_name(a) for a in atoms}
-    masses = _masses(atoms, roles, ctx.options, names, _frozen(atoms, ctx.root))
+    frozen = _frozen(atoms, ctx.root)
+    masses = _masses(atoms, roles, ctx.options, names, frozen)
     total = sum(masses.values())
     layers = []
     for a in atoms:
@@ -469,7 +470,8 @@ def _layers(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
             norm_at_init=spec.norm, norm_source=spec.norm_source, scale=spec.scale,
             certified=a.semantics.certified, op=a.node.name, weight=spec.weight, params=spec.params,
             file=file, line=line, module_type=module_type, defined_at=definition(ctx.root, owner),
-            predicted_norm=_predicted_norm(ctx.weights, spec), norm_factor=spec.factor, groups=spec.groups))
+            predicted_norm=_predicted_norm(ctx.weights, spec), norm_factor=spec.factor, groups=spec.groups,
+            frozen=id(a) in frozen))
     return layers, total
 
 

@@ -168,9 +168,11 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
                                  "input_sensitivity": _number(b.input_sensitivity), "certified": b.certified}
                                 for b in net.block_sharpness],
             "mass_groups": {
-                by: [{"name": g.name, "atoms": g.atoms, "mass": g.mass, "share": g.share}
+                by: [{"name": g.name, "atoms": g.atoms, "mass": g.mass, "share": g.share, "frozen": g.frozen}
                      for g in net.mass_groups if g.by == by]
                 for by in ("role", "block")},
+            "op_constants": [{"target": c.target, "count": c.count, "largest": c.largest,
+                              "product": _number(c.product)} for c in analysis.op_constants()],
         },
         "assumptions": [{**row, "file": _short(row["file"], root) or None} for row in assumption_rows(analysis)],
         "layers": [_layer_dict(layer, root) for layer in analysis.layers],
@@ -295,7 +297,8 @@ def _render_mass_groups(analysis: Analysis, console: Any, blocks_shown: int = 6)
     for column in ("group", "atoms", "mass", "share"):
         table.add_column(column, justify="left" if column == "group" else "right")
     for g in (g for g in groups if g.by == "role"):
-        table.add_row(f"role {g.name}", str(g.atoms), fmt(g.mass), f"{g.share:.1%}")
+        atoms = f"{g.atoms} (+{g.frozen} frozen)" if g.frozen else str(g.atoms)
+        table.add_row(f"role {g.name}", atoms, fmt(g.mass), f"{g.share:.1%}")
     blocks = [g for g in groups if g.by == "block"]
     if len(blocks) > blocks_shown + 1:
         head, tail = blocks[: blocks_shown - 2], blocks[-2:]
@@ -337,6 +340,11 @@ def _render_summary(analysis: Analysis, console: Any, root: str | None = None) -
         f"tracer {model.tracer} · weights {_weights_label(model, root)} · "
         f"{model.parameters:,} parameters · {model.nodes} ops · eval mode")
     _render_sharpness(analysis, console, root)
+    constants = analysis.op_constants(top=4)
+    if constants:  # what the design sensitivity is made of besides atoms and merges (MN204 names the same)
+        named = " · ".join(f"{c.target} {fmt(c.largest, 3)}" + (f" ×{c.count} = {fmt(c.product, 3)}" if c.count > 1 else "")
+                           for c in constants)
+        console.print(f"op constants above 1 (design): {named}", highlight=False)
     for reason in net.uncertified_reasons[:8]:
         console.print(f"  [yellow]not certified:[/] {relative_text(reason, root)}", highlight=False)
     if len(net.uncertified_reasons) > 8:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Op", "Layer", "Merge", "Stream", "Network", "MassGroup", "Sharpness", "BlockSharpness", "LossBound", "Analysis", "Finding", "Severity",
-           "ModelInfo"]
+           "ModelInfo", "OpConstant"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,17 @@ class Op:
         """The op's Lipschitz constant w.r.t. all its data inputs together (sum norm on the tuple)."""
         return max(self.lipschitz) if self.lipschitz else 0.0
 
+    @property
+    def design_constant(self) -> float:
+        """The constant this op contributes to design sensitivities: a normalizer's gain (its nominal constant;
+        its certified one is the eps floor's worst case), 1 for a layout (its certified bound is a worst case over
+        layouts; feature vectors are kept), the profile constant otherwise."""
+        if "layout" in self.tags or not self.lipschitz:
+            return 1.0
+        if "normalization" in self.tags:
+            return max(self.nominal) if self.nominal else 1.0
+        return max(self.lipschitz)
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -71,6 +82,7 @@ class Layer:
     predicted_norm: float | None = None  # measured atoms: what the recorded init law predicted
     norm_factor: float = 1.0  # natural norm = norm_factor × raw norm of the weight (semantics.AtomSpec.factor)
     groups: int = 1  # convolution groups
+    frozen: bool = False  # no parameter requires a gradient: no mass, no target (a frozen base under LoRA)
     # log10 of the two S_down: finite whenever every constant on the paths is, even past float range (then the
     # float figures above are inf and these carry them)
     log10_downstream_sensitivity: float = math.nan
@@ -183,9 +195,21 @@ class MassGroup:
 
     by: str  # "role" | "block"
     name: str
-    atoms: int
+    atoms: int  # trainable atoms (they carry the mass)
     mass: float
     share: float
+    frozen: int = 0  # atoms of this group whose parameters are all frozen (counted apart: they have no mass)
+
+
+@dataclass(frozen=True)
+class OpConstant:
+    """The non-atom ops of one kind whose design constants exceed 1, multiplied along the network (a CNN's three
+    max-pools: 2 each, 8 together): what a high network sensitivity is made of, besides atoms and merges."""
+
+    target: str  # the op's readable name ("MaxPool2d", "torch.nn.functional.gelu")
+    count: int
+    largest: float
+    product: float
 
 
 @dataclass(frozen=True)
@@ -255,3 +279,16 @@ class Analysis:
 
     def merge(self, name: str) -> Merge:
         return next(m for m in self.merges if m.op == name)
+
+    def op_constants(self, top: int | None = None) -> list[OpConstant]:
+        """Per kind of op on a path to the output, the product of its design constants above 1, largest first."""
+        products: dict[str, tuple[float, int, float]] = {}
+        for op in self.ops:
+            if op.kind != "bond" or op.downstream_sensitivity == 0:
+                continue
+            c = op.design_constant
+            if 1.005 < c < math.inf:
+                product, count, largest = products.get(op.target, (1.0, 0, 0.0))
+                products[op.target] = (product * c, count + 1, max(largest, c))
+        ranked = sorted((OpConstant(t, n, big, p) for t, (p, n, big) in products.items()), key=lambda c: -c.product)
+        return ranked[:top] if top is not None else ranked

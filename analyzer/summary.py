@@ -30,7 +30,8 @@ def mass_groups(layers: list[Layer]) -> tuple[MassGroup, ...]:
     for layer in layers:
         if layer.mass > 0:
             groups.setdefault(("block", block_of(layer.name)), []).append(layer)
-    return tuple(MassGroup(by, name, len(members), sum(l.mass for l in members), sum(l.mass_share for l in members))
+    return tuple(MassGroup(by, name, sum(not l.frozen for l in members), sum(l.mass for l in members),
+                           sum(l.mass_share for l in members), frozen=sum(l.frozen for l in members))
                  for (by, name), members in groups.items())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from modnorm.result import Analysis, Finding, Merge, Op
+from modnorm.result import Analysis, Finding, Merge
 from modnorm.rules import Rule, Severity
 from modnorm.rules.mn202_underscaled_residual_branch import is_underscaled_branch, merges_over_budget
 
@@ -77,19 +77,9 @@ def branch_constants(analysis: Analysis, merge: Merge, top: int = 3) -> list[tup
     inside = upstream(merge.branch) - upstream(merge.skip)
     constants: dict[str, float] = {}
     for n in inside:
-        op, value = ops[n], design_constant(ops[n])
+        op, value = ops[n], ops[n].design_constant
         if value > 1.005:
             label = f"{op.target}{f' `{op.module}`' if op.module else ''}"
             constants[label] = max(constants.get(label, 0.0), value)
     return sorted(constants.items(), key=lambda item: -item[1])[:top]
 
-
-def design_constant(op: Op) -> float:
-    """The constant an op contributes to design sensitivities: a normalizer's gain (its nominal constant; its
-    certified one is the eps floor's worst case), 1 for a layout (its certified bound is a worst case over
-    layouts; feature vectors are kept), the profile constant otherwise."""
-    if "layout" in op.tags or not op.lipschitz:
-        return 1.0
-    if "normalization" in op.tags:
-        return max(op.nominal) if op.nominal else 1.0
-    return max(op.lipschitz)

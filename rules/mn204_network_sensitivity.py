@@ -8,7 +8,6 @@ from typing import Iterator
 from modnorm.report import fmt_log10
 from modnorm.result import Analysis, Finding
 from modnorm.rules import Rule, Severity
-from modnorm.rules.mn201_unscaled_residual import design_constant
 
 
 class NetworkSensitivityHigh(Rule):
@@ -61,19 +60,10 @@ class NetworkSensitivityHigh(Rule):
 
 
 def fix_text(analysis: Analysis, top: int = 3) -> str:
-    """Name the op constants behind the figure: per kind of op (a CNN's three max-pools), the product of its
-    constants above 1, largest first. Normalizers count with their gain, layouts with 1 (mn201.design_constant)."""
-    products: dict[str, tuple[float, int, float]] = {}
-    for op in analysis.ops:
-        if op.kind != "bond" or op.downstream_sensitivity == 0:
-            continue
-        c = design_constant(op)
-        if 1.005 < c < math.inf:
-            product, count, largest = products.get(op.target, (1.0, 0, 0.0))
-            products[op.target] = (product * c, count + 1, max(largest, c))
-    ranked = sorted(products.items(), key=lambda item: -item[1][0])[:top]
-    named = "; ".join(f"{target} {largest:.3g}" + (f" ×{count} ops = {product:.3g}" if count > 1 else "")
-                      for target, (product, count, largest) in ranked)
+    """Name the op constants behind the figure (the report prints the same under the network line): per kind of op
+    (a CNN's three max-pools), the product of its constants above 1, largest first."""
+    named = "; ".join(f"{c.target} {c.largest:.3g}" + (f" ×{c.count} ops = {c.product:.3g}" if c.count > 1 else "")
+                      for c in analysis.op_constants(top))
     pools = " (multiply a max-pool by 1/sqrt(window size), or use an average pool)" if "MaxPool" in named else ""
     advice = f"scale those down{pools}; keep residual blocks at 1"
     return f"the largest op constants on the way: {named}; {advice}" if named else (

@@ -68,6 +68,51 @@ def test_mn101_multiplier_alternative_applies():
     assert not [f for f in findings(model, x, "MN101") if f.module.startswith("head")]
 
 
+def tied_lm():
+    """fixtures/tied_lm.py: the token embedding is the output head (one tensor, N(0, 0.02) init)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "fixtures" / "tied_lm.py"
+    spec = importlib.util.spec_from_file_location("tied_lm", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.build_model()
+    return model, module.example_inputs(model)
+
+
+def test_mn101_gives_one_fix_for_a_tied_embedding_and_head():
+    """One finding for the tied pair, not two contradicting ones (rows of RMS 1 for the embedding, orthogonal for
+    the head). Applied as written: scaling the tensor by c puts the embedding at norm 1 (its norm, the largest row
+    RMS, is linear in the tensor) and the head at (its norm · c); the printed head multiplier is then
+    1 / (head norm · c) = embed norm / head norm, which brings the head to 1."""
+    model, x = tied_lm()
+    tied = [f for f in findings(model, x, "MN101") if f.module in ("embed", "head")]
+    assert len(tied) == 1 and tied[0].module == "embed" and "head" in tied[0].message
+    fix = tied[0].fix
+    scale, multiplier = number_after(fix, r"scale the tensor by"), number_after(fix, r"`head` by")
+    with torch.no_grad():
+        model.embed.weight.mul_(scale)
+    head = model.head
+    model.head = nn.Sequential(head, Scale(multiplier))
+    assert model.head[0].weight is model.embed.weight  # still tied
+    assert not [f for f in findings(model, x, "MN101") if f.module.startswith(("embed", "head"))]
+
+
+def test_mn101_tied_fix_untie_alternative_applies():
+    """'or untie them and give each its own init (embed: rows of RMS 1; head: orthogonal with gain g)'."""
+    model, x = tied_lm()
+    (tied,) = [f for f in findings(model, x, "MN101") if f.module == "embed"]
+    untie = tied.fix.split("or untie them", 1)[1]
+    gain = number_after(untie.split("head:", 1)[1], "gain")
+    with torch.no_grad():
+        model.head.weight = nn.Parameter(torch.empty_like(model.embed.weight))
+        nn.init.orthogonal_(model.head.weight, gain=gain)
+        w = model.embed.weight
+        w.copy_(w / w.pow(2).mean(1, keepdim=True).sqrt())
+    assert not [f for f in findings(model, x, "MN101") if f.module.startswith(("embed", "head"))]
+
+
 def test_mn301_fix_fits_hand_written_attention():
     """Meta's hand-written attention: 'divide the logits by head_dim', done by setting the divisor to d."""
     model, x = load("meta_llama.py"), torch.randn(2, 8, 32)
@@ -152,6 +197,8 @@ def test_mn204_fix_names_the_pools_and_applying_it_clears_the_finding():
     model, x = load("cifar_cnn.py"), torch.randn(2, 3, 32, 32)
     (finding,) = findings(model, x, "MN204")
     assert "MaxPool2d 2 ×3 ops = 8" in finding.fix  # three 2×2 max-pools, each sqrt(4) = 2: 2^3 = 8
+    (pools,) = [c for c in check_module(model, x, isolated=True).analysis.op_constants() if c.target == "MaxPool2d"]
+    assert (pools.count, pools.largest, pools.product) == (3, 2.0, 8.0)  # what the report prints under the figures
     for i, layer in enumerate(model.features):
         if isinstance(layer, nn.MaxPool2d):
             model.features[i] = nn.Sequential(layer, Scale(1 / math.sqrt(layer.kernel_size ** 2)))

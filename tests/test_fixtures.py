@@ -148,7 +148,6 @@ FINDINGS = {
         ('MN601', 'info', 1, 'x = mean_subtract(torch.abs(layer(rms_divide(x))))'),
     ],
     "nanogpt": [
-        ('MN101', 'warning', 1, 'logits = self.lm_head(self.transformer.ln_f(x))'),
         ('MN101', 'warning', 1, 'q, k, v = self.c_attn(x).split(self.n_embd, dim=2)'),
         ('MN101', 'warning', 1, 'return self.c_proj(self.gelu(self.c_fc(x)))'),
         ('MN101', 'warning', 1, 'return self.c_proj(y)'),
@@ -218,7 +217,6 @@ FINDINGS = {
         ('MN903', 'info', 1, 'nanogpt.py:x = self.transformer.wte(idx) + self.transformer.wpe(pos)'),
     ],
     "tied_lm": [
-        ('MN101', 'warning', 1, 'return self.head(self.norm(x))'),
         ('MN101', 'warning', 1, 'return x + self.proj(self.act(self.fc(self.norm(x))))'),
         ('MN101', 'warning', 1, 'x = self.embed(tokens)'),
         ('MN201', 'warning', 1, 'return x + self.proj(self.act(self.fc(self.norm(x))))'),

@@ -83,6 +83,10 @@ def test_peft_lora_zero_b_is_not_flagged_and_frozen_base_gets_no_mass():
     trainable = [found[n]["mass"] for n in ("l1.lora_A", "l1.lora_B", "l2.lora_A", "l2.lora_B")]
     assert all(m > 0 for m in trainable) and sum(trainable) == report["network"]["mass"]
     assert not [f for f in report["findings"] if f["code"] == "MN101" and "lora_B" in f["module"]]
+    # a frozen base is not the user's to re-initialise: no MN101 on it, and the mass table counts it apart
+    assert not [f for f in report["findings"] if f["code"] == "MN101" and "base_layer" in f["module"]]
+    roles = {g["name"]: (g["atoms"], g["frozen"]) for g in report["network"]["mass_groups"]["role"]}
+    assert roles == {"input": (1, 1), "hidden": (2, 0), "output": (1, 1)}  # l1: base + lora_A in, l2: base + lora_B out
 
 
 @pytest.mark.parametrize("entry, cell, rnn_params", [
