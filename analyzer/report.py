@@ -361,7 +361,10 @@ def _render_sharpness(analysis: Analysis, console: Any, root: str | None = None)
         return
     label = "nominal" if sharp.nominal else "certified"
     if sharp.certified and loss is not None:
-        console.print(f"[bold]sharpness[/] ({label}) α {fmt(sharp.alpha)} · β {fmt(sharp.beta)} · γ {fmt(sharp.gamma)}"
+        # β and γ differentiate in the input; token ids cannot be perturbed, so for them both are 0 by definition
+        discrete = " (discrete input)" if analysis.network.input_convention.startswith("discrete") else ""
+        console.print(f"[bold]sharpness[/] ({label}) α {fmt(sharp.alpha)} · β {fmt(sharp.beta)} · "
+                      f"γ {fmt(sharp.gamma)}{discrete}"
                       f" · weight sensitivity {fmt(sharp.weight_sensitivity)} · loss {loss.name} σ {fmt(loss.sigma)} "
                       f"τ {fmt(loss.tau)} → gradient Lipschitz σα + τA² = {fmt(loss.gradient_lipschitz)}, "
                       f"safe step {fmt(loss.safe_step)}")
