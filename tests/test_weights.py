@@ -263,3 +263,27 @@ def test_bad_shard_index_is_a_clear_error(tmp_path, index, words):
     path = tmp_path / "model.safetensors.index.json"
     path.write_text(json.dumps(index))
     _refused(check("--weights", path), *words)
+
+
+def test_bf16_checkpoint_is_audited_in_float32_with_the_float64_figures(blown_up, tmp_path):
+    """16-bit checkpoint tensors are widened to float32, not float64 (every bf16 value is a float32 value, so the
+    norms are those of the same numbers at half the memory): the report equals the one of the same weights stored
+    as float64, and the row sums behind the l1 bounds are exact sums (float64), not float32 roundings."""
+    from modnorm.weightstore import _widened
+
+    w = torch.randn(64, 300).to(torch.bfloat16)
+    assert _widened(w).dtype == torch.float32 and torch.equal(_widened(w).double(), w.double())
+    assert _widened(w.float()).dtype == torch.float32 and _widened(w.double()).dtype == torch.float64
+    _, state = blown_up
+    as_bf16 = {k: v.to(torch.bfloat16) for k, v in state.items()}
+    as_f64 = {k: v.double() for k, v in as_bf16.items()}  # the same values, stored wide
+    reports = []
+    for name, state in (("bf16", as_bf16), ("f64", as_f64)):
+        save_safetensors(state, tmp_path / f"{name}.safetensors")
+        result = runner.invoke(app, ["check", str(MODEL), "--weights", str(tmp_path / f"{name}.safetensors"),
+                                     "-f", "json", "--exit-zero", "--isolated"])
+        assert result.exit_code == 0, result.output
+        reports.append({l["name"]: l["norm_at_init"] for l in json.loads(result.stdout)["layers"]})
+    assert reports[0].keys() == reports[1].keys()
+    for name in reports[0]:
+        assert math.isclose(reports[0][name], reports[1][name], rel_tol=1e-6), name
