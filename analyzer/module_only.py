@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .result import Analysis
+from .result import Analysis, RouteAttempt
 from .tracing import TracedModel, trace_fx
 
 __all__ = ["trace_modules", "withhold_graph_quantities"]
@@ -69,7 +69,7 @@ def _splice(graph: fx.Graph, path: str, sub: fx.Graph) -> Any:
     return output
 
 
-def trace_modules(model: nn.Module, why: str, attempts: list[str]) -> Any:
+def trace_modules(model: nn.Module, why: str, attempts: list[RouteAttempt]) -> Any:
     """Each atom-bearing submodule traced alone on a probe input (the shape-aware fx route), all gathered."""
     from .errors import ModnormError
 
@@ -99,7 +99,7 @@ def trace_modules(model: nn.Module, why: str, attempts: list[str]) -> Any:
     visit("", model)
     graph.output(tuple(outputs))
     graph_module = fx.GraphModule(model, graph, type(model).__name__)
-    return TracedModel(graph_module, model, "modules", [*attempts, f"modules: ok ({why})"],
+    return TracedModel(graph_module, model, "modules", [*attempts, RouteAttempt("modules", True, why)],
                        [n.name for n in graph.nodes if n.op == "placeholder"], skipped)
 
 

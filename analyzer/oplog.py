@@ -25,6 +25,7 @@ import torch.fx as fx
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .result import RouteAttempt
 from .tracing import ShapeTracer, TracedModel, autograd_functions_as_leaves, function_leaf, to_meta
 
 __all__ = ["trace_oplog"]
@@ -181,7 +182,7 @@ def _creates_tensor(func: Any, output: Any) -> bool:
 
 
 def trace_oplog(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
-                leaf_types: tuple[type, ...] = (), attempts: list[str] | None = None) -> Any:
+                leaf_types: tuple[type, ...] = (), attempts: list[RouteAttempt] | None = None) -> Any:
     """Run `model` on its example inputs (on the device its weights live on) and return the logged graph as a
     TracedModel with tracer "oplog"."""
 
@@ -227,6 +228,6 @@ def trace_oplog(model: nn.Module, example_inputs: tuple[Any, ...], user_file: st
             hook.remove()
     graph_module = builder.finish(output)
     names = [n.name for n in graph_module.graph.nodes if n.op == "placeholder"]
-    note = "oplog: ok" + (" (on the CPU: the graph is the path these example inputs took)" if device.type != "meta"
-                          else "")
+    note = RouteAttempt("oplog", True, "on the CPU: the graph is the path these example inputs took"
+                        if device.type != "meta" else "")
     return TracedModel(graph_module, model, "oplog", [*(attempts or []), note], names)

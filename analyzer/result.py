@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Op", "Layer", "Merge", "Stream", "Network", "MassGroup", "Sharpness", "BlockSharpness", "LossBound", "Analysis", "Finding", "Severity",
-           "ModelInfo", "OpConstant"]
+           "ModelInfo", "OpConstant", "RouteAttempt"]
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,22 @@ class OpConstant:
 
 
 @dataclass(frozen=True)
+class RouteAttempt:
+    """One tracing route tried on the model: which, whether it got through, and where and why it stopped (or a note
+    on how it read the model). MN904 and the report read these fields; `str()` is the sentence users see."""
+
+    route: str  # "fx_values" | "export" | "oplog" | "modules" | "experts" (a rewrite before the routes)
+    ok: bool
+    detail: str = ""  # the problem (failed) or a note (ok)
+    file: str | None = None  # where a failed route stopped, relative to the project
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f" at {self.file}:{self.line}" if self.file and self.line else ""
+        return f"{self.route}: {'ok' if self.ok else 'failed'}{where}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     file: str | None
     entry: str | None
@@ -220,7 +236,7 @@ class ModelInfo:
     device: str
     parameters: int
     nodes: int
-    tracer_attempts: tuple[str, ...] = ()
+    tracer_attempts: tuple[RouteAttempt, ...] = ()
     entry_line: int | None = None  # where the entry (factory, class or instance) is defined in the file
     weights: str = "init"  # "init" (the model's own initialisation) or the checkpoint audited (--weights)
 

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 from torch import nn
 
 from .errors import InputsDoNotFit, ModnormError, short_path
+from .result import RouteAttempt
 from .module_only import trace_modules
 from .oplog import trace_oplog
 from . import tracing
@@ -44,7 +45,7 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | No
 
 
 @contextlib.contextmanager
-def _experts_as_grouped_mm(model: nn.Module) -> Iterator[str]:
+def _experts_as_grouped_mm(model: nn.Module) -> Iterator[RouteAttempt | None]:
     """transformers' eager experts loop (`for expert in expert_hit: ...`) iterates over the experts a batch hits, a
     data-dependent loop no graph route can read on meta. Its `grouped_mm` implementation computes the same function
     (same weights, same routing) without the loop: the experts are read through it, and the config restored."""
@@ -53,8 +54,8 @@ def _experts_as_grouped_mm(model: nn.Module) -> Iterator[str]:
     for config in configs.values():
         config._experts_implementation = "grouped_mm"
     try:
-        yield ("experts: the eager experts loop (data-dependent) read through transformers' grouped_mm "
-               "implementation, the same function" if configs else "")
+        yield (RouteAttempt("experts", True, "the eager experts loop (data-dependent) read through transformers' "
+                            "grouped_mm implementation, the same function") if configs else None)
     finally:
         for config in configs.values():
             config._experts_implementation = "eager"
@@ -65,7 +66,7 @@ def _first_route(model: nn.Module, routes: dict[str, Any], tracer: str, user_fil
         return routes[tracer]([])
     if tracer == "modules":
         return trace_modules(model, "forced with --tracer modules", [])
-    attempts: list[str] = []
+    attempts: list[RouteAttempt] = []
     failures: list[ModnormError] = []
     for name, route in routes.items():
         try:
@@ -74,9 +75,10 @@ def _first_route(model: nn.Module, routes: dict[str, Any], tracer: str, user_fil
             raise  # every route would fail on these inputs, and the module-only one would hide it
         except ModnormError as failure:
             failures.append(failure)
-            where = f" at {short_path(failure.file)}:{failure.line}" if failure.file and failure.line else ""
             problem = failure.problem if len(failure.problem) <= 400 else failure.problem[:399] + "…"
-            attempts.append(f"{'fx_values' if name == 'fx' else name}: failed{where} ({problem})")
+            attempts.append(RouteAttempt("fx_values" if name == "fx" else name, False, problem,
+                                         short_path(failure.file) if failure.file and failure.line else None,
+                                         failure.line if failure.file else None))
             continue
         if attempts:
             traced.attempts = [*attempts, *traced.attempts[-1:]]
@@ -88,7 +90,7 @@ def _first_route(model: nn.Module, routes: dict[str, Any], tracer: str, user_fil
 
 
 def _explained(route: Any, label: str, model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None,
-               leaf_types: tuple[type, ...], attempts: list[str]) -> TracedModel:
+               leaf_types: tuple[type, ...], attempts: list[RouteAttempt]) -> TracedModel:
     try:
         return route(model, example_inputs, user_file, leaf_types, attempts)
     except ModnormError:

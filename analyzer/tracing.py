@@ -24,6 +24,7 @@ from torch import nn
 
 from .semantics import REGISTRY, lookup
 from .errors import InputsDoNotFit, ModnormError, frame_of_exception, resolved, user_frame
+from .result import RouteAttempt
 
 __all__ = ["TracedModel", "trace_fx", "trace_export", "to_meta", "node_location"]
 
@@ -528,7 +529,7 @@ class TracedModel:
     graph_module: fx.GraphModule
     root: nn.Module
     tracer: str
-    attempts: list[str] = field(default_factory=list)
+    attempts: list[RouteAttempt] = field(default_factory=list)
     input_names: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # modules the module-only route could not place
 
@@ -564,7 +565,7 @@ def _route_failure(exc: BaseException, what: str, user_file: str | None, remedy:
 
 
 def trace_export(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
-                 attempts: list[str] | None = None) -> TracedModel:
+                 attempts: list[RouteAttempt] | None = None) -> TracedModel:
     """The slower fallback: torch.export.export(strict=False) gives an aten-level graph whose nodes keep their
     module path (nn_module_stack) and source line (stack_trace); the registry reads aten ops via aliases."""
     import contextlib
@@ -592,7 +593,7 @@ def trace_export(model: nn.Module, example_inputs: tuple[Any, ...], user_file: s
             node.meta["value"] = _as_meta(node.meta["val"])
     _fold_constants(graph_module)
     inputs = [n.name for n in graph_module.graph.nodes if n.op == "placeholder"]
-    return TracedModel(graph_module, model, "export", [*(attempts or []), "export: ok"], inputs)
+    return TracedModel(graph_module, model, "export", [*(attempts or []), RouteAttempt("export", True)], inputs)
 
 
 def _fold_constants(graph_module: fx.GraphModule) -> None:
@@ -647,7 +648,7 @@ def trace_fx(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str |
         node.meta = original.meta
     _fold_constants(graph_module)  # what depends only on real buffers (rotary tables of a CPU model)
     inputs = [n.name for n in graph_module.graph.nodes if n.op == "placeholder"]
-    return TracedModel(graph_module, model, "fx_values", ["fx_values: ok"], inputs)
+    return TracedModel(graph_module, model, "fx_values", [RouteAttempt("fx_values", True)], inputs)
 
 
 def _explain_trace_failure(exc: BaseException, model: nn.Module, user_file: str | None) -> ModnormError:

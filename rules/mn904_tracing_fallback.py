@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
 from modnorm.rules import Rule, Severity
-
-_WHERE = re.compile(r"failed at (?P<file>[^:()]+):(?P<line>\d+)")
 
 
 class TracingFallback(Rule):
@@ -53,9 +50,9 @@ class TracingFallback(Rule):
         model = analysis.model
         if model.tracer not in ("oplog", "modules"):
             return
-        failures = [a for a in model.tracer_attempts if ": failed" in a]
-        where = next((m for m in map(_WHERE.search, failures) if m), None)
-        file, line = (where["file"], int(where["line"])) if where else (model.file, model.entry_line)
+        failures = [a for a in model.tracer_attempts if not a.ok]
+        where = next((a for a in failures if a.file and a.line), None)
+        file, line = (where.file, where.line) if where else (model.file, model.entry_line)
         if model.tracer == "oplog":
             message = ("the graph was recorded from one run of the example inputs (op log): bounds hold for the "
                        "path those inputs took")
@@ -65,7 +62,7 @@ class TracingFallback(Rule):
                        "targets, residual streams, network sensitivity or sharpness")
             severity = self.severity
         if failures:
-            message += "; " + "; ".join(failures)
+            message += "; " + "; ".join(map(str, failures))
         yield self.finding(message, fix="rewrite the construct named above with tensor operations, or mark its "
                                         "module as a leaf (--leaf CLASS) and register its semantics",
                            file=file, line=line, severity=severity)

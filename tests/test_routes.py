@@ -45,11 +45,16 @@ def test_op_log_reproduces_the_fx_route(fixture):
 
 def test_data_dependent_branch_falls_back_to_the_op_log_on_the_cpu():
     analysis = analysis_of(DATA_DEPENDENT)
-    attempts = analysis.model.tracer_attempts
+    attempts = [str(a) for a in analysis.model.tracer_attempts]
     assert analysis.model.tracer == "oplog"
     assert attempts[0].startswith(f"fx_values: failed at fixtures/data_dependent.py:{IF_LINE}")
     assert attempts[1].startswith(f"export: failed at fixtures/data_dependent.py:{IF_LINE}")
     assert "path these example inputs took" in attempts[2]
+    # typed, not parsed back from the sentence: MN904 points at the construct from these fields
+    fx = analysis.model.tracer_attempts[0]
+    assert (fx.route, fx.ok, fx.file, fx.line) == ("fx_values", False, "fixtures/data_dependent.py", IF_LINE)
+    (mn904,) = [f for f in check_model(str(DATA_DEPENDENT), Settings()).findings if f.code == "MN904"]
+    assert mn904.line == IF_LINE and mn904.file.endswith("data_dependent.py")
     # Hand derivation: three well-normed Linear atoms in series (roles input, hidden, output; masses 1:1:1),
     # tanh 1-Lipschitz, so S_down = 1 and every target is 1/3; the network is certified with no unknown op.
     assert [l.target_norm for l in analysis.layers] == pytest.approx([1 / 3] * 3)
@@ -71,7 +76,7 @@ def test_op_log_bound_holds_on_the_path_it_recorded():
 def test_on_meta_every_graph_route_fails_and_the_module_route_reports_atoms_alone():
     analysis = analysis_of(DATA_DEPENDENT, device="meta")
     assert analysis.model.tracer == "modules"
-    failed = [a for a in analysis.model.tracer_attempts if ": failed" in a]
+    failed = [str(a) for a in analysis.model.tracer_attempts if not a.ok]
     assert [a.split(":")[0] for a in failed] == ["fx_values", "export", "oplog"]
     assert all(f"data_dependent.py:{IF_LINE}" in a for a in failed)
     assert "Tensor.item() cannot be called on meta tensors" in failed[2]

@@ -212,7 +212,7 @@ def test_eager_experts_are_read_through_grouped_mm_and_the_config_is_restored():
         model = transformers.MixtralForCausalLM(config).eval()
     traced = modnorm.routes.trace(model, (torch.zeros(1, 8, dtype=torch.long),))
     assert traced.tracer == "fx_values"
-    assert any("grouped_mm" in a for a in traced.attempts)
+    assert any("grouped_mm" in str(a) for a in traced.attempts)
     assert model.config._experts_implementation == "eager"
 
 
