@@ -255,7 +255,7 @@ def _normalization_rows(model: torch.nn.Module, inputs: tuple, analysis: Analysi
     rows = []
     for name, smallest in seen.items():
         op = floors[name]
-        floor = op.info.get("floor", 0.0)
+        floor = op.rms_floor
         rows.append(Row(f"normalization {name}: input RMS (min over positions)", floor, smallest,
                         f"{analysis.profile} profile: floor (eps included); ≥ 1 is Modula's assumption", op=op.name,
                         kind="compare"))

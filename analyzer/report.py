@@ -69,12 +69,12 @@ def assumption_rows(analysis: Analysis) -> list[dict[str, Any]]:
     """One row per op whose constant rests on an assumption (a floor on the RMS entering a normalizer)."""
     rows = []
     for op in analysis.ops:
-        assumed = op.info.get("assumed")
-        if not assumed:
+        a = op.assumption
+        if a is None:
             continue
         rows.append({"op": op.name, "module": op.module, "label": op.target, "file": op.file, "line": op.line,
-                     "quantity": assumed["quantity"], "floor": assumed["floor"], "at_init": assumed["at_init"],
-                     "basis": assumed["basis"], "text": op.info.get("assumption", "")})
+                     "quantity": a.quantity, "floor": a.floor, "at_init": a.at_init, "basis": a.basis,
+                     "text": a.text})
     return rows
 
 
@@ -313,9 +313,9 @@ def _render_mass_groups(analysis: Analysis, console: Any, blocks_shown: int = 6)
         else:
             table.add_row(f"block {g.name}", str(g.atoms), fmt(g.mass), f"{g.share:.1%}")
     for op in analysis.ops:  # weights of unknown modules (an LSTM): no mass, but never silently absent
-        if op.info.get("unmodelled_parameters"):
+        if op.unmodelled_parameters:
             table.add_row(f"unmodelled {op.module} ({op.target})", "?", "none",
-                          f"{op.info['unmodelled_share']:.1%} of the parameters", style="yellow")
+                          f"{op.unmodelled_share:.1%} of the parameters", style="yellow")
     console.print(table)
 
 

@@ -7,8 +7,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Op", "Layer", "Merge", "Stream", "Network", "MassGroup", "Sharpness", "BlockSharpness", "LossBound", "Analysis", "Finding", "Severity",
+__all__ = ["Assumption", "Op", "Layer", "Merge", "Stream", "Network", "MassGroup", "Sharpness", "BlockSharpness", "LossBound", "Analysis", "Finding", "Severity",
            "ModelInfo", "OpConstant", "RouteAttempt"]
+
+
+@dataclass(frozen=True)
+class Assumption:
+    """A stated, checkable condition a constant rests on: a floor on the RMS entering a normalizer."""
+
+    quantity: str  # "input RMS" | "input centred RMS"
+    floor: float
+    at_init: float | None  # the value at init the floor was derived from (None when stated by the user)
+    basis: str  # "measured" | "predicted" | "stated"
+    text: str  # the sentence the report prints
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,14 @@ class Op:
     info: dict[str, Any] = field(default_factory=dict)
     sharpness: tuple[float, float, float] | None = None  # (α, β, γ) of this op's output, sharpness.py
     weight_sensitivity: float = 0.0  # A: ||D_w v[Δw]|| per unit modular norm
+    # typed facts of particular op families, for rules and reports (`info` keeps the registry's free-form notes)
+    eps: float | None = None  # a normalizer's eps
+    rms_floor: float = 0.0  # a normalizer's lower bound on sqrt(input mean square + eps), what its constant divides by
+    assumption: Assumption | None = None  # what a normalizer's constant rests on (the `assumed` profile)
+    attention_scale: float | None = None  # the logit multiplier of an attention op
+    head_dim: int | None = None
+    unmodelled_parameters: int = 0  # parameters of an unknown module: no mass, never silently absent
+    unmodelled_share: float = 0.0  # ... as a share of the model's parameters
 
     @property
     def sensitivity(self) -> float:

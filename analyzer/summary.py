@@ -13,7 +13,7 @@ from . import sharpness
 from .combinators import exp_of, log10_of, log_of, log_parallel, log_series, series
 from .errors import short_path
 from .records import Context, Record
-from .result import BlockSharpness, Layer, LossBound, MassGroup, Network, Op, Sharpness
+from .result import Assumption, BlockSharpness, Layer, LossBound, MassGroup, Network, Op, Sharpness
 from .tracing import node_location
 
 __all__ = ["op_of", "network_of", "sharpness_of", "block_sharpness_of", "mass_groups", "tied_weights",
@@ -128,7 +128,24 @@ def op_of(record: Record, ctx: Context, triple: Any = None) -> Op:
         nominal=sem.nominal if sem else None, smooth=sem.smooth if sem else True,
         curvature=sem.curvature if sem else 0.0, info=dict(sem.info) if sem else {},
         sharpness=(triple.alpha, triple.beta, triple.gamma) if triple is not None else None,
-        weight_sensitivity=triple.A if triple is not None else 0.0)
+        weight_sensitivity=triple.A if triple is not None else 0.0, **_typed_facts(sem.info if sem else {}))
+
+
+def _typed_facts(info: dict[str, Any]) -> dict[str, Any]:
+    """The registry's notes that rules and reports read, as typed `Op` fields (one translation, here)."""
+    facts: dict[str, Any] = {}
+    if "eps" in info:
+        facts["eps"] = float(info["eps"])
+        facts["rms_floor"] = float(info.get("floor", 0.0))
+    if info.get("assumed"):
+        a = info["assumed"]
+        facts["assumption"] = Assumption(a["quantity"], a["floor"], a["at_init"], a["basis"], info.get("assumption", ""))
+    if "scale" in info and "head_dim" in info:
+        facts["attention_scale"], facts["head_dim"] = info["scale"], info["head_dim"]
+    if info.get("unmodelled_parameters"):
+        facts["unmodelled_parameters"] = info["unmodelled_parameters"]
+        facts["unmodelled_share"] = info["unmodelled_share"]
+    return facts
 
 
 def network_of(records: list[Record], layers: list[Layer], total_mass: float, ctx: Context) -> Network:

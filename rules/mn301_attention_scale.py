@@ -45,7 +45,7 @@ class AttentionScaledForInitialization(Rule):
         for op in analysis.ops:
             if "attention" not in op.tags:
                 continue
-            scale, d = op.info.get("scale"), op.info.get("head_dim")
+            scale, d = op.attention_scale, op.head_dim
             if not scale or not d:
                 continue
             aligned = scale * d

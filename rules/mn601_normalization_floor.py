@@ -41,14 +41,14 @@ class NormalizationWithoutFloor(Rule):
         for op in analysis.ops:
             if "normalization" not in op.tags or analysis.profile == "modula":
                 continue
-            assumed = op.info.get("assumed") or {}
-            if assumed.get("basis") == "stated":  # the user stated the floor (--norm-input-rms)
+            assumed = op.assumption
+            if assumed is not None and assumed.basis == "stated":  # the user stated the floor (--norm-input-rms)
                 continue
             bound = max(op.lipschitz) if op.lipschitz else math.inf
-            eps = op.info.get("eps", 0.0)
+            eps = op.eps or 0.0
             text = "unbounded (no eps)" if not math.isfinite(bound) else f"{bound:.3g} = ||w||/sqrt(eps={eps:g})"
             if assumed:  # the default profile's floor from init: an assumption, not a guarantee
-                text = (f"{bound:.3g} given {op.info['assumption']}; without that assumption "
+                text = (f"{bound:.3g} given {assumed.text}; without that assumption "
                         + ("unbounded (no eps)" if eps <= 0 else f"||w||/sqrt(eps={eps:g})"))
             yield self.finding(
                 f"{op.target} is 1-Lipschitz only for input RMS ≥ 1; {analysis.profile} bound {text}",
