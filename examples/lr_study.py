@@ -142,13 +142,30 @@ class FixedBlock(nanogpt.Block):
         return (1 - self.b) * x + self.b * self.mlp(self.ln_2(x))
 
 
+class ScaledHead(nn.Module):
+    """The tied head with the output multiplier MN101 prints for a tied tensor (the tie kept)."""
+
+    def __init__(self, head: nn.Linear, multiplier: float):
+        super().__init__()
+        self.head, self.multiplier = head, multiplier
+
+    def forward(self, x):
+        return self.head(x) * self.multiplier
+
+
 class FixedGPT(nanogpt.GPT):
-    """nanoGPT with modnorm's three fixes; everything else (LayerNorm, GELU, tied head, biases) as written."""
+    """nanoGPT with modnorm's fixes; everything else (LayerNorm, GELU, biases, the tie) as written. The tied
+    embedding/head gets MN101's tied fix: the embedding well-normed (rows of RMS 1), the head's output multiplied
+    by 1 / (its natural norm then), sqrt(out/in) / sigma_max, which brings it to norm 1 with the tie kept."""
 
     def __init__(self, config):
         super().__init__(config)
         self.transformer.h = nn.ModuleList([FixedBlock(config) for _ in range(config.n_layer)])
         self.apply(self._init_weights)
+        self._init_weights(self.transformer.wte)  # the tied tensor: the embedding's init, not the head's
+        head = self.lm_head
+        sigma = float(torch.linalg.matrix_norm(head.weight.detach().double(), ord=2))
+        self.lm_head = ScaledHead(head, math.sqrt(head.out_features / head.in_features) / sigma)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):  # well-normed (MN101): sqrt(in/out) sigma_max = 1
@@ -298,9 +315,10 @@ FULL = Grid(widths=(16, 32, 64, 128), depths=(1, 2, 4, 8), base_width=32, base_d
 QUICK = Grid(widths=(16, 32), depths=(1, 2), base_width=16, base_depth=1, steps=12, batch=4, context=16)
 
 
-def runs_of(grid: Grid, models: list[str], optimizers: list[str], profile: str) -> list[Run]:
+def runs_of(grid: Grid, models: list[str], optimizers: list[str], profile: str,
+            lrs: list[float] | None = None) -> list[Run]:
     runs = [Run(m, w, d, o, lr, grid.steps, grid.batch, grid.context, "-" if o == "adamw" else profile)
-            for m in models for (w, d) in grid.sizes() for o in optimizers for lr in GRIDS[o]]
+            for m in models for (w, d) in grid.sizes() for o in optimizers for lr in (lrs or GRIDS[o])]
     # model by model (a partial study has whole models), biggest first within one so the workers finish together
     return sorted(runs, key=lambda r: (models.index(r.model), optimizers.index(r.optimizer), -(r.width ** 2) * r.depth))
 
@@ -395,6 +413,23 @@ def summary(results: dict, grid: Grid, models: list[str], optimizers: list[str],
     return "\n".join(lines), spreads
 
 
+def refinement(results: dict, grid: Grid, models: list[str], optimizers: list[str], profile: str) -> str:
+    """Every run of the chosen sizes, learning rates in order (half-decade grid and refined points), best marked."""
+    lines = ["| model | optimizer | size | validation loss by learning rate (best in bold) |", "| --- | --- | --- | --- |"]
+    for model in models:
+        for opt in optimizers:
+            for w, d in grid.sizes():
+                chosen = selector(model, w, d, opt, profile)
+                runs = sorted((r["lr"], r["val"]) for r in results.values()
+                              if all(r.get(k) == v for k, v in chosen.items()) and r.get("steps") == grid.steps)
+                if not runs:
+                    continue
+                best = min(v for _, v in runs)
+                cells = ", ".join(f"**{lr:.3g}: {v:.3f}**" if v == best else f"{lr:.3g}: {v:.3f}" for lr, v in runs)
+                lines.append(f"| {model} | {opt}{'' if opt == 'adamw' else f' ({profile})'} | w{w} d{d} | {cells} |")
+    return "\n".join(lines)
+
+
 def plot(results: dict, grid: Grid, model: str, optimizers: list[str], profile: str, path: Path) -> None:
     import matplotlib
 
@@ -440,6 +475,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2, help="processes (each uses one thread)")
     parser.add_argument("--out", type=Path, help="results JSON (default docs/lr_study.json; quick: a temp name)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where the plots go")
+    parser.add_argument("--lrs", help="comma-separated learning rates to train instead of each optimizer's grid, "
+                        "to refine an optimum between grid points; the tables keep the half-decade grid, and "
+                        "every run of the chosen sizes is listed by learning rate in <out>_refined.md")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: table and plots from the runs already in --out (a partial study)")
     args = parser.parse_args(argv)
@@ -456,11 +494,17 @@ def main(argv: list[str] | None = None) -> dict:
         if unknown:
             parser.error(f"unknown {name} {unknown}: choose from {known}")
     out = args.out or (ROOT / "docs" / ("lr_study_quick.json" if args.quick else "lr_study.json"))
-    runs = runs_of(grid, models, optimizers, args.profile)
+    lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
+    runs = runs_of(grid, models, optimizers, args.profile, lrs)
     if args.report_only:
         results = json.loads(out.read_text()) if out.exists() else {}
     else:
         results = study(runs, out, args.workers, max_bytes=1_000_000 if args.quick else None)
+    if lrs:  # a refinement: every run of these sizes by learning rate, grid and refined points together
+        refined = refinement(results, grid, models, optimizers, args.profile)
+        print(refined)
+        out.with_name(f"{out.stem}_refined.md").write_text(refined + "\n")
+        return {"results": results, "spreads": {}}
     text, spreads = summary(results, grid, models, optimizers, args.profile)
     print(text)
     out.with_name(f"{out.stem}_{args.profile}.md").write_text(
