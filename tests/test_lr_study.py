@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import modnorm
+from modnorm.testing import check_module
 from modnorm.optim import ModularNormalized
 from tests.conftest import ROOT
 
@@ -77,18 +78,20 @@ def test_plain_adamw_learns(study):
 
 
 def test_fixed_nanogpt_has_the_changes_modnorm_prints(study):
-    """Residual merges (1 - 1/2L, 1/2L) and every Linear and the position embedding well-normed (norm 1) at init.
-    The token embedding is tied to the head: one matrix cannot have rows of RMS 1 (row norm sqrt(d)) and head norm
-    sqrt(d/V) sigma_max = 1 (sigma_max^2 >= V d / d = V rows' worth), so the head's init wins (it runs last) and the
-    embedding stays below 1; the change is confined to what modnorm prints for nanoGPT (MN201, MN301, MN101)."""
+    """Residual merges (1 - 1/2L, 1/2L) and every atom well-normed (norm 1) at init, the tied token embedding and
+    head included: MN101's tied fix keeps the tie, gives the embedding rows of RMS 1 and multiplies the head's output
+    by sqrt(out/in) / sigma_max (its natural norm then is sqrt(in/out) sigma_max · that = 1). The change is confined
+    to what modnorm prints for nanoGPT (MN201, MN301, MN101): no MN101 is left."""
     model = study.build("nanogpt-fixed", 32, 2, 16)
-    analysis = modnorm.analyze(model, torch.zeros(1, 16, dtype=torch.long))
+    assert model.lm_head.head.weight is model.transformer.wte.weight  # still tied
+    result = check_module(model, torch.zeros(1, 16, dtype=torch.long), isolated=True)
+    analysis = result.analysis
     assert analysis.merges and all(m.skip_coefficient == pytest.approx(0.75) and
                                    m.branch_coefficient == pytest.approx(0.25) for m in analysis.merges)
-    atoms = [l for l in analysis.layers if l.kind in ("Linear", "Embedding") and l.name != "transformer.wte"]
-    assert atoms and all(l.norm_at_init == pytest.approx(1, rel=1e-3) for l in atoms), \
-        [(l.name, l.norm_at_init) for l in atoms]
-    assert next(l.norm_at_init for l in analysis.layers if l.name == "transformer.wte") < 1
+    atoms = [l for l in analysis.layers if l.kind in ("Linear", "Embedding")]
+    assert {"transformer.wte", "lm_head.head"} <= {l.name for l in atoms}
+    assert all(l.norm_at_init == pytest.approx(1, rel=1e-3) for l in atoms), [(l.name, l.norm_at_init) for l in atoms]
+    assert not [f for f in result.findings if f.code == "MN101"]
     as_written = modnorm.analyze(study.build("nanogpt", 32, 2, 16), torch.zeros(1, 16, dtype=torch.long))
     assert min(l.target_norm for l in analysis.layers if l.target_norm > 0) > \
         100 * min(l.target_norm for l in as_written.layers if l.target_norm > 0)
