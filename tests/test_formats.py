@@ -105,7 +105,7 @@ def test_sarif_fingerprints_are_distinct_and_stable():
 
 def test_sarif_module_findings_carry_the_definition_as_related_location():
     results = _sarif()["runs"][0]["results"]
-    head = next(r for r in results if r["ruleId"] == "MN101" and r["properties"]["module"] == "lm_head")
+    head = next(r for r in results if r["ruleId"] == "MN101" and r["properties"]["module"] == "transformer.wpe")
     assert head["relatedLocations"][0]["physicalLocation"]["region"]["startLine"] != \
         head["locations"][0]["physicalLocation"]["region"]["startLine"]
 

@@ -43,7 +43,7 @@ def attention(scale: float, head_dim: int) -> Op:
     return Op(name="sdpa", target="sdpa", kind="bond", inputs=("q", "k", "v"), lipschitz=(1.0, 1.0, 1.0),
               downstream_sensitivity=1.0, upper=1.0, lower=0.0, certified=True, reason="", source="attention",
               module="blocks.0.attn", file="model.py", line=20, tags=("attention",),
-              info={"scale": scale, "head_dim": head_dim})
+              attention_scale=scale, head_dim=head_dim)
 
 
 def findings(code: str, result: Analysis, **options):
