@@ -5,16 +5,16 @@ Forward (topological order): every node gets its semantics from the registry (or
 the Lipschitz constant w.r.t. each data input, and upper/lower bounds on its output RMS. Backward: for every
 tensor v, S_down(v) = Σ_{consumers c} S_down(c) · L_c(v) — the sum over paths of products of sensitivities,
 which equals Modula's tree recursion for trees. Atoms then get masses (by role or uniform), targets
-t_i = (m_i / M) / S_down(i) and their term in the modular norm ||w||_M = max_i ||w_i|| / t_i.
+t_i = (m_i / M) / S_down(i) and their term in the modular norm ||w||_M = max_i ||w_i|| / t_i (layers.py); merges
+and streams are read off the records (merges.py); sharpness is a third pass over the same records (sharpness.py).
+Each node's result (`result.Op`, frozen) is written under `node.meta["modnorm"]`, as ShapeProp writes
+`tensor_meta`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
-import operator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,21 +22,21 @@ import torch.fx as fx
 from torch import nn
 
 from . import floors, semantics, sharpness
-from .combinators import exp_of, log10_of, log_of, log_parallel, log_series, parallel, series
+from .combinators import log_of, log_parallel, log_series, parallel, series
 from .errors import ModnormError
 from .folding import abs_bound
+from .layers import layers_of
+from .merges import merges_of
 from .patterns import Fused, find_patterns
 from .records import Context, Options, Record
-from .result import Analysis, Layer, Merge, ModelInfo, Stream
+from .result import Analysis, ModelInfo
 from .semantics import INF, Bounds, Semantics, linear
-from .sourcelines import definition, element_definition
-from .tracing import TracedModel, call_site, is_compiled, node_location
+from .tracing import TracedModel, is_compiled
 from .weightstore import WeightStore
 from .summary import (block_sharpness_of, mass_groups, network_of, op_of, records_named, sharpness_of,
                       tied_weights)
 
 __all__ = ["Options", "analyze_traced", "series", "parallel", "WeightStore"]
-
 
 
 # --------------------------------------------------------------------------------------------- op views
@@ -343,240 +343,6 @@ def _backward(records: list[Record]) -> None:
             inp.log_design_down = log_parallel(inp.log_design_down, log_series(record.log_design_down, log_of(d)))
 
 
-# ------------------------------------------------------------------------------------------- masses, layers
-def _roles(records: list[Record]) -> dict[int, str]:
-    is_atom = {id(r): r.kind == "atom" and r.semantics.atom.kind != "Gain" for r in records}
-    up: dict[int, bool] = {}
-    for r in records:
-        up[id(r)] = any(is_atom[id(i)] or up[id(i)] for i in r.inputs)
-    down: dict[int, bool] = {id(r): False for r in records}
-    for r in reversed(records):
-        for i in r.inputs:
-            down[id(i)] = down[id(i)] or is_atom[id(r)] or down[id(r)]
-    roles = {}
-    for r in records:
-        if is_atom[id(r)]:
-            roles[id(r)] = "input" if not up[id(r)] else ("output" if not down[id(r)] else "hidden")
-    return roles
-
-
-def _masses(atoms: list[Record], roles: dict[int, str], options: Options, names: dict[int, str],
-            frozen: frozenset[int] = frozenset()) -> dict[int, float]:
-    """Mass per atom. Frozen atoms (every parameter requires_grad=False: a LoRA's base layer) take no step, so
-    they get no mass and the trainable atoms share it (--mass-of can still give them some)."""
-    masses: dict[int, float] = {}
-    counted = [a for a in atoms if a.semantics.atom.kind != "Gain" and id(a) not in frozen]
-    if options.mass == "uniform":
-        masses = {id(a): 1.0 for a in counted}
-    elif options.mass == "roles":
-        groups: dict[str, list[Record]] = {"input": [], "hidden": [], "output": []}
-        for a in counted:
-            groups[roles[id(a)]].append(a)
-        totals = {"input": 1.0, "output": 1.0, "hidden": options.hidden_mass}
-        for role, members in groups.items():
-            for a in members:
-                masses[id(a)] = totals[role] / len(members)
-    else:
-        raise ModnormError(f"unknown mass scheme `{options.mass}`", "use --mass roles or --mass uniform")
-    for a in atoms:
-        masses.setdefault(id(a), 0.0)
-    for pattern, total in options.mass_of:
-        matched = [a for a in atoms if fnmatch.fnmatchcase(names[id(a)], pattern)]
-        if not matched:
-            raise ModnormError(f"the mass override `{pattern}={total:g}` matches no atom",
-                               "check the module path glob against the report's layer names")
-        for a in matched:  # like Modula's tare: the matching atoms together get `total`
-            masses[id(a)] = total / len(matched)
-    return masses
-
-
-def _merge_module(module: str, block: list[Record]) -> str:
-    """The module a merge is reported under. `for block in self.blocks: x = x + block(x)` adds in the parent's
-    forward, so the merge's own module is the parent for every block; the branch's atoms all sit in
-    `blocks.3`, so that (up to the first list index the parent's path lacks) names the block instead."""
-    paths = [r.semantics.atom.weight.split(".")[:-1] for r in block if r.kind == "atom"]
-    if not paths:
-        return module
-    common: list[str] = []
-    for parts in zip(*paths):
-        if len(set(parts)) != 1:
-            break
-        common.append(parts[0])
-    depth = len(module.split(".")) if module else 0
-    if common[:depth] != (module.split(".") if module else []):
-        return module
-    index = next((i for i in range(depth, len(common)) if common[i].isdigit()), None)
-    return ".".join(common[: index + 1]) if index is not None else module
-
-
-def _called_by_sequential(root: torch.nn.Module, path: str) -> bool:
-    """`features.3` of an nn.Sequential: torch calls it. (A ModuleList's elements are called by the user's loop.)"""
-    parent, _, index = path.rpartition(".")
-    if not index.isdigit():
-        return False
-    try:
-        return type(root.get_submodule(parent)) is torch.nn.Sequential
-    except AttributeError:
-        return False
-
-
-def _frozen(atoms: list[Record], root: torch.nn.Module) -> frozenset[int]:
-    """Atoms none of whose parameters require a gradient."""
-    def trainable(name: str) -> bool:
-        try:
-            return root.get_parameter(name).requires_grad
-        except AttributeError:
-            return True  # not a parameter of the root (a buffer, a folded constant): counted as before
-    return frozenset(id(a) for a in atoms if a.semantics.atom.params
-                     and not any(trainable(p) for p in a.semantics.atom.params))
-
-
-def _layer_name(record: Record) -> str:
-    weight = record.semantics.atom.weight
-    return weight[: -len(".weight")] if weight.endswith(".weight") else weight
-
-
-def _layers(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
-    atoms = [r for r in records if r.kind == "atom"]
-    roles = _roles(records)
-    names = {id(a): _layer_name(a) for a in atoms}
-    frozen = _frozen(atoms, ctx.root)
-    masses = _masses(atoms, roles, ctx.options, names, frozen)
-    total = sum(masses.values())
-    layers = []
-    for a in atoms:
-        spec = a.semantics.atom
-        mass = masses[id(a)]
-        share = mass / total if total > 0 else 0.0
-        target = _target(share, a.design_down, a.log_design_down)
-        owner = spec.weight.rsplit(".", 1)[0] if "." in spec.weight else ""
-        try:
-            owner_module = ctx.root.get_submodule(owner) if owner else None
-        except AttributeError:
-            owner_module = None
-        module_type = type(owner_module).__name__ if owner_module is not None else ""
-        file, line = call_site(a.node, owner_module, ctx.user_file)
-        if _called_by_sequential(ctx.root, owner) and type(owner_module).__module__.startswith("torch."):
-            # called by nn.Sequential (`self.features(x)`, one line for every element): its own line instead
-            element = element_definition(ctx.root, owner)
-            if element is not None and file is not None and Path(element[0]).resolve() == Path(file).resolve():
-                line = element[1]
-        layers.append(Layer(
-            name=names[id(a)], kind=spec.kind, shape=spec.shape, role=roles.get(id(a), "gain"), mass=mass,
-            mass_share=share, sensitivity=a.lipschitz[0] if a.lipschitz else spec.norm,
-            downstream_sensitivity=a.down, design_downstream_sensitivity=a.design_down, target_norm=target,
-            log10_downstream_sensitivity=log10_of(a.log_down),
-            log10_design_downstream_sensitivity=log10_of(a.log_design_down),
-            norm_at_init=spec.norm, norm_source=spec.norm_source, scale=spec.scale,
-            certified=a.semantics.certified, op=a.node.name, weight=spec.weight, params=spec.params,
-            file=file, line=line, module_type=module_type, defined_at=definition(ctx.root, owner),
-            predicted_norm=_predicted_norm(ctx.weights, spec), norm_factor=spec.factor, groups=spec.groups,
-            frozen=id(a) in frozen))
-    return layers, total
-
-
-def _target(share: float, design_down: float, log_design_down: float) -> float:
-    """t_i = share / S_down(i); from the log of S_down when the float overflowed, so that a design sensitivity
-    beyond float range still gives its (tiny, finite) target."""
-    if share <= 0:
-        return 0.0
-    if 0 < design_down < math.inf:
-        return share / design_down
-    if log_design_down == -math.inf:
-        return math.inf
-    return exp_of(math.log(share) - log_design_down)
-
-
-def _predicted_norm(weights: WeightStore, spec: Any) -> float | None:
-    """The norm the recorded init law predicts for a measured atom (same formula, the law's σ in place of the
-    measured one)."""
-    measured = weights.measured.get(spec.weight)
-    predicted = weights.predicted.get(spec.weight)
-    if measured is None or predicted is None or spec.norm_source != "measured" or measured == 0:
-        return None
-    return spec.norm * predicted / measured
-
-
-def _strip_scalars(record: Record) -> tuple[Record, float]:
-    coefficient = 1.0
-    while (record.semantics is not None and "scalar" in record.semantics.tags and len(record.inputs) == 1
-           and "factor" in record.semantics.info):
-        coefficient *= record.semantics.info["factor"]
-        record = record.inputs[0]
-    return record, coefficient
-
-
-def _between(skip: Record, branch: Record) -> list[Record] | None:
-    """Records on paths from `skip` to `branch` (inclusive of branch), or None if branch does not depend on skip."""
-    seen: dict[int, Record] = {}
-    todo = [branch]
-    reaches = False
-    while todo:
-        current = todo.pop()
-        if id(current) in seen or current.index < skip.index:
-            continue
-        if current is skip:
-            reaches = True
-            continue
-        seen[id(current)] = current
-        todo.extend(current.inputs)
-    if not reaches:
-        return None
-    return sorted(seen.values(), key=lambda r: r.index)
-
-
-def _branch_sensitivity(skip: Record, block: list[Record], design: bool) -> float:
-    sens = {id(skip): 1.0}
-    for record in block:
-        constants = record.design if design else record.lipschitz
-        sens[id(record)] = sum(series(c, sens.get(id(i), 0.0)) for i, c in zip(record.inputs, constants))
-    return sens[id(block[-1])]
-
-
-def _stream_source(record: Record) -> str:
-    """Walk back through single-input bonds (relu after the add, dropout) to the op that feeds the stream."""
-    while (record.kind == "bond" and len(record.inputs) == 1 and record.semantics is not None
-           and not {"normalization", "merge"} & set(record.semantics.tags)):
-        record = record.inputs[0]
-    return record.node.name
-
-
-def _merges(records: list[Record], ctx: Context) -> tuple[list[Merge], list[Stream]]:
-    records_by_name = {r.node.name: r for r in records}
-    merges: list[Merge] = []
-    for record in records:
-        if record.semantics is None or "merge" not in record.semantics.tags or len(record.inputs) != 2:
-            continue
-        (x_a, a), (x_b, b) = (_strip_scalars(i) for i in record.inputs)
-        if record.node.target in (operator.sub, torch.sub, "sub"):
-            b = -b
-        for skip, skip_c, branch, branch_c in ((x_a, a, x_b, b), (x_b, b, x_a, a)):
-            if skip is branch:
-                continue
-            block = _between(skip, branch)
-            if block is None or not any(r.kind == "atom" for r in block):
-                continue
-            file, line = node_location(record.node, ctx.user_file)
-            merges.append(Merge(
-                op=record.node.name, skip=skip.node.name, branch=branch.node.name, skip_coefficient=skip_c,
-                branch_coefficient=branch_c, branch_sensitivity=_branch_sensitivity(skip, block, False),
-                design_branch_sensitivity=_branch_sensitivity(skip, block, True),
-                module=_merge_module(record.module, block), file=file, line=line))
-            break
-    by_output = {m.op: m for m in merges}
-    previous = {m.op: _stream_source(records_by_name[m.skip]) for m in merges}
-    followers = {previous[m.op]: m for m in merges if previous[m.op] in by_output}
-    streams = []
-    starts = [m for m in merges if previous[m.op] not in by_output]
-    for start in starts:
-        chain, current = [start.op], start
-        while current.op in followers:
-            current = followers[current.op]
-            chain.append(current.op)
-        streams.append(Stream(tuple(chain)))
-    return merges, streams
-
-
 # ----------------------------------------------------------------------------------------------- entry point
 def analyze_traced(traced: TracedModel, options: Options = Options(), user_file: str | None = None,
                    entry: str | None = None, device: str = "meta", init_laws: dict[str, Any] | None = None,
@@ -596,12 +362,14 @@ def analyze_traced(traced: TracedModel, options: Options = Options(), user_file:
         ctx.measured = floors.measure(traced.graph_module, example_inputs)
     records = _forward(traced, ctx)
     _backward(records)
-    layers, total_mass = _layers(records, ctx)
-    merges, streams = _merges(records, ctx)
+    layers, total_mass = layers_of(records, ctx)
+    merges, streams = merges_of(records, ctx)
     triples = sharpness.propagate(records, layers, options.profile)
     streams = [replace(st, alphas=tuple(triples[id(r)].alpha for r in records_named(records, st.merges)))
                for st in streams]
     ops = tuple(op_of(r, ctx, triples[id(r)]) for r in records)
+    for record, op in zip(records, ops):
+        record.node.meta["modnorm"] = op
     sharp, loss = sharpness_of(records, triples, ctx)
     network = replace(network_of(records, layers, total_mass, ctx), tied_weights=tied_weights(root),
                       mass_groups=mass_groups(layers), sharpness=sharp, loss=loss,

@@ -14,12 +14,14 @@ from typing import Any, List, Optional
 import typer
 
 from ._version import __version__
+from .cli_options import (check_output_file, config_start, error, fail, parse_kwargs, parse_mass_of,
+                          parse_shape, split_codes, with_rule_options)
 from .config import SEVERITIES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Static modular-norm analysis and linting of PyTorch models.")
 
-EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+EXIT_CLEAN, EXIT_FINDINGS = 0, 1
 _SEVERITY_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}  # info < warning < error
 
 
@@ -33,60 +35,6 @@ def _version(value: bool) -> None:
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     """Static modular-norm analysis and linting of PyTorch models."""
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"modnorm: error: {message}", err=True)
-    raise typer.Exit(EXIT_ERROR)
-
-
-def _parse_shape(text: str | None, dtype: str | None = None) -> tuple[int, ...] | None:
-    from .config import INPUT_DTYPES
-    from .target import parse_input_shape
-
-    if dtype is not None and dtype not in INPUT_DTYPES:
-        _fail(f"unknown --input-dtype `{dtype}`; use {', '.join(INPUT_DTYPES)}")
-    if text is None:
-        if dtype is not None:
-            _fail(f"--input-dtype {dtype} needs --input-shape (it sets the dtype of the input that --input-shape "
-                  "describes); pass both, or neither to use the file's example_inputs()")
-        return None
-    return parse_input_shape(text)
-
-
-def _parse_mass_of(items: list[str]) -> tuple[tuple[str, float], ...]:
-    from .config import check_value
-
-    parsed = []
-    for item in items:
-        glob, sep, value = item.rpartition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not glob:
-            _fail(f"--mass-of `{item}` must look like GLOB=VALUE (e.g. 'blocks.*.attn.*=2')")
-        parsed.append((glob, check_value("hidden-mass", number, f"--mass-of `{item}`")))
-    return tuple(parsed)
-
-
-def _parse_kwargs(items: list[str]) -> dict[str, Any]:
-    import ast
-
-    kwargs: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            _fail(f"--kwargs `{item}` must look like NAME=VALUE (e.g. width=256)")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
-    return kwargs
-
-
-def _split_codes(items: list[str]) -> tuple[str, ...]:
-    return tuple(code.strip().upper() for item in items for code in item.split(",") if code.strip())
 
 
 @app.command()
@@ -156,16 +104,16 @@ def check(
     start(jobs)  # worker processes' imports overlap ours
     try:
         settings = _settings(targets, config, isolated, output_format=output_format, profile=profile, mass=mass,
-                             hidden_mass=hidden_mass, mass_of=_parse_mass_of(mass_of) or None, loss=loss,
+                             hidden_mass=hidden_mass, mass_of=parse_mass_of(mass_of) or None, loss=loss,
                              device=device, max_params=max_params, norm_input_rms=norm_input_rms, weights=weights,
                              tracer=tracer, leaf=tuple(leaf) or None, timeout=timeout,
-                             select=_split_codes(select) or None, ignore=_split_codes(ignore) or None,
-                             extend_select=_split_codes(extend_select) or None, fail_on=fail_on)
-        settings = _with_rule_options(settings, rule_option)
+                             select=split_codes(select) or None, ignore=split_codes(ignore) or None,
+                             extend_select=split_codes(extend_select) or None, fail_on=fail_on)
+        settings = with_rule_options(settings, rule_option)
         settings = _validate(settings, color)
-        shape, factory_kwargs = _parse_shape(input_shape, input_dtype), _parse_kwargs(kwargs)
-        _check_output_file(output_file)
-        _check_output_file(plot, "--plot")
+        shape, factory_kwargs = parse_shape(input_shape, input_dtype), parse_kwargs(kwargs)
+        check_output_file(output_file)
+        check_output_file(plot, "--plot")
         sweep = list(sweep) or list(settings.sweep)
         from . import progress
         from .parallel import run_all
@@ -185,7 +133,7 @@ def check(
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one paragraph and exit 2
-        _fail(_explain(exc))
+        fail(_explain(exc))
         return
     if violated:
         raise typer.Exit(EXIT_FINDINGS)
@@ -234,55 +182,10 @@ def _settings(targets: list[str] | None, config: Path | None, isolated: bool, **
             raise ModnormError(f"no such configuration file `{config}`", "pass the path of a pyproject.toml")
         base = load_config(config)
     elif not isolated:
-        found = find_config(_config_start(parse_target(targets[0])[0]) if targets else Path.cwd())
+        found = find_config(config_start(parse_target(targets[0])[0]) if targets else Path.cwd())
         if found is not None:
             base = load_config(found)
     return merge(base, **overrides)
-
-
-def _config_start(model_path: Path) -> Path:
-    """Where the search for pyproject.toml starts: the model's directory (the cwd if the path cannot resolve,
-    e.g. a symlink loop, which loading then reports)."""
-    try:
-        return model_path.resolve().parent
-    except (OSError, RuntimeError):
-        return Path.cwd()
-
-
-def _check_output_file(path: Path | None, option: str = "--output-file") -> None:
-    """Refuse before the analysis, not after it, an output path that cannot be written."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise _error(f"{option} `{path}` is a directory", "name a file inside it, e.g. "
-                     f"{path / 'modnorm-report.json'}")
-    if not path.parent.is_dir():
-        raise _error(f"{option} `{path}`: the directory `{path.parent}` does not exist",
-                     "create the directory first or write the report elsewhere")
-
-
-def _error(problem: str, remedy: str, file: Any = None) -> Exception:
-    from .errors import ModnormError
-
-    return ModnormError(problem, remedy, file)
-
-
-def _with_rule_options(settings: Any, items: list[str]) -> Any:
-    import ast
-    import dataclasses
-
-    options = {code: dict(values) for code, values in settings.rule_options.items()}
-    for item in items:
-        key, sep, value = item.partition("=")
-        code, dot, name = key.partition(".")
-        if not sep or not dot:
-            _fail(f"--rule-option `{item}` must look like CODE.NAME=VALUE (e.g. MN204.warn=5)")
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed = value
-        options.setdefault(code.upper(), {})[name.replace("-", "_")] = parsed
-    return dataclasses.replace(settings, rule_options=options)
 
 
 _CLI_SPELLING = {"mass-scheme": "--mass", "mass": "--mass-of", "rules": "--rule-option"}
@@ -294,11 +197,11 @@ def _validate(settings: Any, color: str) -> Any:
     from modnorm.rules import all_rules
 
     if color not in COLORS:
-        _fail(f"unknown --color `{color}`; use {', '.join(COLORS)}")
+        fail(f"unknown --color `{color}`; use {', '.join(COLORS)}")
     rules = all_rules()
     for code in settings.select + settings.ignore + settings.extend_select:
         if code != "ALL" and not any(c.startswith(code) for c in rules):
-            _fail(f"`{code}` is no rule code or prefix; `modnorm rules` lists them")
+            fail(f"`{code}` is no rule code or prefix; `modnorm rules` lists them")
     return validate(settings, lambda key: _CLI_SPELLING.get(key, f"--{key}"))
 
 
@@ -418,7 +321,7 @@ def _emit(results: list[Any], settings: Any, statistics: bool, output_file: Path
         try:
             output_file.write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
         except OSError as exc:
-            raise _error(f"--output-file `{output_file}` cannot be written ({exc.strerror or exc})",
+            raise error(f"--output-file `{output_file}` cannot be written ({exc.strerror or exc})",
                          "choose a writable path")
     elif text:
         typer.echo(text)
@@ -453,20 +356,20 @@ def probe_command(
         from .worker import run_isolated
 
         if output_format not in PROBE_FORMATS:
-            _fail(f"unknown --output-format `{output_format}`; use {', '.join(PROBE_FORMATS)}")
+            fail(f"unknown --output-format `{output_format}`; use {', '.join(PROBE_FORMATS)}")
         if isinstance(trials, bool) or trials < 1:
-            _fail(f"--trials must be at least 1 (random directions per measurement), not {trials}")
+            fail(f"--trials must be at least 1 (random directions per measurement), not {trials}")
         settings = validate(Settings(device="cpu", profile=profile, weights=weights,
                                      **{k: v for k, v in (("max_params", max_params), ("timeout", timeout))
                                         if v is not None}))
-        shape, factory_kwargs = _parse_shape(input_shape, input_dtype), _parse_kwargs(kwargs)
+        shape, factory_kwargs = parse_shape(input_shape, input_dtype), parse_kwargs(kwargs)
         check_model_path(parse_target(target)[0])
         result, measured = run_isolated(_probe_job, target, settings, shape, input_dtype, factory_kwargs, trials,
                                         target=target, timeout=settings.timeout)
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001
-        _fail(_explain(exc))
+        fail(_explain(exc))
         return
     if output_format == "json":
         typer.echo(json.dumps({"schema": "modnorm-probe/1", "notes": list(measured.notes), "rows": [
@@ -475,7 +378,9 @@ def probe_command(
              "assumption_broken": r.assumption_broken, "op": r.op, "note": r.note}
             for r in measured.rows]}, indent=2, allow_nan=False))
     else:
-        _render_probe(measured, _console("auto"))
+        from .report import render_probe
+
+        render_probe(measured, _console("auto"))
     raise typer.Exit(EXIT_FINDINGS if measured.violations or measured.broken_assumptions else EXIT_CLEAN)
 
 
@@ -492,7 +397,9 @@ def _measure_job(analysis: Any, target: str, settings: Any, input_shape: Any, in
                  kwargs: dict[str, Any], trials: int = 4) -> Any:
     from .probe import probe
 
-    model, inputs = _real_model(target, settings.weights, input_shape, input_dtype, kwargs, settings.max_params)
+    from .loading import load_with_weights
+
+    model, inputs = load_with_weights(target, settings.weights, input_shape, input_dtype, kwargs, settings.max_params)
     return probe(model, inputs, analysis, trials=trials)
 
 
@@ -506,7 +413,9 @@ def _probe_all(results: list[Any], settings: Any, input_shape: Any, input_dtype:
     for result in results:
         measured = run_isolated(_measure_job, result.analysis, result.target, settings, input_shape, input_dtype,
                                 kwargs, target=result.target, timeout=settings.timeout)
-        _render_probe(measured, _console(color, sys.stderr) if machine else _console(color))
+        from .report import render_probe
+
+        render_probe(measured, _console(color, sys.stderr) if machine else _console(color))
         violated = violated or bool(measured.violations) or bool(measured.broken_assumptions)
     return violated
 
@@ -515,75 +424,18 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _real_model(target: str, weights: str | None, input_shape: Any, input_dtype: str | None,
-                kwargs: dict[str, Any], max_params: int | None = None) -> tuple[Any, tuple]:
-    from .loading import DEFAULT_MAX_PARAMS, load
-
-    loaded = load(target, device="cpu", max_params=max_params or DEFAULT_MAX_PARAMS, input_shape=input_shape,
-                  input_dtype=input_dtype, kwargs=kwargs)
-    if weights not in (None, "init"):
-        from .weights import check_shapes, open_checkpoint
-
-        checkpoint = open_checkpoint(weights)
-        names = check_shapes(checkpoint, loaded.model)
-        loaded.model.load_state_dict({name: checkpoint.load(stored) for name, stored in names.items()}, strict=False)
-    return loaded.model, loaded.inputs
-
-
-def _render_probe(measured: Any, console: Any) -> None:
-    from rich.table import Table
-
-    from .report import fmt
-
-    table = Table(title="modnorm probe: measured on real weights", title_justify="left", header_style="bold")
-    for column in ("quantity", "bound", "measured", "measured/bound", "how"):
-        table.add_column(column, justify="left" if column in ("quantity", "how") else "right")
-    for r in measured.rows:
-        style = "bold red" if r.violated else ("yellow" if r.assumption_broken else
-                                               "dim" if r.kind == "compare" else None)
-        # a share row sets two shares side by side: no bound, so no measured/bound ratio to read as one
-        ratio = "—" if r.kind == "compare" else fmt(r.tightness, 3)
-        table.add_row(r.what, fmt(r.bound), fmt(r.measured), ratio, r.note, style=style)
-    console.print(table)
-    for note in measured.notes:
-        console.print(f"[dim]{note}[/]")
-    for r in measured.violations:
-        console.print(f"[bold red]BUG: measured {r.measured:.6g} > bound {r.bound:.6g} for {r.what} (op {r.op}); "
-                      "please report it with the model file[/]")
-    for r in measured.broken_assumptions:
-        console.print(f"[yellow]assumption violated: {r.what}: measured {r.measured:.4g} < {r.bound:.4g} (op {r.op}); "
-                      "the figures conditioned on it do not hold at these inputs (profile `certified` drops it)[/]")
-    if not measured.violations:
-        checked = sum(r.kind == "bound" for r in measured.rows)
-        compared = len(measured.rows) - checked
-        console.print(f"[green]every measurement is within its bound[/] ({checked} bounds checked"
-                      + (f"; the {compared} share rows compare mass shares with measured shares, they bound nothing)"
-                         if compared else ")"))
-
-
-def rules_markdown() -> str:
-    """The rules table of README.md, generated from the rule docs (a test keeps README in sync)."""
-    from modnorm.rules import all_rules
-
-    lines = ["| code | name | severity | what it does |", "| --- | --- | --- | --- |"]
-    for code, rule in all_rules().items():
-        summary = " ".join(rule.__doc__.split("## What it does")[1].split("##")[0].split())
-        lines.append(f"| {code} | {rule.name} | {rule.severity} | {summary} |")
-    return "\n".join(lines)
-
-
 @app.command("rules")
 def list_rules(output_format: str = typer.Option("table", "--output-format", "--format", "-f",
                                                  help="table | markdown | json.")) -> None:
     """List every rule with its code, name and default severity."""
     import json
 
-    from modnorm.rules import all_rules
+    from modnorm.rules import all_rules, rules_markdown
 
     from .config import RULES_FORMATS
 
     if output_format not in RULES_FORMATS:
-        _fail(f"unknown --output-format `{output_format}`; use {', '.join(RULES_FORMATS)}")
+        fail(f"unknown --output-format `{output_format}`; use {', '.join(RULES_FORMATS)}")
     if output_format == "markdown":
         typer.echo(rules_markdown())
         return
@@ -614,10 +466,10 @@ def explain_rule(code: str = typer.Argument(..., help="A rule code, e.g. MN201."
     from .config import RULE_FORMATS
 
     if output_format not in RULE_FORMATS:
-        _fail(f"unknown --output-format `{output_format}`; use {', '.join(RULE_FORMATS)}")
+        fail(f"unknown --output-format `{output_format}`; use {', '.join(RULE_FORMATS)}")
     rule = all_rules().get(code.upper())
     if rule is None:
-        _fail(f"unknown rule `{code}`; `modnorm rules` lists them")
+        fail(f"unknown rule `{code}`; `modnorm rules` lists them")
         return
     from .docsite import absolute_links, rule_page, rule_url
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-__all__ = ["abs_bound"]
+__all__ = ["abs_bound", "fold_real_constants"]
 
 
 _BOUNDED = {"cos": 1.0, "sin": 1.0, "tanh": 1.0, "sigmoid": 1.0, "softmax": 1.0}
@@ -50,3 +50,24 @@ def abs_bound(arg: Any, weights: Any, depth: int = 0) -> float | None:
             abs_bound(arg.args[0], weights, depth + 1)]
         return None if any(p is None for p in parts) else math.prod(parts)
     return None
+
+
+def fold_real_constants(graph_module: fx.GraphModule) -> None:
+    """Evaluate what depends only on real (non-meta) buffers, e.g. `self.cos[:T]`, so the registry can read the
+    constant's values as it does on the fx route (where the tracer computes them)."""
+    real: dict[fx.Node, Any] = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "get_attr":
+            value = graph_module
+            for part in str(node.target).split("."):
+                value = getattr(value, part, None)
+            if isinstance(value, torch.Tensor) and not value.is_meta:
+                real[node] = value.detach()
+        elif node.op == "call_function" and node.all_input_nodes and all(n in real for n in node.all_input_nodes):
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: real[n])
+            try:
+                with torch.no_grad():
+                    real[node] = node.target(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - folding is an optimisation; the op stays symbolic
+                continue
+            node.meta["value"] = real[node]

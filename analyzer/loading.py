@@ -230,3 +230,16 @@ def _definition_line(module: Any, name: str) -> int | None:
     except (OSError, TypeError):
         return None
     return next((i for i, line in enumerate(lines, 1) if pattern.match(line)), None)
+
+
+def load_with_weights(target: str, weights: str | None, input_shape: Any, input_dtype: str | None,
+                kwargs: dict[str, Any], max_params: int | None = None) -> tuple[Any, tuple]:
+    loaded = load(target, device="cpu", max_params=max_params or DEFAULT_MAX_PARAMS, input_shape=input_shape,
+                  input_dtype=input_dtype, kwargs=kwargs)
+    if weights not in (None, "init"):
+        from .weights import check_shapes, open_checkpoint
+
+        checkpoint = open_checkpoint(weights)
+        names = check_shapes(checkpoint, loaded.model)
+        loaded.model.load_state_dict({name: checkpoint.load(stored) for name, stored in names.items()}, strict=False)
+    return loaded.model, loaded.inputs

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .registry import OpView, Semantics, register
 
@@ -57,3 +60,38 @@ def attention_hessian(cd: float, q: float, k: float, v: float, profile: str) -> 
 @register(F.scaled_dot_product_attention)
 def _sdpa(op: OpView) -> Semantics:
     return attention(op, op.arg(6, "scale"), "sdpa")
+
+
+# nn.MultiheadAttention is read through its forward written in the ops above (the fx tracer calls this instead of
+# the module when it is self-attention with packed projections, tracing.ShapeTracer.call_module)
+def is_packed_self_attention(m: nn.MultiheadAttention, args: tuple, kwargs: dict) -> bool:
+    """The case `multi_head_attention_ops` spells out: self-attention with packed projections, no extras."""
+    names = ("query", "key", "value", "key_padding_mask")
+    bound = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+    return (bound.get("query") is bound.get("key") is bound.get("value") and m._qkv_same_embed_dim
+            and m.bias_k is None and not m.add_zero_attn and bound.get("key_padding_mask") is None)
+
+
+def multi_head_attention_ops(m: nn.MultiheadAttention, query: Any, key: Any, value: Any, key_padding_mask: Any = None,
+                          need_weights: bool = True, attn_mask: Any = None, average_attn_weights: bool = True,
+                          is_causal: bool = False) -> tuple[Any, Any]:
+    """nn.MultiheadAttention's forward for self-attention, in the ops the registry reads (eval mode)."""
+    x = query if m.batch_first else query.transpose(0, 1)
+    batch, tokens, embed = x.shape
+    heads = m.num_heads
+    q, k, v = F.linear(x, m.in_proj_weight, m.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (z.reshape(batch, tokens, heads, embed // heads).transpose(1, 2) for z in (q, k, v))
+    weights = None
+    if need_weights:
+        scores = q @ k.transpose(-2, -1) * (1 / (embed // heads) ** 0.5)
+        if attn_mask is not None:
+            scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+        probabilities = torch.softmax(scores, dim=-1)
+        out = probabilities @ v
+        weights = probabilities.mean(1) if average_attn_weights else probabilities
+    else:
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = attn_mask.logical_not()  # MultiheadAttention masks out True; sdpa keeps True
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    out = F.linear(out.transpose(1, 2).reshape(batch, tokens, embed), m.out_proj.weight, m.out_proj.bias)
+    return (out if m.batch_first else out.transpose(0, 1)), weights

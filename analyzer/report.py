@@ -426,3 +426,32 @@ def render_sweep(sweep: Any, console: Any, threshold: float = 0.25) -> None:
                       *(f"{p:+.2f}" if p == p else "–" for p in series.exponents.values()), fmt(series.spread, 3),
                       style="yellow" if drifting else None)
     console.print(table)
+
+
+def render_probe(measured: Any, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="modnorm probe: measured on real weights", title_justify="left", header_style="bold")
+    for column in ("quantity", "bound", "measured", "measured/bound", "how"):
+        table.add_column(column, justify="left" if column in ("quantity", "how") else "right")
+    for r in measured.rows:
+        style = "bold red" if r.violated else ("yellow" if r.assumption_broken else
+                                               "dim" if r.kind == "compare" else None)
+        # a share row sets two shares side by side: no bound, so no measured/bound ratio to read as one
+        ratio = "—" if r.kind == "compare" else fmt(r.tightness, 3)
+        table.add_row(r.what, fmt(r.bound), fmt(r.measured), ratio, r.note, style=style)
+    console.print(table)
+    for note in measured.notes:
+        console.print(f"[dim]{note}[/]")
+    for r in measured.violations:
+        console.print(f"[bold red]BUG: measured {r.measured:.6g} > bound {r.bound:.6g} for {r.what} (op {r.op}); "
+                      "please report it with the model file[/]")
+    for r in measured.broken_assumptions:
+        console.print(f"[yellow]assumption violated: {r.what}: measured {r.measured:.4g} < {r.bound:.4g} (op {r.op}); "
+                      "the figures conditioned on it do not hold at these inputs (profile `certified` drops it)[/]")
+    if not measured.violations:
+        checked = sum(r.kind == "bound" for r in measured.rows)
+        compared = len(measured.rows) - checked
+        console.print(f"[green]every measurement is within its bound[/] ({checked} bounds checked"
+                      + (f"; the {compared} share rows compare mass shares with measured shares, they bound nothing)"
+                         if compared else ")"))

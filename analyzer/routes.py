@@ -1,6 +1,6 @@
 """The route chain: trace a model by the first route that gets through (fx with values, torch.export, the op log,
 the module hierarchy alone), each failure recorded. One function that knows every route, so that no route module
-imports another: tracing.py (fx, export), oplog.py and module_only.py each build on tracing.py only."""
+imports another: tracing.py (fx), export_route.py, oplog.py and module_only.py each build on tracing.py only."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import nn
 
 from .errors import InputsDoNotFit, ModnormError, short_path
 from .result import RouteAttempt
+from .export_route import trace_export
 from .module_only import trace_modules
 from .oplog import trace_oplog
 from . import tracing
@@ -28,7 +29,7 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | No
     # routes are looked up on their module at call time, so a test may replace one (monkeypatch tracing.trace_fx)
     routes = {
         "fx": lambda attempts: tracing.trace_fx(model, example_inputs, user_file, leaf_types),
-        "export": lambda attempts: tracing.trace_export(model, example_inputs, user_file, attempts),
+        "export": lambda attempts: trace_export(model, example_inputs, user_file, attempts),
         "oplog": lambda attempts: _explained(trace_oplog, "op log", model, example_inputs, user_file,
                                              leaf_types, attempts),
     }

@@ -1,4 +1,5 @@
-"""Where a module is defined in the user's source: `self.attn = ...` in its owner's __init__, best effort."""
+"""Where things are in the user's source: the line an fx node ran (its recorded stack trace), where a module is
+called from its parent, and where it is defined (`self.attn = ...` in its owner's __init__, best effort)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import ast
 import inspect
 import re
 import textwrap
+import traceback
+from pathlib import Path
+from typing import Any
 
+import torch.fx as fx
 from torch import nn
 
-__all__ = ["definition", "element_definition"]
+from .errors import resolved, user_frame
+
+__all__ = ["definition", "element_definition", "node_location", "call_site"]
 
 
 def definition(root: nn.Module, path: str) -> tuple[str, int] | None:
@@ -117,3 +124,64 @@ def _assigned_expression(owner: type, attr: str) -> tuple[str, ast.expr] | None:
                 ast.increment_lineno(node.value, start - 1)
                 return file, node.value
     return None
+
+
+def node_location(node: fx.Node, user_file: str | None = None) -> tuple[str | None, int | None]:
+    """The user's file and line for a node, from its recorded stack trace."""
+    cached = node.meta.get("modnorm_location")
+    if cached is not None:
+        return cached
+    location: tuple[str | None, int | None] = (None, None)
+    if node.stack_trace:
+        summary = traceback.StackSummary.from_list(_parse_frames(node.stack_trace))
+        found = user_frame(summary, user_file)
+        if found:
+            location = (found[0], found[1])
+    node.meta["modnorm_location"] = location
+    return location
+
+
+@functools.lru_cache(maxsize=None)
+def _class_span(klass: type) -> tuple[str, int, int] | None:
+    """(file, first line, last line) of a class's source; cached: inspect parses the whole file each time."""
+    import inspect
+
+    try:
+        lines, start = inspect.getsourcelines(klass)
+        file = inspect.getsourcefile(klass)
+    except (OSError, TypeError):
+        return None
+    return (str(Path(file).resolve()), start, start + len(lines) - 1) if file else None
+
+
+def call_site(node: fx.Node, module: Any, user_file: str | None = None) -> tuple[str | None, int | None]:
+    """Where a user-defined module is called (`self.inp(x)` in its parent's forward), rather than the op inside
+    its own forward: the innermost user frame outside the module's class body. Torch's own modules have no
+    user frames inside, so this equals `node_location` for them."""
+
+    if not node.stack_trace or module is None:
+        return node_location(node, user_file)
+    inside = _class_span(type(module))
+    if inside is None:
+        return node_location(node, user_file)
+    frames = [f for f in _parse_frames(node.stack_trace)
+              if not (resolved(f[0]) == inside[0] and inside[1] <= f[1] <= inside[2])]
+    found = user_frame(traceback.StackSummary.from_list(frames), user_file)
+    return (found[0], found[1]) if found else node_location(node, user_file)
+
+
+def _parse_frames(stack_trace: str) -> list[tuple[str, int, str, str]]:
+    frames = []
+    lines = stack_trace.splitlines()
+    for i, line in enumerate(lines):
+        line = line.strip()
+        if line.startswith('File "'):
+            try:
+                filename = line.split('"')[1]
+                lineno = int(line.split(", line ")[1].split(",")[0])
+            except (IndexError, ValueError):
+                continue
+            name = line.rsplit(" in ", 1)[-1]
+            source = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            frames.append((filename, lineno, name, source))
+    return frames

@@ -14,7 +14,7 @@ from .combinators import exp_of, log10_of, log_of, log_parallel, log_series, ser
 from .errors import short_path
 from .records import Context, Record
 from .result import Assumption, BlockSharpness, Layer, LossBound, MassGroup, Network, Op, Sharpness
-from .tracing import node_location
+from .sourcelines import node_location
 
 __all__ = ["op_of", "network_of", "sharpness_of", "block_sharpness_of", "mass_groups", "tied_weights",
            "records_named", "block_of"]

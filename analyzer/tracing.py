@@ -13,8 +13,6 @@ from __future__ import annotations
 import functools
 import inspect
 import operator
-import traceback
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -22,11 +20,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .folding import fold_real_constants
+from .ops_attention import is_packed_self_attention, multi_head_attention_ops
 from .semantics import REGISTRY, lookup
-from .errors import InputsDoNotFit, ModnormError, frame_of_exception, resolved, user_frame
+from .errors import InputsDoNotFit, ModnormError, frame_of_exception
 from .result import RouteAttempt
 
-__all__ = ["TracedModel", "trace_fx", "trace_export", "to_meta", "node_location"]
+__all__ = ["TracedModel", "trace_fx", "to_meta"]
 
 _MISSING = object()
 
@@ -41,67 +41,6 @@ def to_meta(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: to_meta(v) for k, v in value.items()}
     return value
-
-
-def node_location(node: fx.Node, user_file: str | None = None) -> tuple[str | None, int | None]:
-    """The user's file and line for a node, from its recorded stack trace."""
-    cached = node.meta.get("modnorm_location")
-    if cached is not None:
-        return cached
-    location: tuple[str | None, int | None] = (None, None)
-    if node.stack_trace:
-        summary = traceback.StackSummary.from_list(_parse_frames(node.stack_trace))
-        found = user_frame(summary, user_file)
-        if found:
-            location = (found[0], found[1])
-    node.meta["modnorm_location"] = location
-    return location
-
-
-@functools.lru_cache(maxsize=None)
-def _class_span(klass: type) -> tuple[str, int, int] | None:
-    """(file, first line, last line) of a class's source; cached: inspect parses the whole file each time."""
-    import inspect
-
-    try:
-        lines, start = inspect.getsourcelines(klass)
-        file = inspect.getsourcefile(klass)
-    except (OSError, TypeError):
-        return None
-    return (str(Path(file).resolve()), start, start + len(lines) - 1) if file else None
-
-
-def call_site(node: fx.Node, module: Any, user_file: str | None = None) -> tuple[str | None, int | None]:
-    """Where a user-defined module is called (`self.inp(x)` in its parent's forward), rather than the op inside
-    its own forward: the innermost user frame outside the module's class body. Torch's own modules have no
-    user frames inside, so this equals `node_location` for them."""
-
-    if not node.stack_trace or module is None:
-        return node_location(node, user_file)
-    inside = _class_span(type(module))
-    if inside is None:
-        return node_location(node, user_file)
-    frames = [f for f in _parse_frames(node.stack_trace)
-              if not (resolved(f[0]) == inside[0] and inside[1] <= f[1] <= inside[2])]
-    found = user_frame(traceback.StackSummary.from_list(frames), user_file)
-    return (found[0], found[1]) if found else node_location(node, user_file)
-
-
-def _parse_frames(stack_trace: str) -> list[tuple[str, int, str, str]]:
-    frames = []
-    lines = stack_trace.splitlines()
-    for i, line in enumerate(lines):
-        line = line.strip()
-        if line.startswith('File "'):
-            try:
-                filename = line.split('"')[1]
-                lineno = int(line.split(", line ")[1].split(",")[0])
-            except (IndexError, ValueError):
-                continue
-            name = line.rsplit(" in ", 1)[-1]
-            source = lines[i + 1].strip() if i + 1 < len(lines) else ""
-            frames.append((filename, lineno, name, source))
-    return frames
 
 
 class DataDependentError(RuntimeError):
@@ -251,10 +190,10 @@ class ShapeTracer(fx.Tracer):
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         if self._computing:
             return forward(*args, **kwargs)
-        if isinstance(m, nn.MultiheadAttention) and _self_attention(m, args, kwargs):
+        if isinstance(m, nn.MultiheadAttention) and is_packed_self_attention(m, args, kwargs):
             # fx would record F.multi_head_attention_forward as one opaque call; spell it out instead, so its
             # projections are Linear atoms and its core is sdpa (or the explicit softmax when weights are asked).
-            return super().call_module(m, functools.partial(_multi_head_attention, m), args, kwargs)
+            return super().call_module(m, functools.partial(multi_head_attention_ops, m), args, kwargs)
         return super().call_module(m, forward, args, kwargs)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -416,41 +355,6 @@ def _on_meta_device(value: Any) -> Any:
     return value
 
 
-def _self_attention(m: nn.MultiheadAttention, args: tuple, kwargs: dict) -> bool:
-    """The case `_multi_head_attention` spells out: self-attention with packed projections, no extras."""
-    names = ("query", "key", "value", "key_padding_mask")
-    bound = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
-    return (bound.get("query") is bound.get("key") is bound.get("value") and m._qkv_same_embed_dim
-            and m.bias_k is None and not m.add_zero_attn and bound.get("key_padding_mask") is None)
-
-
-def _multi_head_attention(m: nn.MultiheadAttention, query: Any, key: Any, value: Any, key_padding_mask: Any = None,
-                          need_weights: bool = True, attn_mask: Any = None, average_attn_weights: bool = True,
-                          is_causal: bool = False) -> tuple[Any, Any]:
-    """nn.MultiheadAttention's forward for self-attention, in the ops the registry reads (eval mode)."""
-    import torch.nn.functional as F
-
-    x = query if m.batch_first else query.transpose(0, 1)
-    batch, tokens, embed = x.shape
-    heads = m.num_heads
-    q, k, v = F.linear(x, m.in_proj_weight, m.in_proj_bias).chunk(3, dim=-1)
-    q, k, v = (z.reshape(batch, tokens, heads, embed // heads).transpose(1, 2) for z in (q, k, v))
-    weights = None
-    if need_weights:
-        scores = q @ k.transpose(-2, -1) * (1 / (embed // heads) ** 0.5)
-        if attn_mask is not None:
-            scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
-        probabilities = torch.softmax(scores, dim=-1)
-        out = probabilities @ v
-        weights = probabilities.mean(1) if average_attn_weights else probabilities
-    else:
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
-            attn_mask = attn_mask.logical_not()  # MultiheadAttention masks out True; sdpa keeps True
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-    out = F.linear(out.transpose(1, 2).reshape(batch, tokens, embed), m.out_proj.weight, m.out_proj.bias)
-    return (out if m.batch_first else out.transpose(0, 1)), weights
-
-
 def _has_proxy(value: Any) -> bool:
     found = []
     fx.node.map_aggregate(value, lambda a: found.append(a) if isinstance(a, fx.Proxy) else None)
@@ -564,70 +468,6 @@ def _route_failure(exc: BaseException, what: str, user_file: str | None, remedy:
     return ModnormError(f"{what} {construct}: {type(exc).__name__}: {first[:300]}", remedy, file, line)
 
 
-def trace_export(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
-                 attempts: list[RouteAttempt] | None = None) -> TracedModel:
-    """The slower fallback: torch.export.export(strict=False) gives an aten-level graph whose nodes keep their
-    module path (nn_module_stack) and source line (stack_trace); the registry reads aten ops via aliases."""
-    import contextlib
-    import io
-    import logging
-
-    disabled = logging.root.manager.disable  # the caller's level, restored below
-    try:  # export logs graph dumps on failure: the user gets one paragraph instead
-        logging.disable(logging.CRITICAL)
-        with contextlib.redirect_stderr(io.StringIO()):
-            on_meta = any(p.is_meta for p in model.parameters())
-            inputs = tuple(to_meta(example_inputs)) if on_meta else tuple(example_inputs)
-            exported = torch.export.export(model, inputs, strict=False)
-    except Exception as exc:  # noqa: BLE001 - explained to the user
-        raise _route_failure(exc, "torch.export cannot trace", user_file,
-                             "rewrite the construct with torch operations or mark its module as a leaf") from exc
-    finally:
-        logging.disable(disabled)
-    graph_module = exported.module()
-    for node in list(graph_module.graph.nodes):  # export's input-guard call carries no data
-        if node.op == "call_module" and str(node.target).startswith("_guards") and not node.users:
-            graph_module.graph.erase_node(node)
-    for node in graph_module.graph.nodes:
-        if "val" in node.meta:
-            node.meta["value"] = _as_meta(node.meta["val"])
-    _fold_constants(graph_module)
-    inputs = [n.name for n in graph_module.graph.nodes if n.op == "placeholder"]
-    return TracedModel(graph_module, model, "export", [*(attempts or []), RouteAttempt("export", True)], inputs)
-
-
-def _fold_constants(graph_module: fx.GraphModule) -> None:
-    """Evaluate what depends only on real (non-meta) buffers, e.g. `self.cos[:T]`, so the registry can read the
-    constant's values as it does on the fx route (where the tracer computes them)."""
-    real: dict[fx.Node, Any] = {}
-    for node in graph_module.graph.nodes:
-        if node.op == "get_attr":
-            value = graph_module
-            for part in str(node.target).split("."):
-                value = getattr(value, part, None)
-            if isinstance(value, torch.Tensor) and not value.is_meta:
-                real[node] = value.detach()
-        elif node.op == "call_function" and node.all_input_nodes and all(n in real for n in node.all_input_nodes):
-            args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: real[n])
-            try:
-                with torch.no_grad():
-                    real[node] = node.target(*args, **kwargs)
-            except Exception:  # noqa: BLE001 - folding is an optimisation; the op stays symbolic
-                continue
-            node.meta["value"] = real[node]
-
-
-def _as_meta(value: Any) -> Any:
-    """FakeTensors and symbolic sizes of an export graph as plain meta tensors and ints."""
-    if isinstance(value, torch.Tensor):
-        return torch.empty(tuple(int(d) for d in value.shape), dtype=value.dtype, device="meta")
-    if isinstance(value, (list, tuple)):
-        return type(value)(_as_meta(v) for v in value)
-    if isinstance(value, torch.SymInt):
-        return int(value)
-    return value
-
-
 def trace_fx(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
              leaf_types: tuple[type, ...] = ()) -> TracedModel:
     """The shape-aware fx tracer (first route)."""
@@ -646,7 +486,7 @@ def trace_fx(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str |
     graph_module = fx.GraphModule(tracer.root, graph, name)
     for node, original in zip(graph_module.graph.nodes, graph.nodes):
         node.meta = original.meta
-    _fold_constants(graph_module)  # what depends only on real buffers (rotary tables of a CPU model)
+    fold_real_constants(graph_module)  # what depends only on real buffers (rotary tables of a CPU model)
     inputs = [n.name for n in graph_module.graph.nodes if n.op == "placeholder"]
     return TracedModel(graph_module, model, "fx_values", [RouteAttempt("fx_values", True)], inputs)
 

@@ -135,3 +135,12 @@ def run_sweep_rules(sweep: Any, selection: RuleSelection = RuleSelection()) -> t
 def sort_findings(findings: Iterable[Finding]) -> tuple[Finding, ...]:
     """Most severe first, then by file, line and code."""
     return tuple(sorted(findings, key=lambda f: (_ORDER[f.severity], f.file or "", f.line or 0, f.code)))
+
+
+def rules_markdown() -> str:
+    """The rules table of README.md, generated from the rule docs (a test keeps README in sync)."""
+    lines = ["| code | name | severity | what it does |", "| --- | --- | --- | --- |"]
+    for code, rule in all_rules().items():
+        summary = " ".join(rule.__doc__.split("## What it does")[1].split("##")[0].split())
+        lines.append(f"| {code} | {rule.name} | {rule.severity} | {summary} |")
+    return "\n".join(lines)

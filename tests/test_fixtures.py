@@ -319,7 +319,7 @@ def test_clean_designs_have_no_warnings_or_errors():
 
 
 def test_readme_rules_table_is_generated_from_the_rule_docs():
-    from modnorm.cli import rules_markdown
+    from modnorm.rules import rules_markdown
     from tests.conftest import ROOT
 
     readme = (ROOT / "README.md").read_text()

@@ -20,7 +20,7 @@ from torch import nn
 import modnorm
 from modnorm.loading import load
 from modnorm.probe import probe
-from modnorm.tracing import trace_export
+from modnorm.export_route import trace_export
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = sorted(p for p in (ROOT / "fixtures").glob("*.py") if not p.name.startswith("_")

@@ -148,3 +148,21 @@ def test_torch_compile_code_is_a_leaf_not_modelled():
     compiled = [op for op in analysis.ops if "torch.compile" in op.reason]
     assert {op.target for op in compiled} == {"fused_gelu", "OptimizedModule"}
     assert analysis.model.tracer == "fx_values"
+
+
+def test_the_calculus_writes_each_nodes_result_under_node_meta():
+    """Like ShapeProp's `tensor_meta`: after the passes every node of the traced graph carries its frozen `Op`
+    under `node.meta["modnorm"]`, the same object the `Analysis` lists (a downstream fx pass can read it)."""
+    from modnorm.calculus import analyze_traced
+    from modnorm.loading import load
+    from modnorm.result import Op
+    from modnorm.routes import trace
+
+    loaded = load(str(ROOT / "fixtures/nanogpt.py"))
+    traced = trace(loaded.model, loaded.inputs, loaded.file)
+    analysis = analyze_traced(traced, user_file=loaded.file)
+    written = {n.name: n.meta["modnorm"] for n in traced.graph_module.graph.nodes if "modnorm" in n.meta}
+    assert written and all(isinstance(op, Op) for op in written.values())
+    assert written == {op.name: op for op in analysis.ops}
+    atoms = [op for op in written.values() if op.kind == "atom"]
+    assert {l.op for l in analysis.layers} <= {op.name for op in atoms}
