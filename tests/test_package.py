@@ -38,3 +38,40 @@ def test_wheel_installs_as_modnorm_and_runs(tmp_path):
                            text=True, env=clean, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     assert "no findings" in check.stdout
+
+
+def _import_graph():
+    """modnorm's modules (analyzer/*.py) and the modules each imports, function-level (lazy) imports included."""
+    import ast
+
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    for path in (ROOT / "analyzer").glob("*.py"):
+        graph.add_node(path.stem)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1:  # from .x import y / from . import x, y
+                targets = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+            elif node.module == "modnorm":
+                targets = ["__init__"]
+            elif node.module and node.module.startswith("modnorm.") and not node.module.startswith("modnorm.rules"):
+                targets = [node.module.split(".")[1]]
+            else:
+                continue
+            graph.add_edges_from((path.stem, t) for t in targets if t != path.stem)
+    return graph
+
+
+def test_no_import_cycles_lazy_imports_included():
+    """A module that imports another, even inside a function, is never imported back by it (directly or through
+    others): each concept lives below the modules that use it (e.g. routes.py knows every route; no route module
+    imports another)."""
+    import networkx as nx
+
+    graph = _import_graph()
+    assert {"calculus", "tracing", "routes", "cli"} <= set(graph)  # the scan sees the package
+    assert graph.has_edge("routes", "export_route") and graph.has_edge("export_route", "tracing")
+    cycles = [c for c in nx.simple_cycles(graph) if c != ["__init__"]]
+    assert cycles == [], cycles
