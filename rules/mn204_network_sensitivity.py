@@ -60,11 +60,21 @@ class NetworkSensitivityHigh(Rule):
 
 
 def fix_text(analysis: Analysis, top: int = 3) -> str:
-    """Name the op constants behind the figure (the report prints the same under the network line): per kind of op
-    (a CNN's three max-pools), the product of its constants above 1, largest first."""
+    """Name what the figure is made of, largest first: residual merges whose design block sensitivity exceeds 1
+    (their product along a stream is usually the dominant factor), then the op constants (per kind of op, e.g. a
+    CNN's three max-pools, the product of its constants above 1; the report prints the same under the figures)."""
+    parts = []
+    growing = [m for m in analysis.merges if m.design_block_sensitivity > 1.05]
+    if growing:
+        product = math.prod(m.design_block_sensitivity for m in growing)
+        worst = max(m.design_block_sensitivity for m in growing)
+        parts.append(f"{len(growing)} residual merge{'s' if len(growing) > 1 else ''} with design block sensitivity "
+                     f"above 1 (up to {worst:.3g}, product {product:.3g}): scale skip and branch as MN201 says")
     named = "; ".join(f"{c.target} {c.largest:.3g}" + (f" ×{c.count} ops = {c.product:.3g}" if c.count > 1 else "")
                       for c in analysis.op_constants(top))
-    pools = " (multiply a max-pool by 1/sqrt(window size), or use an average pool)" if "MaxPool" in named else ""
-    advice = f"scale those down{pools}; keep residual blocks at 1"
-    return f"the largest op constants on the way: {named}; {advice}" if named else (
-        "bring every atom to norm 1 (MN101) and keep residual blocks at 1 (MN201)")
+    if named:
+        pools = " (multiply a max-pool by 1/sqrt(window size), or use an average pool)" if "MaxPool" in named else ""
+        parts.append(f"the largest op constants on the way: {named}; scale those down{pools}")
+    if not parts:
+        return "bring every atom to norm 1 (MN101) and keep residual blocks at 1 (MN201)"
+    return "; ".join(parts) + ("" if growing else "; keep residual blocks at 1")

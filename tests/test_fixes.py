@@ -238,3 +238,23 @@ def test_probe_share_rows_carry_no_ratio_and_the_footer_says_so():
     assert shares and all("—" in line for line in shares)
     assert f"the {len(shares)} share rows compare mass shares with measured shares, they bound nothing" in \
         result.stdout.replace("\n", " ")
+
+
+def test_mn204_fix_names_the_residual_merges_before_op_constants():
+    """nanoGPT as written: four unscaled merges (design block sensitivity 2.1–23 each) make most of its design
+    sensitivity, GELU's 1.13 a little; the fix says so in that order, with the product of the merges' own figures."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("nanogpt", Path(__file__).parents[1] / "fixtures" / "nanogpt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.build_model()
+    result = check_module(model, module.example_inputs(model), isolated=True)
+    (finding,) = [f for f in result.findings if f.code == "MN204"]
+    merges = result.analysis.merges
+    assert len(merges) == 4 and all(m.design_block_sensitivity > 1.05 for m in merges)
+    assert finding.fix.startswith("4 residual merges with design block sensitivity above 1")
+    assert math.isclose(number_after(finding.fix, "product"), math.prod(m.design_block_sensitivity for m in merges),
+                        rel_tol=5e-3)
+    assert finding.fix.index("residual merges") < finding.fix.index("GELU")
