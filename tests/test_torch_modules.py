@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import modnorm
-from modnorm.tracing import _multi_head_attention
+from modnorm.ops_attention import multi_head_attention_ops
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -17,7 +17,7 @@ def test_spelled_out_attention_equals_torchs(batch_first, need_weights, masked):
     m = nn.MultiheadAttention(24, 3, batch_first=batch_first).eval()
     x = torch.randn(2, 7, 24) if batch_first else torch.randn(7, 2, 24)
     mask = torch.triu(torch.ones(7, 7, dtype=torch.bool), 1) if masked else None
-    ours = _multi_head_attention(m, x, x, x, need_weights=need_weights, attn_mask=mask)
+    ours = multi_head_attention_ops(m, x, x, x, need_weights=need_weights, attn_mask=mask)
     theirs = m(x, x, x, need_weights=need_weights, attn_mask=mask)
     assert torch.allclose(ours[0], theirs[0], atol=1e-5)
     if need_weights:
