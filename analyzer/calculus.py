@@ -59,6 +59,14 @@ class _View:
             return None
         return floors.floor_of(self.ctx.measured, self.sources[0], centred)
 
+    def input_rms_at_init(self, index: int) -> float | None:
+        """The RMS of data input `index` at init: measured when the graph ran (the `assumed` profile on the CPU),
+        else predicted from the init laws (floors.typical), else None."""
+        if index >= len(self.sources):
+            return None
+        stats = self.ctx.measured.get(self.sources[index].node.name) if self.ctx.measured else None
+        return stats[0] if stats is not None else self.sources[index].typical
+
     def arg(self, index: int, name: str, default: Any = None) -> Any:
         if name in self.node.kwargs:
             return self.node.kwargs[name]
@@ -297,6 +305,8 @@ def _forward(traced: TracedModel, ctx: Context) -> list[Record]:
                     sem = replace(sem, lipschitz=sem.nominal)
             lipschitz = _fit(sem.lipschitz, inputs)
             design = _fit(sem.design, inputs) if sem.design is not None else lipschitz
+            if "layout" in sem.tags and sem.design is None:  # Op.design_constant: a layout keeps feature vectors
+                design = tuple(min(d, 1.0) for d in design)
             if _is_discrete(value) and any(not r.bounds.discrete for r in inputs):
                 # integer bookkeeping (counts, offsets) carries no perturbation; a top-k choice is the routing
                 routing = [s for s in (sem, *(r.semantics for r in inputs)) if s is not None and "routing" in s.tags]

@@ -24,6 +24,7 @@ class CheckResult:
     sweep: Any = None  # modnorm.sweep.Sweep when the check swept sizes (analysis is then the last size)
     note: str = ""  # e.g. where the findings of a Hugging Face config point (the transformers source)
     baselined: int = 0  # findings left out because the baseline file records them (baseline.py)
+    changes: tuple[Any, ...] = ()  # result.Change: the fixes that matter most, ranked (rules.rank_changes)
 
 
 def check_sweep(target: str, settings: Settings, axes: Any, *, input_shape: tuple[int, ...] | None = None,
@@ -40,7 +41,7 @@ def check_sweep(target: str, settings: Settings, axes: Any, *, input_shape: tupl
     extra = [_located(f, file, last.analysis.model.entry_line) for f in run_sweep_rules(result, selection)]
     kept, suppressed = suppression.apply(extra, [file, *(f.file for f in extra if f.file)], selection.enabled, None)
     return CheckResult(target, last.analysis, sort_findings([*last.findings, *kept]), last.suppressed + suppressed,
-                       sweep=result)
+                       sweep=result, changes=last.changes)
 
 
 def _leaf_types(model: Any, names: tuple[str, ...], file: str) -> tuple[type, ...]:
@@ -104,7 +105,7 @@ def check_analysis(target: str, analysis: Analysis, settings: Settings, source: 
     """Rules, per-module ignores and inline suppressions on an analysis: what `modnorm check` and the pytest
     plugin (`assert_well_normed`) both report, so that the two give the same findings."""
     from . import suppression
-    from modnorm.rules import all_rules, run_rules, sort_findings
+    from modnorm.rules import all_rules, rank_changes, run_rules, sort_findings
 
     selection = selection_of(settings)
     findings = tuple(_located(f, source, entry_line) if source else f for f in run_rules(analysis, selection))
@@ -120,7 +121,8 @@ def check_analysis(target: str, analysis: Analysis, settings: Settings, source: 
 
     from .grouping import group_by_role
 
-    return CheckResult(target, analysis, sort_findings(group_by_role(kept, _modules_of(analysis))), suppressed)
+    return CheckResult(target, analysis, sort_findings(group_by_role(kept, _modules_of(analysis))), suppressed,
+                       changes=rank_changes(analysis, kept, selection))
 
 
 def _source_of(loaded: Any) -> tuple[str, int | None, str]:

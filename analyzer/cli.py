@@ -305,7 +305,7 @@ def _emit(results: list[Any], settings: Any, statistics: bool, output_file: Path
 
                 render_sweep(result.sweep, console)
             render_full(result.analysis, result.findings, console, suppressed=result.suppressed, verbose=verbose,
-                        root=settings.root, note=result.note, baselined=result.baselined)
+                        root=settings.root, note=result.note, baselined=result.baselined, changes=result.changes)
         text = buffer.getvalue() if buffer is not None else None
     elif output_format == "html":
         from .html import render_html

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["series", "parallel", "log_of", "log_series", "log_parallel", "exp_of", "log10_of"]
+__all__ = ["series", "parallel", "log_of", "log_series", "log_parallel", "exp_of", "log10_of", "target_of"]
 
 
 def series(first: float, then: float) -> float:
@@ -60,3 +60,15 @@ def exp_of(log_x: float) -> float:
 def log10_of(log_x: float) -> float:
     """log10 of a sensitivity given by its natural log (what reports print when the float overflows)."""
     return log_x / math.log(10) if math.isfinite(log_x) else log_x
+
+
+def target_of(share: float, down: float, log_down: float) -> float:
+    """The normalization target t_i = share / S_down(i) (docs/theory/modular-norm.md#targets); from the log of
+    S_down when the float overflowed, so that a sensitivity beyond float range still gives its (tiny) target."""
+    if share <= 0:
+        return 0.0
+    if 0 < down < math.inf:
+        return share / down
+    if log_down == -math.inf:
+        return math.inf
+    return exp_of(math.log(share) - log_down)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .combinators import exp_of, log10_of
+from .combinators import log10_of, target_of
 from .errors import ModnormError
 from .records import Context, Options, Record
 from .result import Layer
@@ -106,7 +106,7 @@ def layers_of(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
         spec = a.semantics.atom
         mass = masses[id(a)]
         share = mass / total if total > 0 else 0.0
-        target = _target(share, a.design_down, a.log_design_down)
+        target = target_of(share, a.design_down, a.log_design_down)
         owner = spec.weight.rsplit(".", 1)[0] if "." in spec.weight else ""
         try:
             owner_module = ctx.root.get_submodule(owner) if owner else None
@@ -131,18 +131,6 @@ def layers_of(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
             predicted_norm=_predicted_norm(ctx.weights, spec), norm_factor=spec.factor, groups=spec.groups,
             frozen=id(a) in frozen))
     return layers, total
-
-
-def _target(share: float, design_down: float, log_design_down: float) -> float:
-    """t_i = share / S_down(i); from the log of S_down when the float overflowed, so that a design sensitivity
-    beyond float range still gives its (tiny, finite) target."""
-    if share <= 0:
-        return 0.0
-    if 0 < design_down < math.inf:
-        return share / design_down
-    if log_design_down == -math.inf:
-        return math.inf
-    return exp_of(math.log(share) - log_design_down)
 
 
 def _predicted_norm(weights: WeightStore, spec: Any) -> float | None:

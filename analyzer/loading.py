@@ -217,19 +217,31 @@ def load(target: str, *, device: str = "auto", max_params: int = DEFAULT_MAX_PAR
 def _definition_line(module: Any, name: str) -> int | None:
     """The line that defines `name` in the model file (a def, a class or an assignment)."""
     value = getattr(module, name, None)
-    if inspect.isfunction(value) or inspect.isclass(value):
+    if (inspect.isfunction(value) or inspect.isclass(value)) and _defined_in(value, module):
         try:
             return inspect.getsourcelines(value)[1]
         except (OSError, TypeError):
             return None
     import re
 
-    pattern = re.compile(rf"^{re.escape(name)}\s*(:[^=]*)?=")
+    # an assignment, or the import that brings an entry defined elsewhere (`from nanogpt import build_model`)
+    pattern = re.compile(rf"^({re.escape(name)}\s*(:[^=]*)?=|(from\s+\S+\s+)?import\s.*\b{re.escape(name)}\b)")
     try:
         lines = inspect.getsource(module).splitlines()
     except (OSError, TypeError):
         return None
     return next((i for i, line in enumerate(lines, 1) if pattern.match(line)), None)
+
+
+def _defined_in(value: Any, module: Any) -> bool:
+    """Whether `value` is defined in the model file itself (not imported into it)."""
+    file = getattr(module, "__file__", None)
+    if not file:  # a namespace built for a config (Hugging Face): no file to compare with
+        return True
+    try:
+        return Path(inspect.getsourcefile(value) or "").resolve() == Path(file).resolve()
+    except (OSError, TypeError):
+        return True
 
 
 def load_with_weights(target: str, weights: str | None, input_shape: Any, input_dtype: str | None,

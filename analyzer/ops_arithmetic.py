@@ -118,9 +118,20 @@ def _product(op: OpView) -> Semantics:
     reason = ("product of two activations: bounded only through ||x||_inf <= sqrt(d) ||x||_RMS"
               if via_rms else "")
     # D²(a ⊙ b)[(a1, b1), (a2, b2)] = a1 ⊙ b2 + a2 ⊙ b1, and ||a1 ⊙ b2|| <= sqrt(d) ||a1|| ||b2|| in RMS norms.
+    design = (min(sup_b, _typical_sup(op, 1, width)), min(sup_a, _typical_sup(op, 0, width)))
     return Semantics("bond", (sup_b, sup_a), "elementwise product: ||b||_inf and ||a||_inf",
                      upper=_product_upper(a, b, sup_a, sup_b), reason=reason, tags=("product",),
-                     smooth=True, curvature=1.0, label="a ⊙ b", hessian=math.sqrt(width))
+                     smooth=True, curvature=1.0, label="a ⊙ b", hessian=math.sqrt(width), design=design)
+
+
+def _typical_sup(op: OpView, index: int, width: int) -> float:
+    """The design value of max |entry| of an operand (docs/theory/constants.md#products): d entries of RMS r
+    spread like a Gaussian's reach about r·sqrt(2 ln d) — not r·sqrt(d), the worst case of one spike that the
+    certified constant keeps. r is the operand's RMS at init (measured or predicted), 1 (well-normed) if unknown."""
+    finder = getattr(op, "input_rms_at_init", None)
+    rms = finder(index) if finder is not None else None
+    rms = rms if rms is not None and math.isfinite(rms) and rms > 0 else 1.0
+    return rms * max(1.0, math.sqrt(2 * math.log(max(width, 1))))
 
 
 def _sup_of(op: OpView, index: int, bound: Bounds, width: int) -> float:

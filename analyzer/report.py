@@ -10,7 +10,7 @@ from typing import Any
 
 from pathlib import Path
 
-from .result import Analysis, Finding, Layer
+from .result import Analysis, Change, Finding, Layer
 
 __all__ = ["to_json", "to_dict", "render_full", "fmt", "fmt_log10", "assumption_lines", "assumption_rows", "relative_path", "relative_text", "SCHEMA"]
 
@@ -135,7 +135,7 @@ def _finding_dict(finding: Finding, root: str | None = None) -> dict[str, Any]:
 
 
 def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
-            root: str | None = None) -> dict[str, Any]:
+            root: str | None = None, changes: tuple[Change, ...] = ()) -> dict[str, Any]:
     """The versioned JSON document (schema `modnorm/1`: fields may be added, never renamed); paths relative to
     `root`, the project root."""
     net = analysis.network
@@ -181,6 +181,11 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
              "alphas": [_number(a) for a in stream.alphas]}
             for stream in analysis.streams],
         "findings": [_finding_dict(f, root) for f in findings],
+        "changes": [{"code": c.code, "role": c.role, "instances": c.instances, "fix": c.fix,
+                     "file": _short(c.file, root) or None, "line": c.line,
+                     "log10_design_sensitivity": [_log10(c.log10_sensitivity[0]), _log10(c.log10_sensitivity[1])],
+                     "log10_target_spread": [_log10(c.log10_spread[0]), _log10(c.log10_spread[1])],
+                     "clears": c.removes} for c in changes],
     }
 
 
@@ -226,7 +231,7 @@ def _collapse(layers: tuple[Layer, ...]) -> list[tuple[Layer, str, int]]:
 
 def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None, console: Any = None,
                 suppressed: int = 0, verbose: bool = False, root: str | None = None, note: str = "",
-                baselined: int = 0) -> None:
+                baselined: int = 0, changes: tuple[Change, ...] = ()) -> None:
     """Print the per-layer table, the network summary and the findings with rich; paths relative to `root`."""
     from rich.console import Console
     from rich.table import Table
@@ -261,6 +266,7 @@ def render_full(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
     _render_summary(analysis, console, root)
     if note:
         console.print(f"[cyan]note:[/] {relative_text(note, root)}", highlight=False)
+    _render_changes(changes, console, root)
     _render_findings(findings, console, root)
     if suppressed:
         console.print(f"[dim]{suppressed} finding{'s' if suppressed != 1 else ''} suppressed by "
@@ -382,6 +388,35 @@ def _ends(values: tuple[float, ...], keep: int = 3) -> list[Any]:
 
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def change_lines(changes: tuple[Change, ...], root: str | None = None) -> list[str]:
+    """The ranked summary, one line per change: what it moves, from the calculus re-run with the fix applied."""
+    lines = []
+    for rank, c in enumerate(changes, 1):
+        moved = []
+        if abs(c.log10_sensitivity[0] - c.log10_sensitivity[1]) >= 0.005:
+            moved.append(f"design sensitivity {_from_log10(c.log10_sensitivity[0])} → "
+                         f"{_from_log10(c.log10_sensitivity[1])}")
+        if abs(c.log10_spread[0] - c.log10_spread[1]) >= 0.005:
+            moved.append(f"target spread ×{_from_log10(c.log10_spread[0])} → ×{_from_log10(c.log10_spread[1])}")
+        removes = f"{c.removes} finding{'s' if c.removes != 1 else ''}"
+        where = f"{_short(c.file, root)}:{c.line}" if c.file and c.line else "<model>"
+        lines.append(f"{rank}. {c.code} {c.role or '<model>'}" + (f" ×{c.instances}" if c.instances > 1 else "")
+                     + f" ({where}): " + "; ".join(moved or ["no design figure moves"]) + f"; clears {removes}")
+    return lines
+
+
+def _from_log10(value: float) -> str:
+    return fmt_log10(10 ** value if value < 300 else math.inf, value, 3)
+
+
+def _render_changes(changes: tuple[Change, ...], console: Any, root: str | None = None) -> None:
+    if not changes:
+        return
+    console.print("[bold]changes that matter most[/] [dim](the calculus re-run with each fix applied)[/]")
+    for line in change_lines(changes, root):
+        console.print(f"  {line}", highlight=False)
 
 
 def _render_findings(findings: tuple[Finding, ...], console: Any, root: str | None = None) -> None:

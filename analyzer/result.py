@@ -55,6 +55,7 @@ class Op:
     head_dim: int | None = None
     unmodelled_parameters: int = 0  # parameters of an unknown module: no mass, never silently absent
     unmodelled_share: float = 0.0  # ... as a share of the model's parameters
+    design: tuple[float, ...] = ()  # per data input, the constants design sensitivities use (whatif.py re-runs them)
 
     @property
     def sensitivity(self) -> float:
@@ -68,6 +69,8 @@ class Op:
         layouts; feature vectors are kept), the profile constant otherwise."""
         if "layout" in self.tags or not self.lipschitz:
             return 1.0
+        if self.design:  # what the calculus's design pass multiplies (whatif.py re-runs the same numbers)
+            return max(self.design)
         if "normalization" in self.tags:
             return max(self.nominal) if self.nominal else 1.0
         return max(self.lipschitz)
@@ -287,6 +290,30 @@ class Finding:
     line: int | None
     op: str = ""
     related: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Change:
+    """A fix and what it would do, from the calculus re-run with it applied (whatif.py): one line of the report's
+    "changes that matter most"."""
+
+    code: str
+    role: str  # module path with block indices starred: the fix is made once, in the block's code
+    instances: int
+    fix: str
+    file: str | None
+    line: int | None
+    log10_sensitivity: tuple[float, float]  # network design sensitivity, before and after
+    log10_spread: tuple[float, float]  # spread of the targets (largest / smallest), before and after
+    removes: int  # findings at warning or above this removes, its own instances and the consequences naming it
+
+    @property
+    def gain(self) -> float:
+        """Orders of magnitude the change brings the two figures toward the paper's design point (design
+        sensitivity 1, equal targets): |log10 S| and log10 spread, before minus after. A fix can move a figure
+        away, e.g. an embedding brought up to norm 1 raises the sensitivity it feeds: that counts against it."""
+        return (abs(self.log10_sensitivity[0]) - abs(self.log10_sensitivity[1])
+                + self.log10_spread[0] - self.log10_spread[1])
 
 
 @dataclass(frozen=True)

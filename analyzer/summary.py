@@ -121,7 +121,7 @@ def op_of(record: Record, ctx: Context, triple: Any = None) -> Op:
     file, line = node_location(record.node, ctx.user_file)
     return Op(
         name=record.node.name, target=record.target or record.node.op, kind=record.kind,
-        inputs=tuple(i.node.name for i in record.inputs), lipschitz=record.lipschitz,
+        inputs=tuple(i.node.name for i in record.inputs), lipschitz=record.lipschitz, design=record.design,
         downstream_sensitivity=record.down, upper=record.bounds.upper, lower=record.bounds.lower,
         certified=sem.certified if sem else True, reason=sem.reason if sem else "", source=sem.source if sem else "",
         module=record.module, file=file, line=line, tags=sem.tags if sem else (),

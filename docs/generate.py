@@ -54,6 +54,13 @@ def rule_markdown(rule: type, fixtures: list[str]) -> str:
         lines += ["## Configuration", "",
                   f"In `pyproject.toml`, `[tool.modnorm.rules.{rule.code}]` (defaults: {table}); on the command "
                   f"line, `--rule-option {rule.code}.{next(iter(rule.options))}=VALUE`.", ""]
+    if rule.explained_by:
+        causes = ", ".join(f"[{c}]({c.lower()}.md)" for c in rule.explained_by)
+        lines += ["## When it is a consequence", "",
+                  f"A finding of {rule.code} that the fixes of {causes} (reported in the same run) would remove is "
+                  f"a consequence, not a second defect: modnorm re-runs the calculus with those fixes applied and, "
+                  f"if {rule.code} no longer fires, reports it at **info**, naming the finding it follows from. "
+                  f"See [Causes, consequences and the ranked changes](../guides/consequences.md).", ""]
     if fixtures:
         lines += ["## Demonstrated by", "", *(f"- `{f}`" for f in fixtures), ""]
     return "\n".join(lines)

@@ -9,15 +9,18 @@ constants, MN9xx could not certify.
 from __future__ import annotations
 
 import fnmatch
+from graphlib import TopologicalSorter
 import importlib
 import pkgutil
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Iterable, Iterator
 
-from modnorm.result import Analysis, Finding, Layer, Severity
+from modnorm.grouping import role_of
+from modnorm.result import Analysis, Change, Finding, Layer, Severity
+from modnorm.whatif import Fix, apply, effect
 
-__all__ = ["Rule", "RuleSelection", "all_rules", "run_rules", "run_sweep_rules", "sort_findings", "SEVERITIES",
+__all__ = ["Rule", "RuleSelection", "all_rules", "run_rules", "explain", "rank_changes", "fix_of", "run_sweep_rules", "sort_findings", "SEVERITIES",
            "Severity"]
 
 SEVERITIES = tuple(Severity)  # ("info", "warning", "error")
@@ -32,6 +35,9 @@ class Rule:
     severity: ClassVar[Severity] = Severity.WARNING
     options: ClassVar[dict[str, Any]] = {}
     registry: ClassVar[dict[str, type["Rule"]]] = {}
+    # Codes whose fixes can remove this rule's finding: when the calculus, re-run with those fixes applied
+    # (modnorm.whatif), no longer gives the finding, it is a consequence, not a second defect (`explain`).
+    explained_by: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -56,6 +62,15 @@ class Rule:
     def check_sweep(self, sweep: Any) -> Iterator[Finding]:
         """Rules on a scale sweep (modnorm.sweep.Sweep) override this; the others see single analyses only."""
         return iter(())
+
+    def counterfactual(self, finding: Finding, analysis: Analysis) -> Fix | None:
+        """This finding's fix as the numbers it changes (modnorm.whatif.Fix), for rules whose fix the calculus can
+        re-run; None for the others."""
+        return None
+
+    def same_site(self, finding: Finding, other: Finding) -> bool:
+        """Whether `other` (from a re-run) reports what `finding` reports: the same op, else the same module."""
+        return (finding.op, finding.module) == (other.op, other.module)
 
     def finding(self, message: str, *, fix: str = "", module: str = "", file: str | None = None,
                 line: int | None = None, op: str = "", severity: str | None = None,
@@ -119,7 +134,89 @@ def run_rules(analysis: Analysis, selection: RuleSelection = RuleSelection()) ->
         if selection.enabled(code):
             rule = rule_class(**selection.options.get(code, {}))
             findings.extend(f for f in rule.check(analysis) if not selection.ignored_in(f.code, f.module))
-    return sort_findings(findings)
+    return sort_findings(explain(analysis, findings, selection))
+
+
+def _blocking(finding: Finding) -> bool:
+    return finding.severity != Severity.INFO
+
+
+def fix_of(analysis: Analysis, findings: Iterable[Finding], selection: RuleSelection = RuleSelection()) -> Fix:
+    """The fixes of `findings` together, as far as their rules can state them as numbers."""
+    fix = Fix()
+    rules = all_rules()
+    for f in findings:
+        rule = rules[f.code](**selection.options.get(f.code, {}))
+        fix = fix | (rule.counterfactual(f, analysis) or Fix())
+    return fix
+
+
+def explain(analysis: Analysis, findings: list[Finding], selection: RuleSelection = RuleSelection()) -> list[Finding]:
+    """One defect, one code: a finding at warning or above that the fixes of its causes (`Rule.explained_by`)
+    would remove is a consequence. It stays in the report as info, naming the finding it follows from; the cause
+    keeps its severity. Judged by re-running the rule on the analysis with the causes' fixes applied (whatif.py);
+    rules are judged causes first, so a consequence names the root (MN301), not a link (MN201), where it can."""
+    rules = all_rules()
+    order = TopologicalSorter({code: set(rule.explained_by) & set(rules) for code, rule in rules.items()})
+    rank = {code: i for i, code in enumerate(order.static_order())}
+    final: dict[int, Finding] = {}
+    for i in sorted(range(len(findings)), key=lambda i: rank[findings[i].code]):
+        finding = findings[i]
+        rule = rules[finding.code](**selection.options.get(finding.code, {}))
+        causes = [j for j, f in enumerate(findings) if f.code in rule.explained_by and _blocking(f)]
+        fix = fix_of(analysis, [findings[j] for j in causes], selection) if causes and _blocking(finding) else Fix()
+        if fix and _removes(rule, finding, analysis, fix):
+            roots = [findings[j] for j in causes if _blocking(final[j])] or [findings[j] for j in causes]
+            for code in sorted({f.code for f in roots}):  # one cause alone may suffice: name just that one
+                alone = [f for f in roots if f.code == code]
+                if len(alone) < len(roots) and _removes(rule, finding, analysis, fix_of(analysis, alone, selection)):
+                    roots = alone
+                    break
+            finding = replace(finding, severity=Severity.INFO,
+                              message=f"{finding.message} — follows from {_named(roots)}; fixing "
+                                      f"{'it' if ',' not in _named(roots) else 'them'} removes this")
+        final[i] = finding
+    return [final[i] for i in range(len(findings))]
+
+
+def _removes(rule: Rule, finding: Finding, analysis: Analysis, fix: Fix) -> bool:
+    """Whether the rule, re-run on the analysis with `fix` applied, no longer gives `finding` at warning or above."""
+    return bool(fix) and not any(_blocking(g) and rule.same_site(finding, g) for g in rule.check(apply(analysis, fix)))
+
+
+def rank_changes(analysis: Analysis, findings: Iterable[Finding], selection: RuleSelection = RuleSelection(),
+                 top: int = 3) -> tuple[Change, ...]:
+    """The changes that matter most: the findings at warning or above whose fix the calculus can re-run, one
+    change per code and role (a repeated block is fixed once, in its code), ranked by how many orders of magnitude
+    the fix brings the network's design sensitivity toward 1 and the targets toward equal (`Change.gain`), then by
+    how many findings it clears (its own instances and the consequences that name it). Fixes that move neither
+    figure closer (an atom's norm alone) are left to their findings."""
+    findings = list(findings)
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    for f in findings:
+        if _blocking(f):
+            groups.setdefault((f.code, role_of(f.module)), []).append(f)
+    changes = []
+    for (code, role), instances in groups.items():
+        fix = fix_of(analysis, instances, selection)
+        if not fix:
+            continue
+        moved = effect(analysis, fix)
+        named = f"{code} ({role or '<model>'})"
+        follows = sum(1 for f in findings if "— follows from" in f.message and named in f.message.split("— follows from")[-1])
+        first = min(instances, key=lambda f: (f.file or "", f.line or 0))
+        changes.append(Change(code, role, len(instances), first.fix, first.file, first.line, moved.sensitivity,
+                              moved.spread, len(instances) + follows))
+    helpful = [c for c in changes if c.gain > 0.01]
+    return tuple(sorted(helpful, key=lambda c: (-round(c.gain, 2), -c.removes, c.code, c.role))[:top])
+
+
+def _named(findings: list[Finding]) -> str:
+    """`MN201 (blocks.*)`, the causes by code and role, in a stable order."""
+    roles: dict[str, set[str]] = {}
+    for f in findings:
+        roles.setdefault(f.code, set()).add(role_of(f.module) or "<model>")
+    return ", ".join(f"{code} ({', '.join(sorted(r))})" for code, r in sorted(roles.items()))
 
 
 def run_sweep_rules(sweep: Any, selection: RuleSelection = RuleSelection()) -> tuple[Finding, ...]:

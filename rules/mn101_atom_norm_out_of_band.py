@@ -8,6 +8,7 @@ from typing import Iterator
 
 from modnorm.result import Analysis, Finding, Layer
 from modnorm.rules import Rule, Severity
+from modnorm.whatif import Fix
 
 
 class AtomNormOutOfBand(Rule):
@@ -48,6 +49,11 @@ class AtomNormOutOfBand(Rule):
     name = "atom-norm-out-of-band"
     severity = Severity.WARNING
     options = {"low": 0.5, "high": 1.25, "error": 4.0}
+    explained_by = ("MN102",)  # a readout whose init law drifts with width
+
+    def counterfactual(self, finding: Finding, analysis: Analysis) -> Fix | None:
+        """The atom initialised at norm 1."""
+        return Fix(norms={finding.module: 1.0}) if any(l.name == finding.module for l in analysis.layers) else None
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         tied = tied_groups(analysis)

@@ -7,6 +7,7 @@ from typing import Iterator
 
 from modnorm.result import Analysis, Finding
 from modnorm.rules import Rule, Severity
+from modnorm.whatif import Fix
 
 
 class FanInDrift(Rule):
@@ -40,6 +41,10 @@ class FanInDrift(Rule):
     name = "fan-in-drift"
     severity = Severity.WARNING
     options = {"max_ratio": 4.0, "high": 1.25}
+
+    def counterfactual(self, finding: Finding, analysis: Analysis) -> Fix | None:
+        """The atom initialised at norm 1."""
+        return Fix(norms={finding.module: 1.0}) if any(l.name == finding.module for l in analysis.layers) else None
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for layer in analysis.layers:

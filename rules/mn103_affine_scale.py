@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
+from modnorm.whatif import Fix
 from modnorm.rules import Rule, Severity
 
 
@@ -37,6 +38,13 @@ class AffineScale(Rule):
     name = "affine-scale"
     severity = Severity.WARNING
     options = {"low": 0.25, "high": 2.0}
+
+    def counterfactual(self, finding: Finding, analysis: Analysis) -> Fix | None:
+        """The gain reset to 1: the constant it contributes is divided by its ‖w‖_∞."""
+        layer = next((l for l in analysis.layers if l.name == finding.module and l.kind == "Gain"), None)
+        if layer is None or not 0 < layer.norm_at_init < float("inf"):
+            return None
+        return Fix(scale={layer.op: (1 / layer.norm_at_init,)}, norms={layer.name: 1.0})
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for layer in analysis.layers:

@@ -6,7 +6,8 @@ from typing import Iterator
 
 from modnorm.result import Analysis, Finding, Merge
 from modnorm.rules import Rule, Severity
-from modnorm.rules.mn202_underscaled_residual_branch import is_underscaled_branch, merges_over_budget
+from modnorm.rules.mn202_underscaled_residual_branch import is_underscaled_branch, merge_at_one, merges_over_budget
+from modnorm.whatif import Fix
 
 
 class UnscaledResidual(Rule):
@@ -39,6 +40,10 @@ class UnscaledResidual(Rule):
     name = "unscaled-residual"
     severity = Severity.WARNING
     options = {"slack": 2.0}
+    explained_by = ("MN103", "MN301")  # a branch made sensitive by an attention scale or a gain
+
+    def counterfactual(self, finding: Finding, analysis: Analysis) -> Fix | None:
+        return merge_at_one(analysis, finding.op)
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for merge, depth, block in merges_over_budget(analysis, self.config["slack"]):

@@ -6,6 +6,7 @@ import math
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding, Merge
+from modnorm.whatif import Fix, rescale_merge
 from modnorm.rules import Rule, Severity
 
 
@@ -39,6 +40,9 @@ class UnderscaledResidualBranch(Rule):
     severity = Severity.ERROR
     options = {"slack": 2.0}
 
+    def counterfactual(self, finding: Finding, analysis: Analysis) -> Fix | None:
+        return merge_at_one(analysis, finding.op)
+
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for merge, depth, block in merges_over_budget(analysis, self.config["slack"]):
             a, b = abs(merge.skip_coefficient), abs(merge.branch_coefficient)
@@ -52,6 +56,18 @@ class UnderscaledResidualBranch(Rule):
                    else ""),
                 fix=f"scale the skip too: {1 - 1 / depth:.3g}·x + {1 / depth:.3g}·f(x) (1 - 1/L and 1/L)",
                 module=merge.module, file=merge.file, line=merge.line, op=merge.op)
+
+
+def merge_at_one(analysis: Analysis, op: str) -> Fix | None:
+    """The multipliers MN201 and MN202 print, as numbers: 1 - 1/L on the skip and 1/L on the branch. The block's
+    design sensitivity becomes (1 - 1/L) + s_f/L: 1 for a well-normed branch. Constants inside the branch that keep
+    s_f above 1 are not part of this fix (an attention scale is MN301's); the fix text names them."""
+    merge = next((m for m in analysis.merges if m.op == op), None)
+    depth = next((s.depth for s in analysis.streams if op in s.merges), 1)
+    if merge is None or not merge.skip_coefficient or not merge.branch_coefficient:
+        return None
+    return rescale_merge(analysis, merge, (1 - 1 / depth) / abs(merge.skip_coefficient),
+                         (1 / depth) / abs(merge.branch_coefficient))
 
 
 def merges_over_budget(analysis: Analysis, slack: float) -> Iterator[tuple[Merge, int, float]]:

@@ -11,8 +11,8 @@ from modnorm.rules import Rule, Severity
 
 class ResidualStreamGrowth(Rule):
     """## What it does
-    Reports a residual stream whose sensitivity — the product of its blocks' sensitivities — exceeds e (the
-    `(1 + 1/L)^L` envelope), as an error above 10.
+    Reports a residual stream whose sensitivity — the product of its blocks' sensitivities — exceeds e² (the
+    `(1 + 2/L)^L` envelope: what L merges within MN201's budget compound to), as an error above 100.
 
     ## Why is this bad?
     The stream's sensitivity is how much the network output moves per unit change at the stream's input. When it
@@ -31,7 +31,8 @@ class ResidualStreamGrowth(Rule):
     names the op: its growth is inf whatever the residual scaling, so a second finding would add nothing.
 
     ## Options
-    - `warn` (e), `error` (10.0).
+    - `warn` (e² = 7.39: the envelope of MN201's default `slack` 2, so a stream whose merges all pass MN201
+      does not warn here), `error` (100.0).
 
     ## References
     [Residual merges](../theory/dag.md#residual-merges); [Residual networks](../theory/modular-norm.md#residual).
@@ -40,7 +41,8 @@ class ResidualStreamGrowth(Rule):
     code = "MN203"
     name = "residual-stream-growth"
     severity = Severity.WARNING
-    options = {"warn": math.e, "error": 10.0}
+    options = {"warn": math.e ** 2, "error": 100.0}
+    explained_by = ("MN103", "MN201", "MN202", "MN301")  # the stream's blocks: their scaling and what raises their sensitivity
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for stream in analysis.streams:

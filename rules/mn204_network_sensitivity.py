@@ -40,6 +40,10 @@ class NetworkSensitivityHigh(Rule):
     name = "network-sensitivity-high"
     severity = Severity.WARNING
     options = {"warn": math.e, "error": 10.0}
+    explained_by = ("MN103", "MN201", "MN202", "MN301")  # what the figure is made of (fix_text names the same)
+
+    def same_site(self, finding: Finding, other: Finding) -> bool:
+        return True  # one figure per network
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         net = analysis.network

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modnorm.result import Analysis, Finding
+from modnorm.whatif import Fix
 from modnorm.rules import Rule, Severity
 
 
@@ -40,6 +41,14 @@ class AttentionScaledForInitialization(Rule):
     # 1.5 sits between 1/d scaling (c·d = 1 at every width) and 1/sqrt(d) at the smallest head dim where the two
     # differ clearly (d = 4: c·d = 2), so only the second is flagged.
     options = {"max_aligned_logit": 8.0, "min_aligned_logit": 1.5}
+
+    def counterfactual(self, finding: Finding, analysis: Analysis) -> Fix | None:
+        """Logits scaled by 1/d: the design constants for q and k are c·d, which becomes 1."""
+        op = next((o for o in analysis.ops if o.name == finding.op), None)
+        if op is None:
+            return None
+        aligned = (op.attention_scale or 0) * (op.head_dim or 0)
+        return Fix(scale={op.name: (1 / aligned, 1 / aligned, 1.0)}) if aligned > 0 else None
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for op in analysis.ops:

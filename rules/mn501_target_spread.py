@@ -34,6 +34,13 @@ class TargetSpread(Rule):
     name = "target-spread"
     severity = Severity.WARNING
     options = {"max_ratio": 100.0, "max_share": 0.5}
+    explained_by = ("MN103", "MN201", "MN202", "MN301")  # targets divide by downstream sensitivities, which those fixes bring to 1
+
+    def same_site(self, finding: Finding, other: Finding) -> bool:
+        spread = "targets span"  # one spread per network, reported on whichever atom has the smallest target
+        if finding.message.startswith(spread) or other.message.startswith(spread):
+            return finding.message.startswith(spread) and other.message.startswith(spread)
+        return finding.module == other.module
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         massive = [l for l in analysis.layers if l.mass > 0 and l.target_norm > 0]

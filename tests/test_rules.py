@@ -84,20 +84,20 @@ def test_mn201_leaves_x_plus_b_f_with_b_below_one_to_mn202():
     assert len(findings("MN201", plain)) == 4 and findings("MN202", plain) == []
 
 
-# ---------------------------------------------------------------- MN203: stream growth above e, error above 10
+# ---------------------------------------------------------------- MN203: stream growth above e², error above 100
 @pytest.mark.parametrize("depth", [2, 4, 8])
-def test_mn203_at_and_past_e(depth):
-    per_block = (math.e * (1 - 1e-12)) ** (1 / depth)  # the product of `depth` blocks is e, rounded down
+def test_mn203_at_and_past_e_squared(depth):
+    per_block = (math.e ** 2 * (1 - 1e-12)) ** (1 / depth)  # the product of `depth` blocks is e², rounded down
     assert findings("MN203", stream(depth, per_block - 0.5, 0.5, 1.0)) == []
     past = findings("MN203", stream(depth, per_block - 0.5 + EPS, 0.5, 1.0))
     assert [f.severity for f in past] == ["warning"] and past[0].line == 10 + depth - 1  # the last merge
 
 
-def test_mn203_is_an_error_past_ten():
-    per_block = (10 * (1 - 1e-12)) ** (1 / 4)
-    assert severities("MN203", stream(4, per_block - 0.5, 0.5, 1.0)) == ["warning"]  # 10, rounded down
+def test_mn203_is_an_error_past_a_hundred():
+    per_block = (100 * (1 - 1e-12)) ** (1 / 4)
+    assert severities("MN203", stream(4, per_block - 0.5, 0.5, 1.0)) == ["warning"]  # 100, rounded down
     assert severities("MN203", stream(4, per_block - 0.5 + EPS, 0.5, 1.0)) == ["error"]
-    assert severities("MN203", stream(4, per_block - 0.5 + EPS, 0.5, 1.0), error=20.0) == ["warning"]
+    assert severities("MN203", stream(4, per_block - 0.5 + EPS, 0.5, 1.0), error=200.0) == ["warning"]
 
 
 # ---------------------------------------------------------------- MN204: network sensitivity above e, error above 10
@@ -142,8 +142,8 @@ def test_run_rules_selects_orders_and_applies_options():
                       design_sensitivity=16.0)  # x + f(x) × 4: blocks of 2, stream ×16, network 16
     found = run_rules(result)
     codes = [f.code for f in found]
-    assert sorted(codes[:2]) == ["MN203", "MN204"]  # errors first (stream ×16 > 10, network 16 > 10)
-    assert [f.severity for f in found] == ["error", "error"] + ["warning"] * (len(found) - 2)
+    assert codes[0] == "MN204"  # the error first (network 16 > 10); the stream ×16 is a warning (e² < 16 < 100)
+    assert [f.severity for f in found] == ["error"] + ["warning"] * (len(found) - 1)
     assert codes.count("MN201") == 4 and "MN301" in codes
     selected = run_rules(result, RuleSelection(select=("MN2",), ignore=("MN201",)))
     assert sorted(f.code for f in selected) == ["MN203", "MN204"]
