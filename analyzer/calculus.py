@@ -207,6 +207,8 @@ def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[Record], ctx: Con
         if fused is not None and fused.kind == "mean_subtract":
             return linear(Semantics("bond", (1.0,), "MeanSubtract: orthogonal projection I - 11ᵀ/d",
                              label="MeanSubtract"))
+        if fused is not None and fused.kind == "rotary":
+            return semantics.rotary(view, fused.info["cos"], fused.info["sin"])
         if fused is not None and fused.kind == "attention":
             return semantics.attention(view, fused.info["scale"], "attention (by hand)")
         entry = semantics.lookup(_registry_key(base, ctx.root))

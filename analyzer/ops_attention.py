@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import OpView, Semantics, register
+from .folding import abs_bound
+from .registry import INF, OpView, Semantics, linear, register
 
 
 # ------------------------------------------------------------------------------------------------- attention
@@ -55,6 +56,54 @@ def attention_hessian(cd: float, q: float, k: float, v: float, profile: str) -> 
         q = k = v = 1.0
     m = max(q, k)
     return 2 * v * (cd * m) ** 2 + v * cd + cd * m
+
+
+# --------------------------------------------------------------------------------------------------- rotary
+def rotary(op: OpView, cos: Any, sin: Any) -> Semantics:
+    """Rotary position embedding y = x ⊙ cos + rotate_half(x) ⊙ sin, one op (patterns._match_rotary),
+    docs/theory/constants.md#rotary.
+
+    Coordinates i and i + h (h = half the last axis) go through the 2×2 block [[c_i, -s_i], [s_(i+h), c_(i+h)]]
+    and nothing else, so in the RMS norm the constant is the largest block's spectral norm: computed when the
+    tables have values (1 for a true rotation: c_i = c_(i+h), s_i = s_(i+h), c² + s² = 1). On meta the certified
+    constant stays max|cos| + max|sin|, the two terms apart, and the design constant is the rotation's 1."""
+    shape = op.in_shape(0)
+    c, s = _table(op, cos, shape), _table(op, sin, shape)
+    if c is not None and s is not None:
+        gain = _largest_block_norm(c, s)
+        return linear(Semantics("bond", (gain,), "rotary: largest 2×2 block norm of its cos/sin tables",
+                                design=(gain,), tags=("rotary",), label="rotary"))
+    bounds = (abs_bound(cos, op.weights), abs_bound(sin, op.weights))
+    if None in bounds:
+        return linear(Semantics("bond", (INF,), "rotary: tables of unknown size", design=(1.0,), certified=False,
+                                reason="rotary embedding whose cos/sin tables have no known bound (build with "
+                                       "--device cpu so modnorm can read them)", tags=("rotary",), label="rotary"))
+    return linear(Semantics("bond", (bounds[0] + bounds[1],), "rotary: max|cos| + max|sin| (tables not known)",
+                            design=(1.0,), tags=("rotary",), label="rotary"))
+
+
+def _table(op: OpView, table: Any, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """A cos/sin table's values broadcast to x's shape, or None when they are not known (meta)."""
+    value = table.meta.get("value") if isinstance(table, torch.fx.Node) else table
+    if isinstance(table, torch.fx.Node) and table.op == "get_attr":  # folded into the graph as a constant
+        value = op.weights.tensor(table.target)
+    if not isinstance(value, torch.Tensor) or value.is_meta or not shape:
+        return None
+    try:
+        return torch.broadcast_to(value.detach().double(), shape)
+    except RuntimeError:
+        return None
+
+
+def _largest_block_norm(c: torch.Tensor, s: torch.Tensor) -> float:
+    """max over pairs of the spectral norm of [[a, b], [e, d]] = [[c_i, -s_i], [s_(i+h), c_(i+h)]]:
+    sigma² = (S + sqrt(S² - 4 det²)) / 2 with S the squared Frobenius norm."""
+    h = c.shape[-1] // 2
+    a, b, e, d = c[..., :h], -s[..., :h], s[..., h:], c[..., h:]
+    frob = a * a + b * b + e * e + d * d
+    det = a * d - b * e
+    sigma2 = (frob + (frob * frob - 4 * det * det).clamp(min=0).sqrt()) / 2
+    return float(sigma2.max().sqrt()) if sigma2.numel() else 0.0
 
 
 @register(F.scaled_dot_product_attention)

@@ -27,7 +27,7 @@ __all__ = ["Fused", "find_patterns"]
 
 @dataclass
 class Fused:
-    kind: str  # "scaled_atom" | "rms_norm" | "mean_subtract" | "attention"
+    kind: str  # "scaled_atom" | "rms_norm" | "mean_subtract" | "attention" | "rotary"
     output: fx.Node
     inputs: list[fx.Node]
     members: set[fx.Node]
@@ -254,6 +254,66 @@ def _match_attention(node: fx.Node) -> Fused | None:
     return Fused("attention", node, [q, k, v], members, {"scale": abs(scale)})
 
 
+def _rotate_half_of(node: Any) -> tuple[fx.Node, set[fx.Node]] | None:
+    """cat((-x[..., h:], x[..., :h]), dim=-1) with 2h the last axis of x -> (x, the nodes that spell it): the
+    `rotate_half` of rotary position embeddings (Llama, GPT-NeoX, Mistral...)."""
+    if not (_is(node, "cat") and node.args and isinstance(node.args[0], (list, tuple)) and len(node.args[0]) == 2):
+        return None
+    rank = _rank(node)
+    if rank is None or _kw(node, 1, "dim", 0) not in (-1, rank - 1):
+        return None
+    negated, lower = node.args[0]
+    upper = negated.args[0] if _is(negated, "neg") else None
+    x = upper.args[0] if isinstance(upper, fx.Node) and upper.args else None
+    width = x.meta["value"].shape[-1] if isinstance(x, fx.Node) and isinstance(x.meta.get("value"), torch.Tensor) \
+        else None
+    if width is None or width % 2:
+        return None
+    half = width // 2
+    if _last_axis_slice(upper, x) != (half, width) or _last_axis_slice(lower, x) != (0, half):
+        return None
+    return x, {node, negated, upper, lower}
+
+
+def _last_axis_slice(node: Any, x: fx.Node) -> tuple[int, int] | None:
+    """(start, stop) of x[..., start:stop] (fx: getitem with a slice; torch.export: aten.slice on the last dim)."""
+    if not (isinstance(node, fx.Node) and node.args and node.args[0] is x):
+        return None
+    width = x.meta["value"].shape[-1]
+    if _is(node, "getitem") and len(node.args) == 2 and isinstance(node.args[1], tuple) and len(node.args[1]) == 2 \
+            and node.args[1][0] is Ellipsis and isinstance(node.args[1][1], slice) and node.args[1][1].step in (None, 1):
+        part = node.args[1][1]
+    elif _is(node, "slice") and len(node.args) >= 4 and node.args[1] in (-1, x.meta["value"].dim() - 1) \
+            and (len(node.args) < 5 or node.args[4] == 1):
+        part = slice(node.args[2], node.args[3])
+    else:
+        return None
+    start, stop, _ = part.indices(width)
+    return start, stop
+
+
+def _match_rotary(node: fx.Node) -> Fused | None:
+    """x ⊙ cos + rotate_half(x) ⊙ sin -> one rotary op on x (cos and sin are tables of positions, not data): the
+    path sum would count the two terms apart (|cos| + |sin|, up to 2), while each pair of coordinates is turned by
+    a 2×2 block (docs/theory/constants.md#rotary)."""
+    if not (_is(node, "add") and len(node.args) == 2 and all(_is(a, "mul") for a in node.args)):
+        return None
+    for direct, rotated in (node.args, node.args[::-1]):
+        for i, arg in enumerate(rotated.args[:2]):
+            found = _rotate_half_of(arg)
+            if found is None:
+                continue
+            x, spelled = found
+            sin = rotated.args[1 - i] if len(rotated.args) == 2 else None
+            if x not in direct.args[:2] or sin is None:
+                continue
+            cos = direct.args[1] if direct.args[0] is x else direct.args[0]
+            if any(isinstance(t, fx.Node) and (t is x or _is_ancestor(x, t)) for t in (cos, sin)):
+                continue  # a "table" computed from x is data: not a rotation
+            return Fused("rotary", node, [x], {node, direct, rotated} | spelled, {"cos": cos, "sin": sin})
+    return None
+
+
 def _rank(node: Any) -> int | None:
     value = node.meta.get("value") if isinstance(node, fx.Node) else None
     return value.dim() if isinstance(value, torch.Tensor) else None
@@ -377,8 +437,8 @@ def find_patterns(graph: fx.Graph, root: torch.nn.Module) -> dict[fx.Node, Fused
     for node in reversed(list(graph.nodes)):  # outermost match first (attention before its softmax)
         if node in absorbed or node.op not in ("call_function", "call_method", "call_module"):
             continue
-        match = (_match_attention(node) or _match_rms(node) or _match_scaled_atom(node, root)
-                 or _match_mean_subtract(node))
+        match = (_match_attention(node) or _match_rms(node) or _match_rotary(node)
+                 or _match_scaled_atom(node, root) or _match_mean_subtract(node))
         if match is None or any(m in absorbed for m in match.members) or not _self_contained(match):
             continue
         found[match.output] = match

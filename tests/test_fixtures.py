@@ -114,7 +114,7 @@ FINDINGS = {
         ('MN101', 'warning', 1, 'return self.down(F.silu(self.gate(x)) * self.up(x))'),
         ('MN101', 'warning', 1, 'x = self.embed(tokens)'),
         ('MN201', 'warning', 1, 'x = x + self.attn(self.attn_norm(x))'),
-        ('MN203', 'error', 1, 'return x + self.ffn(self.ffn_norm(x))'),
+        ('MN203', 'info', 1, 'return x + self.ffn(self.ffn_norm(x))'),
         ('MN204', 'error', 1, 'x = self.embed(tokens)'),
         ('MN301', 'warning', 1, 'y = F.scaled_dot_product_attention(q, k, v, is_causal=True)'),
         ('MN501', 'info', 1, 'q = self.wq(x).view(B, T, self.h, self.d).transpose(1, 2)'),

@@ -76,12 +76,37 @@ def _scaled_atom_shared(s, x):
     return h * 3 + h * h
 
 
+def _rotate_half(x):
+    return torch.cat((-x[..., x.shape[-1] // 2:], x[..., : x.shape[-1] // 2]), dim=-1)
+
+
+def _rotary_tables(x):
+    angles = torch.arange(x.shape[-2], dtype=x.dtype)[:, None] * torch.linspace(0.1, 1.0, x.shape[-1] // 2,
+                                                                                 dtype=x.dtype)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def _rotary_rotated_shared(s, x):
+    cos, sin = _rotary_tables(x)
+    rotated = _rotate_half(x)
+    return x * cos + rotated * sin + 10 * rotated
+
+
+def _rotary_half_shared(s, x):
+    cos, sin = _rotary_tables(x)
+    upper = x[..., x.shape[-1] // 2:]
+    rotated = torch.cat((-upper, x[..., : x.shape[-1] // 2]), dim=-1)
+    return (x * cos + rotated * sin)[..., :4] * 0 + 10 * upper
+
+
 # recogniser (by the name of its match function in modnorm's patterns module) -> models that stress it
 CASES = {
     "rms": [_rms_mean_square_shared, _rms_rsqrt_shared, _layer_norm_variance_shared],
     "mean_subtract": [_mean_shared],
     "attention": [_attention_logits_shared, _attention_probs_shared, _attention_keys_shared],
     "scaled_atom": [_scaled_atom_shared],
+    "rotary": [_rotary_rotated_shared, _rotary_half_shared],
 }
 
 

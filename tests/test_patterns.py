@@ -124,3 +124,99 @@ def test_constant_feeding_a_residual_merge_stays_a_branch_coefficient():
     (merge,) = analysis.merges
     assert (merge.skip_coefficient, merge.branch_coefficient) == (0.75, 0.25)
     assert analysis.layers[0].downstream_sensitivity == pytest.approx(0.25)
+
+
+# ------------------------------------------------------------------------------------------------ rotary
+def _rotate_half(x):
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Rotary(torch.nn.Module):
+    """Llama's rotary embedding on (B, T, D): y = x cos + rotate_half(x) sin, tables from the positions."""
+
+    def __init__(self, dim=16, tables=None):
+        super().__init__()
+        self.dim, self.tables = dim, tables
+
+    def forward(self, x):
+        if self.tables is not None:
+            cos, sin = self.tables
+        else:
+            freqs = torch.arange(x.shape[1], dtype=torch.float32, device=x.device)[:, None] / 10000 ** (
+                torch.arange(0, self.dim, 2, dtype=torch.float32, device=x.device) / self.dim)
+            angles = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = angles.cos(), angles.sin()
+        return x * cos + _rotate_half(x) * sin
+
+
+def _measured_gain(model, x, steps=40):
+    """Power iteration on JᵀJ (the map is linear in x): the largest per-position RMS ratio it reaches."""
+    best, v = 0.0, torch.randn_like(x)
+    for _ in range(steps):
+        v = v / v.norm()
+        _, jv = torch.func.jvp(model, (x,), (v,))
+        _, pullback = torch.func.vjp(model, x)
+        (v,) = pullback(jv)
+        _, out = torch.func.jvp(model, (x,), (v,))
+        best = max(best, float((out.pow(2).mean(-1).sqrt().max() / v.pow(2).mean(-1).sqrt().max())))
+    return best
+
+
+def test_rotary_embedding_is_one_op_whose_constant_is_the_rotation():
+    """The path sum would count |cos| + |sin| (up to sqrt 2 here, 2 in general); each coordinate pair is rotated,
+    so the certified constant is the largest 2x2 block norm: 1 for cos/sin of the same angle (up to float32)."""
+    model, x = Rotary(), torch.randn(2, 6, 16)
+    analysis = modnorm.analyze(model, x)
+    (rotary,) = [op for op in analysis.ops if "rotary" in op.tags]
+    assert rotary.lipschitz[0] == pytest.approx(1.0, abs=1e-6) and rotary.design == rotary.lipschitz
+    assert _measured_gain(model, x.double()) <= rotary.lipschitz[0] + 1e-9
+    assert not [op for op in analysis.ops if op.target in ("torch.cat", "_operator.neg")]  # absorbed
+
+
+def test_rotary_with_tables_that_are_not_a_rotation_gets_their_block_norm():
+    """cos and sin drawn at random (not of one angle): the 2x2 blocks stretch, the bound is the largest block's
+    norm, and the measured gain reaches it (power iteration finds the worst pair)."""
+    torch.manual_seed(0)
+    tables = (torch.randn(6, 16) * 0.7, torch.randn(6, 16) * 0.7)
+    model, x = Rotary(tables=tables), torch.randn(1, 6, 16)
+    (rotary,) = [op for op in modnorm.analyze(model, x).ops if "rotary" in op.tags]
+    measured = _measured_gain(model, x.double())
+    assert measured <= rotary.lipschitz[0] * (1 + 1e-6)
+    assert measured >= 0.9 * rotary.lipschitz[0]  # tight: the bound is exact for this linear map
+
+
+class BufferedRotary(torch.nn.Module):
+    """The tables from an `inv_freq` buffer, as Hugging Face writes them: built on meta, its values are unknown."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.register_buffer("inv_freq", 1 / 10000 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+
+    def forward(self, x):
+        freqs = torch.arange(x.shape[1], dtype=torch.float32, device=x.device)[:, None] * self.inv_freq
+        angles = torch.cat((freqs, freqs), dim=-1)
+        return x * angles.cos() + _rotate_half(x) * angles.sin()
+
+
+def test_rotary_on_meta_keeps_the_two_terms_apart_for_its_certified_constant():
+    """No table values on meta: certified max|cos| + max|sin| = 2 (cos and sin of anything are at most 1), design
+    1 (the rotation it is built to be)."""
+    with torch.device("meta"):
+        model = BufferedRotary()
+    analysis = modnorm.analyze(model, torch.randn(2, 6, 16, device="meta"))
+    (rotary,) = [op for op in analysis.ops if "rotary" in op.tags]
+    assert rotary.lipschitz == (2.0,) and rotary.design == (1.0,)
+
+
+def test_rotate_half_read_by_other_ops_is_not_absorbed():
+    """rotate_half(x) also returned: the group would hide a node another op reads, so it is not fused."""
+
+    class Leaky(Rotary):
+        def forward(self, x):
+            angles = torch.zeros(x.shape[1], self.dim)
+            rotated = _rotate_half(x)
+            return x * angles.cos() + rotated * angles.sin(), rotated
+
+    analysis = modnorm.analyze(Leaky(), torch.randn(2, 6, 16))
+    assert not [op for op in analysis.ops if "rotary" in op.tags]
