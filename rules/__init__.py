@@ -159,29 +159,46 @@ def explain(analysis: Analysis, findings: list[Finding], selection: RuleSelectio
     rules = all_rules()
     order = TopologicalSorter({code: set(rule.explained_by) & set(rules) for code, rule in rules.items()})
     rank = {code: i for i, code in enumerate(order.static_order())}
+    rerun = _Reruns(analysis, findings, selection)
     final: dict[int, Finding] = {}
     for i in sorted(range(len(findings)), key=lambda i: rank[findings[i].code]):
         finding = findings[i]
-        rule = rules[finding.code](**selection.options.get(finding.code, {}))
-        causes = [j for j, f in enumerate(findings) if f.code in rule.explained_by and _blocking(f)]
-        fix = fix_of(analysis, [findings[j] for j in causes], selection) if causes and _blocking(finding) else Fix()
-        if fix and _removes(rule, finding, analysis, fix):
-            roots = [findings[j] for j in causes if _blocking(final[j])] or [findings[j] for j in causes]
-            for code in sorted({f.code for f in roots}):  # one cause alone may suffice: name just that one
-                alone = [f for f in roots if f.code == code]
-                if len(alone) < len(roots) and _removes(rule, finding, analysis, fix_of(analysis, alone, selection)):
+        causes = tuple(j for j, f in enumerate(findings) if f.code in rules[finding.code].explained_by and _blocking(f))
+        if causes and _blocking(finding) and rerun.removes(finding, causes):
+            roots = tuple(j for j in causes if _blocking(final[j])) or causes
+            for code in sorted({findings[j].code for j in roots}):  # one cause alone may suffice: name just that one
+                alone = tuple(j for j in roots if findings[j].code == code)
+                if len(alone) < len(roots) and rerun.removes(finding, alone):
                     roots = alone
                     break
+            named = _named([findings[j] for j in roots])
             finding = replace(finding, severity=Severity.INFO,
-                              message=f"{finding.message} — follows from {_named(roots)}; fixing "
-                                      f"{'it' if ',' not in _named(roots) else 'them'} removes this")
+                              message=f"{finding.message} — follows from {named}; fixing "
+                                      f"{'it' if ',' not in named else 'them'} removes this")
         final[i] = finding
     return [final[i] for i in range(len(findings))]
 
 
-def _removes(rule: Rule, finding: Finding, analysis: Analysis, fix: Fix) -> bool:
-    """Whether the rule, re-run on the analysis with `fix` applied, no longer gives `finding` at warning or above."""
-    return bool(fix) and not any(_blocking(g) and rule.same_site(finding, g) for g in rule.check(apply(analysis, fix)))
+class _Reruns:
+    """The rules re-run on fixed analyses, once per (rule, set of causes): the 64 merges of a 32-layer model share
+    their causes, so they share one re-run (what keeps `explain` linear in the findings)."""
+
+    def __init__(self, analysis: Analysis, findings: list[Finding], selection: RuleSelection) -> None:
+        self.analysis, self.findings, self.selection = analysis, findings, selection
+        self.cache: dict[tuple[str, tuple[int, ...]], list[Finding]] = {}
+
+    def _rule(self, code: str) -> Rule:
+        return all_rules()[code](**self.selection.options.get(code, {}))
+
+    def removes(self, finding: Finding, causes: tuple[int, ...]) -> bool:
+        """Whether the finding's rule, re-run with the causes' fixes applied, no longer gives it at warning+."""
+        key = (finding.code, causes)
+        if key not in self.cache:
+            fix = fix_of(self.analysis, [self.findings[j] for j in causes], self.selection)
+            self.cache[key] = ([g for g in self._rule(finding.code).check(apply(self.analysis, fix)) if _blocking(g)]
+                               if fix else [finding])  # no fix stated as numbers: nothing is explained
+        rule = self._rule(finding.code)
+        return not any(rule.same_site(finding, g) for g in self.cache[key])
 
 
 def rank_changes(analysis: Analysis, findings: Iterable[Finding], selection: RuleSelection = RuleSelection(),
