@@ -137,6 +137,9 @@ def run_rules(analysis: Analysis, selection: RuleSelection = RuleSelection()) ->
     return sort_findings(explain(analysis, findings, selection))
 
 
+FOLLOWS = "— follows from"  # how a consequence's message names its cause (explain), read back by rank_changes
+
+
 def _blocking(finding: Finding) -> bool:
     return finding.severity != Severity.INFO
 
@@ -173,7 +176,7 @@ def explain(analysis: Analysis, findings: list[Finding], selection: RuleSelectio
                     break
             named = _named([findings[j] for j in roots])
             finding = replace(finding, severity=Severity.INFO,
-                              message=f"{finding.message} — follows from {named}; fixing "
+                              message=f"{finding.message} {FOLLOWS} {named}; fixing "
                                       f"{'it' if ',' not in named else 'them'} removes this")
         final[i] = finding
     return [final[i] for i in range(len(findings))]
@@ -220,7 +223,7 @@ def rank_changes(analysis: Analysis, findings: Iterable[Finding], selection: Rul
             continue
         moved = effect(analysis, fix)
         named = f"{code} ({role or '<model>'})"
-        follows = sum(1 for f in findings if "— follows from" in f.message and named in f.message.split("— follows from")[-1])
+        follows = sum(1 for f in findings if FOLLOWS in f.message and named in f.message.split(FOLLOWS)[-1])
         first = min(instances, key=lambda f: (f.file or "", f.line or 0))
         changes.append(Change(code, role, len(instances), first.fix, first.file, first.line, moved.sensitivity,
                               moved.spread, len(instances) + follows))
