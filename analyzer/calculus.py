@@ -27,6 +27,7 @@ from .errors import ModnormError
 from .folding import abs_bound
 from .layers import layers_of
 from .merges import merges_of
+from .ops_atoms import embedding_rows
 from .patterns import Fused, find_patterns
 from .records import Context, Options, Record
 from .result import Analysis, ModelInfo
@@ -320,7 +321,7 @@ def _forward(traced: TracedModel, ctx: Context) -> list[Record]:
                                              "scaled_atom" else node, root, group)
         record.index = index
         record.module = _module_path(node)
-        record.typical = floors.typical(record, ctx.options.input_rms)
+        record.typical = floors.typical(record, ctx.options.input_rms, ctx.weights)
         records[node] = record
         ordered.append(record)
     return ordered
@@ -330,6 +331,8 @@ def _may_be_atom(node: fx.Node, group: Fused | None, root: nn.Module) -> bool:
     base = group.info["atom"] if group is not None and group.kind == "scaled_atom" else node
     if base.op == "call_module":
         return isinstance(root.get_submodule(base.target), nn.Embedding)
+    if embedding_rows(base, root) is not None:
+        return True
     return base.op == "call_function" and (base.target is torch.nn.functional.embedding
                                            or base.target is torch.ops.aten.embedding.default)
 

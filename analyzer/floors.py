@@ -107,7 +107,7 @@ def measure(graph_module: fx.GraphModule, inputs: tuple[Any, ...] | None) -> dic
     return recorder.stats
 
 
-def typical(record: Any, input_rms: float) -> float | None:
+def typical(record: Any, input_rms: float, weights: Any = None) -> float | None:
     """The typical RMS of a record's output at init, predicted without running the model (None: not predicted)."""
     sem = record.semantics
     if record.kind == "input":
@@ -117,6 +117,10 @@ def typical(record: Any, input_rms: float) -> float | None:
     known = [i.typical for i in record.inputs]
     if sem.kind == "atom" and sem.atom is not None and sem.atom.kind == "Embedding":
         return sem.atom.norm if math.isfinite(sem.atom.norm) else None
+    if sem.kind == "atom" and sem.atom is not None and sem.atom.kind == "Linear" and weights is not None \
+            and len(known) == 1 and known[0] is not None:
+        gain = _linear_gain(record, weights)
+        return gain * known[0] if math.isfinite(gain) else None
     if "normalization" in sem.tags:
         return sem.design[0] if sem.design else None
     if "scalar" in sem.tags and "factor" in sem.info and len(known) == 1 and known[0] is not None:
@@ -128,6 +132,18 @@ def typical(record: Any, input_rms: float) -> float | None:
     if passes and len(known) == 1:
         return known[0]
     return None
+
+
+def _linear_gain(record: Any, weights: Any) -> float:
+    """A Linear's typical RMS gain at init on an isotropic input: E||Wx||² = ||W||_F² RMS(x)², so
+    RMS(y) = ||W||_F / sqrt(out) RMS(x) = RMS(W) sqrt(fan_in) RMS(x), forward scale included."""
+    atom = record.semantics.atom
+    value = record.node.meta.get("value")
+    out = value.shape[-1] if isinstance(value, torch.Tensor) and value.dim() else None
+    numel = math.prod(atom.shape)
+    if not out or numel % out:
+        return math.nan
+    return abs(atom.scale) * weights.rms(atom.weight)[0] * math.sqrt(numel // out)
 
 
 def floor_of(measured: dict[str, tuple[float, float]], source: Any, centred: bool) -> Floor | None:

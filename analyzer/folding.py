@@ -15,7 +15,10 @@ __all__ = ["abs_bound", "fold_real_constants"]
 _BOUNDED = {"cos": 1.0, "sin": 1.0, "tanh": 1.0, "sigmoid": 1.0, "softmax": 1.0}
 _PASSTHROUGH = {"getitem", "view", "reshape", "unsqueeze", "squeeze", "expand", "expand_as", "to", "float",
                 "double", "half", "bfloat16", "type_as", "contiguous", "transpose", "permute", "repeat", "flatten",
-                "clone", "detach", "narrow", "select", "slice", "alias", "_to_copy", "t", "unflatten"}
+                "clone", "detach", "narrow", "select", "slice", "alias", "_to_copy", "t", "unflatten",
+                # selections and rearrangements: every entry of the result is an entry of the input
+                "split", "chunk", "tensor_split", "unbind", "repeat_interleave", "index_select", "gather", "take",
+                "movedim", "swapaxes", "roll", "flip", "tile", "mT"}
 
 
 def abs_bound(arg: Any, weights: Any, depth: int = 0) -> float | None:

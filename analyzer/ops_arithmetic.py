@@ -7,6 +7,7 @@ import operator
 from typing import Any
 
 import torch
+import torch.fx as fx
 
 from . import atoms
 from .registry import (AtomSpec, Bounds, INF, OpView, Semantics, is_number, linear, output_feature_width, register,
@@ -24,6 +25,8 @@ def _mul(op: OpView) -> Semantics:
     kind, value, source = factor
     if kind == "gain":
         return _gain(op, value, source)
+    if kind == "offset_gain":
+        return _gain(op, value[0], source, offset=value[1])
     return linear(Semantics("bond", (abs(value),), f"scalar multiple |c| = {abs(value):.4g}", label=f"× {value:.4g}",
                      tags=("scalar",), info={"factor": value}))
 
@@ -87,6 +90,9 @@ def _constant_factor(op: OpView) -> tuple[str, Any, str] | None:
         param = op.param_name(index, name)
         if param is not None:
             return "gain", param, "parameter"
+        offset = _offset_gain(op, raw)
+        if offset is not None:
+            return "offset_gain", offset, "parameter plus a constant"
         value = op.constant_value(index, name)
         if value is not None:
             return "scalar", float(value.float().abs().max()), "constant tensor: max |c|"
@@ -102,11 +108,36 @@ def _unknown_factor(op: OpView, what: str) -> Semantics:
                      f"(build with --device cpu so modnorm can read it)")
 
 
-def _gain(op: OpView, param: str, source: str) -> Semantics:
+def _offset_gain(op: OpView, raw: Any) -> tuple[str, float] | None:
+    """`c + w` with w a parameter (Gemma's RMSNorm gain `x * (1.0 + self.weight.float())`): (w's name, c)."""
+    if not (isinstance(raw, fx.Node) and raw.op == "call_function" and raw.target in (operator.add, torch.add)
+            and len(raw.args) == 2):
+        return None
+    for number, other in ((raw.args[0], raw.args[1]), (raw.args[1], raw.args[0])):
+        while isinstance(other, fx.Node) and other.op == "call_method" and other.target in CASTS:
+            other = other.args[0]
+        if is_number(number) and isinstance(other, fx.Node) and other.op == "get_attr" \
+                and other.target in op.ctx.parameter_names:
+            return other.target, float(number)
+    return None
+
+
+CASTS = ("to", "float", "double", "half", "bfloat16", "type_as", "contiguous")
+
+
+def _gain(op: OpView, param: str, source: str, offset: float = 0.0) -> Semantics:
+    """A diagonal gain diag(c + w): an atom whose effective map has norm max|c + w| (an update dw changes the map
+    by diag(dw), so the offset c does not enter the atom's natural norm of updates)."""
     largest, origin = op.weights.abs_max(param)
+    if offset:
+        weight = op.weights.tensor(param) if hasattr(op.weights, "tensor") else None
+        real = isinstance(weight, torch.Tensor) and not weight.is_meta
+        largest = float((weight.detach().double() + offset).abs().max()) if real else abs(offset) + largest
     shape = tuple(getattr(op.weights, "shape")(param))
     atom = AtomSpec(atoms.Gain.kind, param, shape, atoms.Gain(shape).factor * largest, origin, params=(param,))
-    return linear(Semantics("atom", (largest,), "diagonal gain: ||diag w|| = max|w|", atom=atom, label="gain"))
+    what = f"diagonal gain: ||diag({offset:g} + w)|| = max|{offset:g} + w|" if offset else \
+        "diagonal gain: ||diag w|| = max|w|"
+    return linear(Semantics("atom", (largest,), what, atom=atom, label="gain"))
 
 
 def _product(op: OpView) -> Semantics:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import atoms
-from .registry import AtomSpec, INF, OpView, Semantics, linear, register, sup_bound
+from .registry import AtomSpec, INF, OpView, Semantics, is_number, linear, register, sup_bound
 from .ops_shape import first_fdim
 
 
@@ -87,6 +87,36 @@ def _matmul(op: OpView) -> Semantics:
                      reason="product of two activations: certified through their RMS upper bounds")
 
 
+@register(torch.baddbmm, "baddbmm")
+def _baddbmm(op: OpView) -> Semantics:
+    """beta * input + alpha * (batch1 @ batch2): BLOOM's attention scores (ALiBi bias as `input`). Per data input:
+    |beta| for `input`, and the activation-product constants of `_matmul` scaled by |alpha| for the two batches."""
+    roles = {"input": op.arg(0, "input"), "batch1": op.arg(1, "batch1"), "batch2": op.arg(2, "batch2")}
+    beta, alpha = op.arg(3, "beta", 1), op.arg(4, "alpha", 1)
+    if not (is_number(beta) and is_number(alpha)):
+        return unknown_weight(op, "baddbmm with tensor-valued beta or alpha")
+    where = {role: next((i for i, n in enumerate(op.inputs) if n is node), None) for role, node in roles.items()}
+    if where["batch1"] is None or where["batch2"] is None:
+        return unknown_weight(op, "baddbmm with a constant batch (only activation @ activation is modelled)")
+    k = op.in_shape(where["batch1"])[-1]
+    row_a, factor_a = _row_bound(op, where["batch1"])
+    row_b, factor_b = _row_bound(op, where["batch2"])
+    constants = [0.0] * len(op.inputs)
+    constants[where["batch1"]] += abs(alpha) * k * row_b * factor_a
+    constants[where["batch2"]] += abs(alpha) * k * row_a * factor_b
+    shift = 0.0
+    if where["input"] is not None:
+        constants[where["input"]] += abs(beta)
+        shift = abs(beta) * op.bounds[where["input"]].upper
+    elif beta:
+        bias = op.constant_value(0, "input")
+        shift = abs(beta) * float(bias.abs().max()) if bias is not None and bias.numel() else (0.0 if bias is not None else INF)
+    return Semantics("bond", tuple(constants), "baddbmm: |beta| on input, |alpha| k ||rows|| on the batches",
+                     upper=abs(alpha) * k * row_a * row_b + shift, tags=("product",), label="baddbmm",
+                     fdim=max(len(op.out_shape()) - 1, 0) if op.out_shape() else -1,
+                     reason="product of two activations: certified through their RMS upper bounds")
+
+
 def _row_bound(op: OpView, index: int) -> tuple[float, float]:
     """(bound on the RMS of a last-axis row of operand `index`, factor from its norm to a row's RMS): the operand's
     RMS bound and 1 when its feature axis is last; its sup bound and sqrt(F) otherwise."""
@@ -144,6 +174,19 @@ def _conv_function(op: OpView) -> Semantics:
     if weight is None:
         return unknown_weight(op, "convolution with a weight that is not a parameter")
     return _conv_atom(op, weight, op.param_name(2, "bias"), op.arg(6, "groups", 1) or 1)
+
+
+def embedding_rows(node: fx.Node, root: nn.Module) -> str | None:
+    """`emb.weight[positions]` (Whisper's positional embedding): rows of an nn.Embedding's table read by index,
+    an embedding lookup; the weight's name, else None."""
+    if not (node.op == "call_function" and node.target is operator.getitem and node.args
+            and isinstance(node.args[0], fx.Node) and node.args[0].op == "get_attr"):
+        return None
+    owner, _, leaf = str(node.args[0].target).rpartition(".")
+    try:
+        return node.args[0].target if leaf == "weight" and isinstance(root.get_submodule(owner), nn.Embedding) else None
+    except AttributeError:
+        return None
 
 
 def embedding_atom(op: OpView, weight: str) -> Semantics:

@@ -55,6 +55,11 @@ bond("transformers.activations.NewGELUActivation", "transformers.activations.GEL
 bond("transformers.activations.QuickGELUActivation", certified=SILU_SLOPE, curvature=0.851,
      source="QuickGELU x·σ(1.702x): max slope = max silu' = 1.0999")
 bond("transformers.activations.SiLUActivation", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max slope 1.0999")
+# BLOOM's GeLUFunction is an autograd.Function: its forward is the tanh GELU and its backward (bloom_gelu_back) is
+# that function's exact derivative (tests/test_hf.py compares it with autograd through the forward), so the
+# forward's constants hold for the gradients it returns.
+bond("transformers.models.bloom.modeling_bloom.GeLUFunction", certified=GELU_SLOPE, modula=1 / SQRT2,
+     curvature=0.7979, source="BLOOM GeLUFunction (tanh GELU, exact backward): max slope 1.12900")
 
 
 @register(torch.pow, "pow", operator.pow, "square", torch.square)

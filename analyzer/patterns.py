@@ -107,6 +107,27 @@ def _mean_square_of(node: Any) -> tuple[fx.Node, tuple | None, str] | None:
     return None
 
 
+def _square_sum_of(node: Any) -> tuple[fx.Node, tuple | None] | None:
+    """`sum(x²)` / `x.pow(2).sum()` / `(x*x).sum()` → (x, dims): the squared l2 norm."""
+    if not _is(node, "sum") or not isinstance(node.args[0], fx.Node):
+        return None
+    inner = node.args[0]
+    if (_is(inner, "pow", "__pow__") and _number(_kw(inner, 1, "exponent")) == 2) or _is(inner, "square"):
+        return _uncast(inner.args[0]), _dims(node)
+    if _is(inner, "mul") and len(inner.args) == 2 and inner.args[0] is inner.args[1]:
+        return inner.args[0], _dims(node)
+    return None
+
+
+def _per_feature_eps(x: fx.Node, dims: tuple | None, eps: float) -> float:
+    """sqrt(sum(x²) + eps) = sqrt(d) sqrt(mean(x²) + eps/d): the eps of the RMS form; 0 (the conservative value)
+    when the width is not known."""
+    value = x.meta.get("value")
+    if not eps or not isinstance(value, torch.Tensor) or not dims or len(dims) != 1:
+        return 0.0
+    return eps / value.shape[dims[0]]
+
+
 def _strip_eps(node: Any) -> tuple[Any, float]:
     if _is(node, "add", "iadd") and len(node.args) == 2:
         for a, b in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
@@ -119,6 +140,11 @@ def _rms_denominator(node: Any) -> tuple[fx.Node, tuple | None, str, float] | No
     """sqrt(mean(x²) + eps) or x.norm(dim) → (x, dims, kind, eps)."""
     if _is(node, "norm", "vector_norm"):
         return node.args[0], _dims(node), "l2", 0.0
+    root_of = node.args[0] if _is(node, "sqrt") or (_is(node, "pow", "__pow__") and _number(
+        _kw(node, 1, "exponent")) == 0.5) else None
+    squares = _square_sum_of(_strip_eps(root_of)[0]) if root_of is not None else None
+    if squares:  # sqrt(sum(x²) [+ eps]) = ||x||_2, CLIP's `torch.pow(torch.sum(x ** 2, -1, keepdim), 0.5)`
+        return squares[0], squares[1], "l2", _per_feature_eps(squares[0], squares[1], _strip_eps(root_of)[1])
     if _is(node, "sqrt"):
         inner, eps = _strip_eps(node.args[0])
         found = _mean_square_of(inner)

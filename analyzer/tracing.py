@@ -10,6 +10,7 @@ resolved without data and is reported with the user's line.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import operator
@@ -194,7 +195,20 @@ class ShapeTracer(fx.Tracer):
             # fx would record F.multi_head_attention_forward as one opaque call; spell it out instead, so its
             # projections are Linear atoms and its core is sdpa (or the explicit softmax when weights are asked).
             return super().call_module(m, functools.partial(multi_head_attention_ops, m), args, kwargs)
+        if not self._installed(m):
+            # A module instance that is not a submodule of the model (`ACT2FN["silu"](x)` or a module-level
+            # `gelu = GELUActivation()` used in forward): fx cannot name it; with no parameters it is a function,
+            # so its forward is read through and its torch ops are recorded.
+            if any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
+                raise NameError(f"`{type(m).__name__}` holds parameters or buffers but is not a submodule of the "
+                                f"model (assign it to an attribute of a module so that fx can name its weights)")
+            return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
+
+    def _installed(self, m: nn.Module) -> bool:
+        if self.submodule_paths is not None:
+            return m in self.submodule_paths
+        return any(m is p for p in self.root.modules())
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self._leaf_types and isinstance(m, self._leaf_types) or is_compiled(m):
@@ -468,12 +482,32 @@ def _route_failure(exc: BaseException, what: str, user_file: str | None, remedy:
     return ModnormError(f"{what} {construct}: {type(exc).__name__}: {first[:300]}", remedy, file, line)
 
 
+@contextlib.contextmanager
+def _static_address_marks_ignored() -> Iterator[None]:
+    """transformers' caches tag their state tensors for torch.compile (`torch._dynamo.mark_static_address`), which
+    rejects a proxy; the tag means nothing to the analysis, so it is skipped for proxies while fx traces."""
+    import torch._dynamo as dynamo
+
+    original = dynamo.mark_static_address
+
+    def mark(tensor: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(tensor, torch.Tensor):
+            original(tensor, *args, **kwargs)
+
+    dynamo.mark_static_address = mark
+    try:
+        yield
+    finally:
+        dynamo.mark_static_address = original
+
+
 def trace_fx(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
              leaf_types: tuple[type, ...] = ()) -> TracedModel:
     """The shape-aware fx tracer (first route)."""
     tracer = ShapeTracer(example_inputs, leaf_types)
     try:
-        graph = tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
+        with _static_address_marks_ignored():
+            graph = tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
     except InputsDoNotFit as exc:  # name the user's line that called the op, else the model file
         frame = frame_of_exception(exc, user_file)
         raise InputsDoNotFit(exc.problem, exc.remedy, frame[0] if frame else user_file,

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import atoms, initlaw, norms
+from . import atoms, buffers, initlaw, norms
 
 __all__ = ["WeightStore"]
 
@@ -53,6 +53,10 @@ class WeightStore:
             stored, names = self.checkpoint
             if name in names:
                 return _widened(stored.load(names[name]))
+        if isinstance(obj, torch.Tensor) and obj.is_meta and not isinstance(obj, nn.Parameter):
+            recovered = buffers.recover(self.root, name)  # a constant the constructor computes (buffers.py)
+            if recovered is not None:
+                return recovered
         return obj
 
     def shape(self, name: str) -> tuple[int, ...]:
