@@ -106,6 +106,22 @@ ELEMENTWISE: dict[Any, Callable[[st.DrawFn], nn.Module]] = {
 }
 
 
+class BloomGelu(nn.Module):
+    """BLOOM's GeLUFunction, an autograd.Function registered by name (the tracer keeps it as a leaf). It has no
+    setup_context, so functorch's jvp cannot run it: the measurement runs its forward, bloom_gelu_forward, whose
+    derivative its backward equals (tests/test_constructs.py checks that)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from transformers.models.bloom.modeling_bloom import GeLUFunction, bloom_gelu_forward
+
+        if isinstance(x, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(x):
+            return bloom_gelu_forward(x)
+        return GeLUFunction.apply(x)
+
+
+ELEMENTWISE["transformers.models.bloom.modeling_bloom.GeLUFunction"] = lambda d: BloomGelu()
+
+
 class Abs(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.abs(x)
@@ -137,7 +153,8 @@ def powers(draw: st.DrawFn) -> Case:
 @st.composite
 def products(draw: st.DrawFn) -> Case:
     """Operand roles of `*`: two activations, a number, a parameter (gain), a constant tensor, on either side."""
-    role, layout, width = draw(st.sampled_from(["x*x", "x*sigmoid(x)", "x*c", "c*x", "x*gain", "x*const"])), \
+    role, layout, width = draw(st.sampled_from(["x*x", "x*sigmoid(x)", "x*c", "c*x", "x*gain", "x*const",
+                                                 "x*(1+gain)"])), \
         draw(layouts), draw(widths)
     c = draw(st.sampled_from([0.5, -2.0, 4.0]))
     shape = [1, 1, 1]
@@ -152,6 +169,7 @@ def products(draw: st.DrawFn) -> Case:
         "x*x": lambda s, h, a: h * h, "x*sigmoid(x)": lambda s, h, a: h * torch.sigmoid(h),
         "x*c": lambda s, h, a: h * c, "c*x": lambda s, h, a: c * h,
         "x*gain": lambda s, h, a: h * s.layers["g"].w, "x*const": lambda s, h, a: torch.mul(h, s.const),
+        "x*(1+gain)": lambda s, h, a: h * (1.0 + s.layers["g"].w.float()),  # Gemma's RMSNorm gain
     }
     return case(role, bodies[role], layout, width, layers={"g": gain}, buffers=buffers,
                 atoms=("layers.g.w",) if role == "x*gain" else ())
@@ -765,6 +783,23 @@ def repeat_interleaves(draw: st.DrawFn) -> Case:
 
 
 STRATEGIES["repeat_interleave"] = repeat_interleaves()
+
+
+@st.composite
+def baddbmms(draw: st.DrawFn) -> Case:
+    """BLOOM's ALiBi scores `bias.baddbmm(q, kᵀ, beta, alpha)`: activation batches, a constant or activation bias."""
+    role, width = draw(st.sampled_from(["constant bias", "activation bias", "torch.baddbmm"])), draw(widths)
+    alpha, beta = draw(st.sampled_from([0.25, -1.5])), draw(st.sampled_from([1.0, 0.5, -2.0]))
+    bodies: dict[str, Body] = {
+        "constant bias": lambda s, h, a: s.bias.baddbmm(h, h.transpose(1, 2), beta=beta, alpha=alpha),
+        "activation bias": lambda s, h, a: (h @ h.transpose(1, 2)).baddbmm(h, h.transpose(1, 2), alpha=alpha),
+        "torch.baddbmm": lambda s, h, a: torch.baddbmm(s.bias, h, h.transpose(1, 2), beta=beta, alpha=alpha),
+    }
+    return case(f"baddbmm {role} alpha={alpha} beta={beta}", bodies[role], "last", width, tokens=5,
+                buffers={"bias": torch.linspace(-2, 2, 5, dtype=torch.float64).expand(1, 5, 5).clone()})
+
+
+STRATEGIES[torch.baddbmm] = baddbmms()
 
 # ------------------------------------------------------------------------- explicit cases (run before the search)
 def _bn_then_square(route: str) -> Case:

@@ -1,0 +1,233 @@
+"""Constructs real architectures write that modnorm now reads (issue 17's coverage matrix): constants a meta build
+leaves unknown, gains written `x * (1 + w)`, `baddbmm`, l2 normalisation spelled with pow and sum, rows read from
+an embedding table by index, activation instances that are not submodules. Each is checked for what the report
+says (an atom, a finite certified constant) and, where it has a bound, measured against it with autograd."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import modnorm
+from modnorm import buffers
+from tests.adversary import Budget, measure_input_lipschitz
+
+SEARCH = Budget(examples=1, restarts=3, steps=60)
+
+
+def measured_lipschitz(model: nn.Module, x: torch.Tensor) -> float:
+    return measure_input_lipschitz(model, x, SEARCH)
+
+
+def _op(analysis, needle):
+    return next(op for op in analysis.ops if needle in op.target or needle in op.name)
+
+
+# ------------------------------------------------------------------------ constants a meta build leaves unknown
+class _Table(nn.Module):
+    """A non-persistent buffer computed in __init__, and an initialiser that rewrites it (as transformers does)."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        angles = torch.arange(16.0)[:, None] * torch.arange(1.0, d + 1)
+        self.register_buffer("table", torch.cos(angles), persistent=False)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is self:
+            angles = torch.arange(16.0)[:, None] * torch.arange(1.0, self.table.shape[1] + 1)
+            self.table.copy_(torch.cos(angles))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.table[: x.shape[1]]
+
+
+def test_a_meta_buffer_is_recovered_from_the_models_initialiser():
+    on_cpu = _Table()
+    with torch.device("meta"):
+        on_meta = _Table()
+    assert on_meta.table.is_meta
+    recovered = buffers.recover(on_meta, "table")
+    assert torch.equal(recovered, on_cpu.table)  # the initialiser's value, not a guess
+    assert on_meta.table.is_meta  # the model itself stays on meta
+
+
+def test_a_buffer_the_initialiser_does_not_write_stays_unknown():
+    class NoInit(_Table):
+        def _init_weights(self, module: nn.Module) -> None:
+            pass
+
+    with torch.device("meta"):
+        model = NoInit()
+    assert buffers.recover(model, "table") is None
+    analysis = modnorm.analyze(model, (torch.zeros(1, 4, 8),))
+    assert not _op(analysis, "mul").certified  # reported, not guessed
+
+
+def test_multiplying_by_a_recovered_table_has_its_max_as_constant():
+    with torch.device("meta"):
+        model = _Table()
+    analysis = modnorm.analyze(model, (torch.zeros(1, 4, 8),))
+    mul = _op(analysis, "mul")
+    assert mul.certified and mul.lipschitz == (pytest.approx(1.0),)  # max |cos| over the table: cos(0) = 1
+
+
+# -------------------------------------------------------------------------------------------- gains c + w
+class _OffsetGain(nn.Module):
+    """Gemma's RMSNorm gain: `x * (1.0 + self.weight.float())`, the weight initialised to zeros."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d) * 0.7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (1.0 + self.weight.float())
+
+
+def test_a_gain_written_one_plus_w_is_an_atom_with_norm_max_abs_one_plus_w():
+    model = _OffsetGain().double()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    analysis = modnorm.analyze(model, (x,))
+    gain = next(layer for layer in analysis.layers if layer.name == "weight" or layer.name.endswith("weight"))
+    expected = float((1.0 + model.weight.detach()).abs().max())  # diag(1 + w): its largest entry
+    assert gain.kind == "Gain"
+    assert gain.sensitivity == pytest.approx(expected, rel=1e-12)
+    measured = measured_lipschitz(model, x)
+    assert measured <= analysis.network.sensitivity * (1 + 1e-9)
+    assert measured == pytest.approx(expected, rel=1e-4)  # a diagonal map: the bound is tight (search to 1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- baddbmm
+class _Alibi(nn.Module):
+    """BLOOM's scores: `bias.baddbmm(q, k^T, beta=1, alpha=1/sqrt(d))`, then a mean to keep the output small."""
+
+    def __init__(self, d: int = 8, tokens: int = 5, alpha: float = 0.35, beta: float = 1.0) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+        self.register_buffer("bias", torch.linspace(-1, 1, tokens).expand(1, tokens, tokens).clone())
+        self.alpha, self.beta = alpha, beta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.baddbmm(self.q(x), self.k(x).transpose(1, 2), beta=self.beta, alpha=self.alpha)
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.35, 1.0), (2.0, 0.5)])
+def test_baddbmm_is_a_product_of_activations_whose_bound_holds(alpha, beta):
+    torch.manual_seed(0)
+    model = _Alibi(alpha=alpha, beta=beta).double()
+    x = torch.randn(1, 5, 8, dtype=torch.float64) / math.sqrt(2)
+    analysis = modnorm.analyze(model, (x,))
+    op = _op(analysis, "baddbmm")
+    assert op.certified and all(math.isfinite(c) for c in op.lipschitz)
+    assert not analysis.network.unknown_ops
+    measured = measured_lipschitz(model, x)
+    assert measured <= analysis.network.sensitivity
+
+
+# ------------------------------------------------------------------------------- l2 normalisation by pow/sum
+class _ClipNormalize(nn.Module):
+    """CLIP's `_get_vector_norm`: `torch.pow(torch.sum(torch.pow(x, 2), dim=-1, keepdim=True), 0.5)`."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(x)
+        return y / torch.pow(torch.sum(torch.pow(y, 2), dim=-1, keepdim=True), 0.5)
+
+
+def test_l2_normalisation_spelled_with_pow_and_sum_is_recognised():
+    with torch.device("meta"):
+        model = _ClipNormalize()
+    analysis = modnorm.analyze(model, (torch.zeros(1, 4, 16),))
+    normalize = _op(analysis, "rms_norm")
+    assert normalize.target.startswith("rms_norm")
+    assert not any(op.target.endswith("pow") for op in analysis.ops)  # absorbed, not x^0.5
+    # The default profile conditions it on a floor: 0.5 x the Linear's typical output RMS at init,
+    # RMS(W) sqrt(fan_in) x input RMS 1, with PyTorch's default init RMS(W) = 1/sqrt(3 fan_in): 0.5/sqrt(3).
+    assert normalize.assumption is not None
+    assert normalize.rms_floor == pytest.approx(0.5 / math.sqrt(3), rel=1e-6)
+
+
+def test_l2_normalisation_without_eps_is_not_certified_unconditionally():
+    """x / ||x|| is unbounded near 0: the certified profile says so and names the op."""
+    with torch.device("meta"):
+        model = _ClipNormalize()
+    analysis = modnorm.analyze(model, (torch.zeros(1, 4, 16),), profile="certified")
+    normalize = _op(analysis, "rms_norm")
+    assert not normalize.certified and "unbounded near 0" in normalize.reason
+
+
+# -------------------------------------------------------------------------- rows of an embedding by index
+class _Positions(nn.Module):
+    """Whisper's decoder positions: `self.weight[start : start + T]` on an nn.Embedding subclass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(50, 16)
+        self.pos = nn.Embedding(32, 16)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.tok(ids) + self.pos.weight[: ids.shape[1]]
+
+
+def test_rows_read_from_an_embedding_table_by_index_are_an_embedding_atom():
+    torch.manual_seed(2)
+    model = _Positions()
+    analysis = modnorm.analyze(model, (torch.randint(0, 50, (1, 6)),))
+    kinds = {layer.name: layer.kind for layer in analysis.layers}
+    assert kinds == {"tok": "Embedding", "pos": "Embedding"}
+    pos = next(layer for layer in analysis.layers if layer.name == "pos")
+    rows = model.pos.weight.detach().double()
+    assert pos.sensitivity == pytest.approx(float(rows.pow(2).mean(-1).sqrt().max()), rel=1e-9)  # max row RMS
+
+
+# -------------------------------------------------------------- activation instances that are not submodules
+GELU = nn.GELU(approximate="tanh")  # module level, like transformers' ACT2FN["gelu_new"] inside a function
+
+
+def _act(x: torch.Tensor) -> torch.Tensor:
+    return GELU(x)
+
+
+class _ModuleLevelActivation(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _act(self.fc(x))
+
+
+def test_an_activation_instance_that_is_not_a_submodule_is_read_through():
+    analysis = modnorm.analyze(_ModuleLevelActivation(), (torch.zeros(1, 3, 8),))
+    assert analysis.model.tracer == "fx_values"
+    assert not analysis.network.unknown_ops
+    assert any("gelu" in op.target.lower() for op in analysis.ops)
+
+
+def test_a_module_with_weights_that_is_not_a_submodule_is_named_in_the_error():
+    outside = nn.Linear(8, 8)
+
+    class Borrowing(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return outside(x)
+
+    analysis = modnorm.analyze(Borrowing(), (torch.zeros(1, 3, 8),))
+    fx_attempt = next(a for a in analysis.model.tracer_attempts if a.route == "fx_values")
+    assert not fx_attempt.ok and "Linear" in fx_attempt.detail and "not a submodule" in fx_attempt.detail
+
+
+# ------------------------------------------------------------------------------------ transformers pieces
+def test_blooms_gelu_function_has_the_exact_derivative_of_its_forward():
+    """Why its forward's constants may be registered: the custom backward is the true derivative."""
+    bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
+    x = torch.linspace(-6, 6, 2001, dtype=torch.float64, requires_grad=True)
+    (custom,) = torch.autograd.grad(bloom.GeLUFunction.apply(x).sum(), x)
+    (exact,) = torch.autograd.grad(bloom.bloom_gelu_forward(x).sum(), x)
+    assert torch.allclose(custom, exact, atol=1e-6)
+    assert float(exact.abs().max()) <= modnorm.registry.GELU_SLOPE
