@@ -151,6 +151,8 @@ def _data_inputs(node: fx.Node, depends: dict[fx.Node, bool]) -> list[fx.Node]:
 def _registry_key(node: fx.Node, root: nn.Module) -> Any:
     if node.op == "call_module":
         return type(root.get_submodule(node.target))
+    if embedding_rows(node, root) is not None:
+        return "embedding_rows"  # `emb.weight[positions]`: a lookup, not a getitem of an activation
     return getattr(node.target, "_modnorm_key", node.target)  # a custom autograd.Function: its class
 
 
@@ -211,7 +213,10 @@ def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[Record], ctx: Con
         if fused is not None and fused.kind == "rotary":
             return semantics.rotary(view, fused.info["cos"], fused.info["sin"])
         if fused is not None and fused.kind == "attention":
-            return semantics.attention(view, fused.info["scale"], "attention (by hand)")
+            found = semantics.attention(view, fused.info["scale"], "attention (by hand)")
+            operand = fused.info.get("operand_scale", 1.0)  # `(q * c) @ kᵀ`: c multiplies the logits too
+            return replace(found, info={**found.info, "scale": found.info["scale"] * operand}) if operand != 1.0 \
+                else found
         entry = semantics.lookup(_registry_key(base, ctx.root))
         if entry is None:
             return Semantics("unknown", (INF,) * max(1, len(inputs)), "not in the registry", certified=False,

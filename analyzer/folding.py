@@ -35,7 +35,10 @@ def abs_bound(arg: Any, weights: Any, depth: int = 0) -> float | None:
         return float(value.detach().float().abs().max()) if value.numel() else 0.0
     if arg.op == "get_attr":
         tensor = weights.tensor(arg.target)
-        return None if not isinstance(tensor, torch.Tensor) or tensor.is_meta else float(tensor.float().abs().max())
+        if isinstance(tensor, torch.Tensor) and not tensor.is_meta:
+            return float(tensor.float().abs().max())
+        law = getattr(weights, "laws", {}).get(arg.target)  # a meta tensor whose init wrote a known constant
+        return abs(law.mean) if law is not None and law.kind == "constant" else None
     if arg.op not in ("call_function", "call_method"):
         return None
     target = arg.target
@@ -43,6 +46,9 @@ def abs_bound(arg: Any, weights: Any, depth: int = 0) -> float | None:
         target, torch._ops.OpOverload) else getattr(target, "__name__", ""))
     if name in _BOUNDED:
         return _BOUNDED[name]
+    if name == "exp" and arg.args:  # exp is increasing: exp(c) <= exp(max |c|)
+        inner = abs_bound(arg.args[0], weights, depth + 1)
+        return math.exp(inner) if inner is not None and inner < 700 else None
     if name in _PASSTHROUGH and arg.args:
         return abs_bound(arg.args[0], weights, depth + 1)
     if name in ("cat", "stack") and arg.args and isinstance(arg.args[0], (list, tuple)):

@@ -204,6 +204,17 @@ def _factory(original: Any, law: Any) -> Any:
     return factory
 
 
+def _literal(original: Any) -> Any:
+    """`torch.tensor(2.6592)` (CLIP's logit scale): a number written in the constructor is known exactly."""
+    def tensor(data: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(data, *args, **kwargs)
+        rec = _recorder()
+        if rec is not None and _number(data):
+            rec.set(result, Law("constant", float(data), 0.0, abs(float(data)), source="torch.tensor"))
+        return result
+    return tensor
+
+
 def _parameter_new(original: Any) -> Any:
     def __new__(cls: type, data: Any = None, requires_grad: bool = True) -> Any:
         result = original(cls, data, requires_grad)
@@ -242,6 +253,7 @@ def record_init() -> Iterator[_Recorder]:
     patch(torch, "zeros", _factory(torch.zeros, lambda *a, **k: Law("constant", 0.0, source="torch.zeros")))
     patch(torch, "ones", _factory(torch.ones, lambda *a, **k: Law("constant", 1.0, 0.0, 1.0, source="torch.ones")))
     patch(torch, "empty", _factory(torch.empty, lambda *a, **k: Law("empty", source="torch.empty")))
+    patch(torch, "tensor", _literal(torch.tensor))
     patch(nn.Parameter, "__new__", _parameter_new(nn.Parameter.__new__))
     _ACTIVE.append(recorder)
     try:

@@ -205,6 +205,12 @@ def _embedding_module(op: OpView) -> Semantics:
     return embedding_atom(op, f"{op.node.target}.weight")
 
 
+@register("embedding_rows")
+def _embedding_rows(op: OpView) -> Semantics:
+    """`emb.weight[positions]` (Whisper's decoder positions): rows of an nn.Embedding's table by index."""
+    return embedding_atom(op, embedding_rows(op.node, op.ctx.root))
+
+
 @register(F.embedding)
 def _embedding_function(op: OpView) -> Semantics:
     weight = op.param_name(1, "weight")

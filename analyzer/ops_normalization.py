@@ -129,3 +129,29 @@ def _batch_norm(op: OpView) -> Semantics:
     # Eval mode: a per-channel affine map with slope |gamma_c| / sqrt(running_var_c + eps), docs/theory/constants.md#bonds.
     # origin is "measured" (running statistics read) or "predicted" (meta device: var = 1, the init value)
     return batch_norm_semantics(op, op.node.target, op.module.eps)
+
+
+@register(F.batch_norm, torch.batch_norm)
+def _batch_norm_function(op: OpView) -> Semantics:
+    """`F.batch_norm(x, running_mean, running_var, weight, bias, training=False, momentum, eps)` (timm's
+    BatchNormAct2d): the eval-mode module's map when its statistics and affine parameters are one module's
+    buffers and parameters (`<prefix>.running_mean`, `.running_var`, `.weight`, `.bias`)."""
+    training = op.arg(5, "training", False)
+    if training is not False:
+        return Semantics("unknown", (INF,) * max(1, len(op.inputs)), "batch norm with batch statistics",
+                         certified=False, reason="batch norm with training=True normalizes by the batch's own "
+                         "statistics (couples the examples of a batch); modnorm analyses eval mode")
+    names = [_attr_name(op.arg(i, n)) for i, n in ((1, "running_mean"), (2, "running_var"), (3, "weight"),
+                                                    (4, "bias"))]
+    prefixes = {name.rsplit(".", 1)[0] for name in names if name is not None}
+    if names[0] is None or names[1] is None or len(prefixes) != 1:
+        return Semantics("unknown", (INF,) * max(1, len(op.inputs)), "batch norm of loose tensors",
+                         certified=False, reason="F.batch_norm whose running statistics and affine parameters are "
+                         "not the buffers and parameters of one module (<prefix>.running_mean, .running_var, "
+                         ".weight, .bias)")
+    eps = op.arg(7, "eps", 1e-5)
+    return batch_norm_semantics(op, prefixes.pop(), float(eps) if isinstance(eps, (int, float)) else 1e-5)
+
+
+def _attr_name(arg: object) -> str | None:
+    return arg.target if getattr(arg, "op", None) == "get_attr" else None

@@ -155,12 +155,6 @@ def _repeat_interleave(op: OpView) -> Semantics:
 
 @register(operator.getitem)
 def _getitem(op: OpView) -> Semantics:
-    if not op.inputs:  # `emb.weight[positions]`: an embedding lookup (calculus.embedding_rows keeps it as an atom)
-        from .ops_atoms import embedding_atom, embedding_rows  # ops_atoms imports this module
-
-        weight = embedding_rows(op.node, op.ctx.root)
-        if weight is not None:
-            return embedding_atom(op, weight)
     source = op.inputs[0].meta.get("value") if op.inputs else None
     if isinstance(source, (tuple, list)):
         return linear(Semantics("bond", (1.0,), "element of a tuple (pieces bounded at the split)", tags=("layout",)))

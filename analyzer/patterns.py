@@ -230,7 +230,7 @@ def _constant_factor(node: fx.Node, data: fx.Node) -> float | None:
     return value if _is(node, "mul") else (1.0 / value if value else None)
 
 
-def _match_attention(node: fx.Node) -> Fused | None:
+def _match_attention(node: fx.Node, root: torch.nn.Module | None = None) -> Fused | None:
     """softmax(q @ kᵀ · c [+ mask]) [dropout] @ v → attention(q, k, v) with logit scale c."""
     if not (_is(node, "matmul") and len(node.args) == 2):
         return None
@@ -276,8 +276,25 @@ def _match_attention(node: fx.Node) -> Fused | None:
         k = kt.args[0]
     else:
         return None
-    # Scale may also sit on q before the product: (q * c) @ k^T is left to the scalar bond (same bound).
-    return Fused("attention", node, [q, k, v], members, {"scale": abs(scale)})
+    # A scale on q or k before the product (torchvision's Swin: `q = q * head_dim ** -0.5`; Modula's `q / 3`) stays
+    # a scalar op of its own (same certified bound; Modula counts it as a bond), but it is part of the logit
+    # multiplier MN301 judges: recorded as the operand scale.
+    operand = _operand_scale(q, root) * _operand_scale(k, root)
+    return Fused("attention", node, [q, k, v], members, {"scale": abs(scale), "operand_scale": abs(operand)})
+
+
+def _operand_scale(x: Any, root: torch.nn.Module | None) -> float:
+    """The product of the constant factors applied to an attention operand just before the product; a factor
+    written right after an atom (`self.q(x) * c`) is the atom's own (the scaled-atom pattern), not counted."""
+    factor = 1.0
+    while _is(x, *_SCALE_OPS, *_CASTS) and len(x.users) == 1:
+        data = next((a for a in x.args if isinstance(a, fx.Node)), None)
+        c = 1.0 if _is(x, *_CASTS) else _constant_factor(x, data) if data is not None else None
+        if c is None or (root is not None and isinstance(data, fx.Node) and _is_atom_node(data, root)):
+            break
+        factor *= c
+        x = data
+    return factor
 
 
 def _rotate_half_of(node: Any) -> tuple[fx.Node, set[fx.Node]] | None:
@@ -463,7 +480,7 @@ def find_patterns(graph: fx.Graph, root: torch.nn.Module) -> dict[fx.Node, Fused
     for node in reversed(list(graph.nodes)):  # outermost match first (attention before its softmax)
         if node in absorbed or node.op not in ("call_function", "call_method", "call_module"):
             continue
-        match = (_match_attention(node) or _match_rms(node) or _match_rotary(node)
+        match = (_match_attention(node, root) or _match_rms(node) or _match_rotary(node)
                  or _match_scaled_atom(node, root) or _match_mean_subtract(node))
         if match is None or any(m in absorbed for m in match.members) or not _self_contained(match):
             continue

@@ -86,5 +86,5 @@ def branch_constants(analysis: Analysis, merge: Merge, top: int = 3) -> list[tup
         if value > 1.005:
             label = f"{op.target}{f' `{op.module}`' if op.module else ''}"
             constants[label] = max(constants.get(label, 0.0), value)
-    return sorted(constants.items(), key=lambda item: -item[1])[:top]
+    return sorted(constants.items(), key=lambda item: (-item[1], item[0]))[:top]  # ties in name order: stable
 

@@ -492,6 +492,20 @@ def embeddings(draw: st.DrawFn, functional: bool = False, route: str = "auto") -
     return Case(f"Embedding{' functional' if functional else ''} [{route}]", model, ids, ("emb.weight",), route)
 
 
+@st.composite
+def embedding_rows(draw: st.DrawFn) -> Case:
+    """Whisper's positions: rows of an nn.Embedding's table read by index and added to the input."""
+    width, span = draw(widths), draw(st.sampled_from(["slice", "index"]))
+    table = nn.Embedding(9, width)
+
+    def body(s: nn.Module, h: torch.Tensor, a: int) -> torch.Tensor:
+        rows = s.layers["pos"].weight[: h.shape[1]] if span == "slice" else \
+            s.layers["pos"].weight[torch.arange(h.shape[1])]
+        return h + rows
+
+    return case(f"emb.weight[{span}] + x", body, "last", width, layers={"pos": table}, atoms=("layers.pos.weight",))
+
+
 # ------------------------------------------------------------------------------------------------ normalizers
 @st.composite
 def layer_norms(draw: st.DrawFn, functional: bool = False, route: str = "auto") -> Case:
@@ -546,7 +560,7 @@ def group_norms(draw: st.DrawFn) -> Case:
 
 
 @st.composite
-def batch_norms(draw: st.DrawFn, route: str = "auto") -> Case:
+def batch_norms(draw: st.DrawFn, route: str = "auto", functional: bool = False) -> Case:
     width, shift = draw(widths), draw(st.sampled_from([0.0, 3.0, 10.0]))
     role = draw(st.sampled_from(["alone", "then h*h", "then Linear"]))
     dims = draw(st.sampled_from([1, 2]))
@@ -559,14 +573,16 @@ def batch_norms(draw: st.DrawFn, route: str = "auto") -> Case:
     fc = nn.Linear(width, width)
 
     def body(s: nn.Module, h: torch.Tensor, a: int) -> torch.Tensor:
-        y = s.layers["bn"](h)
+        m = s.layers["bn"]  # timm's BatchNormAct2d passes the module's own tensors to F.batch_norm
+        y = F.batch_norm(h, m.running_mean, m.running_var, m.weight, m.bias, False, 0.1, m.eps) if functional \
+            else m(h)
         if role == "then h*h":
             return y * y
         if role == "then Linear":
             return s.layers["fc"](y.movedim(1, -1)).movedim(-1, 1)
         return y
 
-    return case(f"{bn!r} shift {shift:g} {role}", body, "nchw" if dims == 2 else "middle", width,
+    return case(f"{'F.batch_norm of ' if functional else ''}{bn!r} shift {shift:g} {role}", body, "nchw" if dims == 2 else "middle", width,
                 layers={"bn": bn, "fc": fc}, route=route, atoms=("layers.fc.weight",) if role == "then Linear" else ())
 
 
@@ -800,6 +816,8 @@ def baddbmms(draw: st.DrawFn) -> Case:
 
 
 STRATEGIES[torch.baddbmm] = baddbmms()
+STRATEGIES[F.batch_norm] = batch_norms(functional=True)
+STRATEGIES["embedding_rows"] = embedding_rows()
 
 # ------------------------------------------------------------------------- explicit cases (run before the search)
 def _bn_then_square(route: str) -> Case:

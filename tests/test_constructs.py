@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import modnorm
+import modnorm.initlaw
 from modnorm import buffers
 from tests.adversary import Budget, measure_input_lipschitz
 
@@ -73,6 +74,30 @@ def test_multiplying_by_a_recovered_table_has_its_max_as_constant():
     analysis = modnorm.analyze(model, (torch.zeros(1, 4, 8),))
     mul = _op(analysis, "mul")
     assert mul.certified and mul.lipschitz == (pytest.approx(1.0),)  # max |cos| over the table: cos(0) = 1
+
+
+class _Temperature(nn.Module):
+    """CLIP's learned logit scale: `logits * self.logit_scale.exp()`, the scalar written `torch.tensor(2.6592)`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.logit_scale = nn.Parameter(torch.tensor(2.6592))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.logit_scale.exp()
+
+
+def test_a_number_written_in_the_constructor_is_known_on_meta_through_its_init_law():
+    with torch.device("meta"), modnorm.initlaw.record_init() as recorder:
+        model = _Temperature()
+    laws = modnorm.initlaw.laws_of(model, recorder)
+    assert laws["logit_scale"].kind == "constant" and laws["logit_scale"].mean == pytest.approx(2.6592)
+    analysis = modnorm.analyze(model, (torch.zeros(1, 3, 8),), init_laws=laws)
+    scale = _op(analysis, "mul")
+    assert scale.certified and scale.lipschitz == (pytest.approx(math.exp(2.6592)),)  # exp is increasing
+    without = modnorm.analyze(model, (torch.zeros(1, 3, 8),))  # no laws: the value is unknown and said so
+    assert not _op(without, "mul").certified
 
 
 # -------------------------------------------------------------------------------------------- gains c + w
@@ -231,3 +256,48 @@ def test_blooms_gelu_function_has_the_exact_derivative_of_its_forward():
     (exact,) = torch.autograd.grad(bloom.bloom_gelu_forward(x).sum(), x)
     assert torch.allclose(custom, exact, atol=1e-6)
     assert float(exact.abs().max()) <= modnorm.registry.GELU_SLOPE
+
+
+# ------------------------------------------------------------------- attention scaled on q before the product
+class _ScaledQuery(nn.Module):
+    """torchvision's Swin: heads split, then `q = q * head_dim ** -0.5`, then `softmax(q @ k^T) @ v`."""
+
+    def __init__(self, d: int = 16, heads: int = 2, where: str = "heads") -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(d, d, bias=False) for _ in range(3))
+        self.heads, self.where = heads, where
+
+    def split(self, t: torch.Tensor) -> torch.Tensor:
+        return t.view(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = (x.shape[-1] // self.heads) ** -0.5
+        q = self.split(self.q(x) * c) if self.where == "atom" else self.split(self.q(x)) * c
+        out = torch.softmax(q @ self.split(self.k(x)).transpose(-2, -1), dim=-1) @ self.split(self.v(x))
+        out = out.transpose(1, 2).flatten(2)
+        return out + q.transpose(1, 2).flatten(2) if self.where == "shared" else out
+
+
+def test_a_scale_on_the_query_is_part_of_the_logit_scale_mn301_judges():
+    analysis = modnorm.analyze(_ScaledQuery(), (torch.zeros(1, 5, 16),))
+    attention = _op(analysis, "attention")
+    assert attention.attention_scale == pytest.approx(8 ** -0.5)  # c·d = sqrt(8), not 8
+    assert any(op.target.endswith("mul") for op in analysis.ops)  # the scalar op stays (Modula counts it as a bond)
+
+
+def test_a_scale_written_on_the_projection_belongs_to_the_atom_not_the_logits():
+    analysis = modnorm.analyze(_ScaledQuery(where="atom"), (torch.zeros(1, 5, 16),))
+    assert _op(analysis, "attention").attention_scale == pytest.approx(1.0)
+    q = next(layer for layer in analysis.layers if layer.name == "q")
+    assert q.scale == pytest.approx(8 ** -0.5)
+
+
+@pytest.mark.parametrize("where", ["heads", "atom", "shared"])
+def test_the_bound_holds_wherever_the_query_scale_is_written(where):
+    torch.manual_seed(3)
+    model = _ScaledQuery(where=where).double()
+    x = torch.randn(1, 5, 16, dtype=torch.float64)
+    analysis = modnorm.analyze(model, (x,))
+    if where == "shared":  # the scaled q is read elsewhere too: its factor is not counted in the logits
+        assert _op(analysis, "attention").attention_scale == pytest.approx(1.0)
+    assert measured_lipschitz(model, x) <= analysis.network.sensitivity
