@@ -24,7 +24,7 @@ from torch import nn
 from . import floors, semantics, sharpness
 from .combinators import log_of, log_parallel, log_series, parallel, series
 from .errors import ModnormError
-from .folding import abs_bound
+from .folding import abs_bound, sign_of
 from .layers import layers_of
 from .merges import merges_of
 from .ops_atoms import embedding_rows
@@ -93,6 +93,10 @@ class _View:
             value = arg.meta.get("value")
             return value.detach() if isinstance(value, torch.Tensor) and not value.is_meta else None
         return None
+
+    def constant_sign(self, arg: Any) -> int:
+        """1 / -1 when every entry of a constant argument is >= 0 / <= 0 (folding.sign_of), else 0."""
+        return sign_of(arg, self.weights)
 
     def constant_abs_bound(self, index: int, name: str) -> float | None:
         """max |c| of a constant argument whose values are unknown (meta), from the formula that made it."""
@@ -255,7 +259,11 @@ def _bounds_out(sem: Semantics, inputs: list[Record], value: Any) -> Bounds:
         fdim = next((r.bounds.fdim for r in inputs if r.bounds.fdim is not None), None)
     if isinstance(value, torch.Tensor) and value.dim() and (fdim is None or fdim >= value.dim()):
         fdim = value.dim() - 1
-    return Bounds(upper=upper, lower=sem.lower, sup=sem.sup, fdim=fdim)
+    sign = sem.sign
+    if sign is None:  # a layout op or a cast moves entries, keeping their sign; any other op's sign is unknown
+        keeps = "layout" in sem.tags or sem.source.startswith("identity")
+        sign = inputs[0].bounds.sign if keeps and len(inputs) == 1 else 0
+    return Bounds(upper=upper, lower=sem.lower, sup=sem.sup, fdim=fdim, sign=sign)
 
 
 def _input_bounds(value: Any, options: Options) -> Bounds:

@@ -8,8 +8,11 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch import nn
 
-__all__ = ["abs_bound", "fold_real_constants"]
+from . import buffers
+
+__all__ = ["abs_bound", "sign_of", "fold_real_constants"]
 
 
 _BOUNDED = {"cos": 1.0, "sin": 1.0, "tanh": 1.0, "sigmoid": 1.0, "softmax": 1.0}
@@ -38,7 +41,15 @@ def abs_bound(arg: Any, weights: Any, depth: int = 0) -> float | None:
         if isinstance(tensor, torch.Tensor) and not tensor.is_meta:
             return float(tensor.float().abs().max())
         law = getattr(weights, "laws", {}).get(arg.target)  # a meta tensor whose init wrote a known constant
-        return abs(law.mean) if law is not None and law.kind == "constant" else None
+        if law is not None and law.kind == "constant":
+            return abs(law.mean)
+        root = getattr(weights, "root", None)
+        value = buffers.recover_constant_parameter(root, arg.target) if root is not None else None
+        if value is not None and value.numel():
+            return float(value.abs().max())
+        if isinstance(tensor, nn.Parameter) and hasattr(weights, "abs_max"):  # predicted from its init law on
+            return weights.abs_max(arg.target)[0]  # meta, as every atom's norm is (WeightStore.abs_max)
+        return None
     if arg.op not in ("call_function", "call_method"):
         return None
     target = arg.target
@@ -59,6 +70,37 @@ def abs_bound(arg: Any, weights: Any, depth: int = 0) -> float | None:
             abs_bound(arg.args[0], weights, depth + 1)]
         return None if any(p is None for p in parts) else math.prod(parts)
     return None
+
+
+_POSITIVE = {"exp", "sigmoid", "softmax", "relu", "softplus", "abs", "square"}
+
+
+def sign_of(arg: Any, weights: Any, depth: int = 0) -> int:
+    """1 if every entry of a constant is >= 0, -1 if every entry is <= 0, 0 if not known (Mamba's
+    `A = -exp(A_log)` is <= 0 whatever A_log is)."""
+    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        return 1 if arg >= 0 else -1
+    value = arg if isinstance(arg, torch.Tensor) else arg.meta.get("value") if isinstance(arg, fx.Node) else None
+    if isinstance(value, torch.Tensor) and not value.is_meta and value.numel():
+        return 1 if bool((value >= 0).all()) else -1 if bool((value <= 0).all()) else 0
+    if not isinstance(arg, fx.Node) or depth > 24:
+        return 0
+    if arg.op == "get_attr":
+        tensor = weights.tensor(arg.target)
+        if (not isinstance(tensor, torch.Tensor) or tensor.is_meta) and getattr(weights, "root", None) is not None:
+            tensor = buffers.recover_constant_parameter(weights.root, arg.target)
+        return sign_of(tensor, weights, depth + 1) if isinstance(tensor, torch.Tensor) else 0
+    if arg.op not in ("call_function", "call_method"):
+        return 0
+    target = arg.target
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    if name in _POSITIVE:
+        return 1
+    if name == "neg" and arg.args:
+        return -sign_of(arg.args[0], weights, depth + 1)
+    if name in _PASSTHROUGH and arg.args:
+        return sign_of(arg.args[0], weights, depth + 1)
+    return 0
 
 
 def fold_real_constants(graph_module: fx.GraphModule) -> None:

@@ -43,6 +43,16 @@ def _strip_scalars(record: Record) -> tuple[Record, float]:
     return record, coefficient
 
 
+_CASTS = ("to", "float", "double", "half", "bfloat16", "type_as", "type")
+
+
+def _through_casts(record: Record) -> Record:
+    """A skip path that only changes precision (Mamba's `residual.to(torch.float32)`) is the stream itself."""
+    while (len(record.inputs) == 1 and record.node.op == "call_method" and record.node.target in _CASTS):
+        record = record.inputs[0]
+    return record
+
+
 def _between(skip: Record, branch: Record) -> list[Record] | None:
     """Records on paths from `skip` to `branch` (inclusive of branch), or None if branch does not depend on skip."""
     seen: dict[int, Record] = {}
@@ -88,6 +98,7 @@ def merges_of(records: list[Record], ctx: Context) -> tuple[list[Merge], list[St
         if record.node.target in (operator.sub, torch.sub, "sub"):
             b = -b
         for skip, skip_c, branch, branch_c in ((x_a, a, x_b, b), (x_b, b, x_a, a)):
+            skip = _through_casts(skip)
             if skip is branch:
                 continue
             block = _between(skip, branch)

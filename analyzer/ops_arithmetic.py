@@ -28,7 +28,15 @@ def _mul(op: OpView) -> Semantics:
     if kind == "offset_gain":
         return _gain(op, value[0], source, offset=value[1])
     return linear(Semantics("bond", (abs(value),), f"scalar multiple |c| = {abs(value):.4g}", label=f"× {value:.4g}",
-                     tags=("scalar",), info={"factor": value}))
+                     tags=("scalar",), info={"factor": value}, sign=_product_sign(op)))
+
+
+def _product_sign(op: OpView) -> int:
+    """The sign of c ⊙ x from the constant's sign and the data's (0 when either is not known)."""
+    data = op.inputs[0]
+    other = next((op.arg(i, n) for i, n in ((0, "input"), (1, "other")) if op.arg(i, n) is not data), None)
+    sign = getattr(op, "constant_sign", lambda arg: 0)(other)
+    return sign * op.bounds[0].sign
 
 
 @register(operator.truediv, torch.div, torch.true_divide, "div", "true_divide", operator.itruediv, "div_")
@@ -75,6 +83,9 @@ def _shift_rms(op: OpView) -> float:
         value = op.constant_value(index, name)
         if value is not None:
             return float(value.float().abs().max())
+        bound = op.constant_abs_bound(index, name) if hasattr(op, "constant_abs_bound") else None
+        if bound is not None and op.arg(index, name) not in op.inputs:
+            return bound
     return INF
 
 

@@ -59,8 +59,32 @@ def _addmm(op: OpView) -> Semantics:
     return _linear_atom(op, weight, op.param_name(0, "input"), transposed=True)
 
 
+def _left_linear_atom(op: OpView, weight: str) -> Semantics:
+    """`W @ x` with W a 2-D parameter stored (out, in) (Mamba's `dt_proj.weight @ dt.transpose(1, 2)`): W acts on
+    axis -2 of x. When that is x's feature axis it is a Linear whose output features are on axis -2."""
+    in_ndim, fdim = len(op.in_shape(0)), first_fdim(op)
+    if in_ndim < 2 or fdim % in_ndim != in_ndim - 2:
+        # Over a position axis the input bound would be ||W||_inf->inf, but a weight perturbation then moves the
+        # output by up to sqrt(out) x the natural norm's bound (measured: sqrt(5) at 5 tokens), which the modular
+        # norm's weight bound does not carry: said, not certified.
+        return unknown_weight(op, "W @ x with axis -2 a position axis (token mixing by a left-multiplied "
+                                  "parameter): its weight-perturbation bound is not modelled")
+    spectral, origin = op.weights.spectral(weight)
+    shape = tuple(op.weights.shape(weight))
+    geometry = atoms.Linear(shape, op.scale)
+    norm = geometry.factor * spectral
+    atom = AtomSpec(geometry.kind, weight, shape, norm, origin, op.scale, (weight,), factor=geometry.factor)
+    return linear(Semantics("atom", (norm,), "Linear W @ x on axis -2: |c| sqrt(in/out) ||W||_*", atom=atom,
+                            fdim=len(op.out_shape()) - 2, upper=norm * op.bounds[0].upper, label="Linear"))
+
+
 @register(operator.matmul, torch.matmul, "matmul", torch.mm, "mm", torch.bmm, "bmm")
 def _matmul(op: OpView) -> Semantics:
+    if len(op.inputs) == 1 and op.arg(1, "other") is op.inputs[0]:
+        weight = op.param_name(0, "input")
+        if weight is not None and len(op.weights.shape(weight)) == 2:
+            return _left_linear_atom(op, weight)
+        return unknown_weight(op, "matmul with a constant on the left (only a 2-D parameter W @ x is modelled)")
     if len(op.inputs) == 1:
         weight = op.param_name(1, "other")
         if weight is not None and len(op.weights.shape(weight)) == 2:
@@ -168,9 +192,27 @@ def _conv_module(op: OpView) -> Semantics:
     return _conv_atom(op, f"{prefix}.weight", bias, op.module.groups)
 
 
+def parameter_through_reshapes(op: OpView, index: int, name: str) -> str | None:
+    """The parameter behind an argument reshaped back to the parameter's own shape (Mamba passes its depthwise
+    kernel as `self.conv1d.weight.squeeze(1)` and the kernel function `weight.unsqueeze(1)`)."""
+    arg = op.arg(index, name)
+    value = arg.meta.get("value") if isinstance(arg, fx.Node) else None
+    node = arg
+    while isinstance(node, fx.Node) and node.op in ("call_method", "call_function") and node.args:
+        target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        if target not in ("squeeze", "unsqueeze", "view", "reshape", "contiguous", "to", "float", "type_as"):
+            return None
+        node = node.args[0]
+    names = getattr(getattr(op, "ctx", None), "parameter_names", ())
+    if not (isinstance(node, fx.Node) and node.op == "get_attr" and node.target in names):
+        return None
+    return node.target if isinstance(value, torch.Tensor) and tuple(value.shape) == tuple(
+        op.weights.shape(node.target)) else None
+
+
 @register(F.conv1d, F.conv2d, torch.conv1d, torch.conv2d)
 def _conv_function(op: OpView) -> Semantics:
-    weight = op.param_name(1, "weight")
+    weight = op.param_name(1, "weight") or parameter_through_reshapes(op, 1, "weight")
     if weight is None:
         return unknown_weight(op, "convolution with a weight that is not a parameter")
     return _conv_atom(op, weight, op.param_name(2, "bias"), op.arg(6, "groups", 1) or 1)

@@ -26,13 +26,13 @@ from .registry import (GELU_SLOPE, INF, OpView, SILU_SLOPE, SQRT2, Semantics, bo
 #   Mish   no closed form: measured max |phi''| = 0.64420 on [-30, 30] (grid step 1e-4) -> 0.6443.
 #   QuickGELU  x·σ(1.702x) = silu(1.702x)/1.702: phi'' = 1.702·silu''(1.702x), largest 1.702/2 = 0.851.
 bond(nn.ReLU, F.relu, torch.relu, "relu", "relu_", F.relu_, torch.relu_, certified=1.0, modula=1 / SQRT2,
-     smooth=False, source="ReLU: Jacobian diag(1[x>0]) has norm 1 (Modula's 1/sqrt2 is typical-case)")
+     smooth=False, sign=1, source="ReLU: Jacobian diag(1[x>0]) has norm 1 (Modula's 1/sqrt2 is typical-case)")
 bond(nn.GELU, F.gelu, "gelu", certified=GELU_SLOPE, modula=1 / SQRT2, curvature=0.7979,
      source="GELU: max gelu' = 1.12900 (Modula nominal 1/sqrt2)")
 bond(nn.SiLU, F.silu, "silu", certified=SILU_SLOPE, curvature=0.5, source="SiLU: max silu' = 1.0999")
 bond(nn.Tanh, torch.tanh, F.tanh, "tanh", certified=1.0, curvature=0.76981, sup=1.0,
      source="tanh: max tanh' = 1")
-bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.09623, sup=1.0, at_zero=0.5,
+bond(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", certified=0.25, curvature=0.09623, sup=1.0, at_zero=0.5, sign=1,
      source="sigmoid: max sigma' = 1/4, max |sigma''| = 1/(6 sqrt 3)")
 bond(nn.Hardtanh, F.hardtanh, nn.ReLU6, F.relu6, certified=1.0, smooth=False, sup=6.0, source="clip: 1-Lipschitz")
 bond(nn.Hardswish, F.hardswish, certified=1.5, smooth=False, source="hardswish: max slope (2x+3)/6 = 1.5 at x=3")
@@ -40,7 +40,14 @@ bond(nn.Hardsigmoid, F.hardsigmoid, certified=1 / 6 + 1e-8, smooth=False, sup=1.
      source="hardsigmoid: slope 1/6 (torch's kernel multiplies by float32 1/6: 0.16666667)")
 bond(nn.Mish, F.mish, certified=1.089, curvature=0.6443, source="mish: max slope 1.089")
 bond(torch.abs, "abs", operator.abs, certified=1.0, smooth=False, source="abs: Jacobian diag(sign x)")
-bond(operator.neg, torch.neg, "neg", certified=1.0, source="negation is an isometry")
+
+
+@register(operator.neg, torch.neg, "neg")
+def _neg(op: OpView) -> Semantics:
+    sign = -op.bounds[0].sign if op.bounds else 0
+    return linear(Semantics("bond", (1.0,), "negation is an isometry", label="neg", sign=sign,
+                            upper=op.bounds[0].upper if op.bounds else None, lower=op.bounds[0].lower if op.bounds else 0.0,
+                            sup=op.bounds[0].sup if op.bounds else None))
 bond(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, F.dropout, "contiguous", "clone", "detach",
      "float", "double", "half", "bfloat16", "to", "type", "type_as", "requires_grad_", certified=1.0,
      source="identity in eval mode (dropout analysed in eval mode)")
@@ -84,6 +91,21 @@ def _power(op: OpView) -> Semantics:
         return replace(slope, smooth=False, hessian=None)
     return replace(slope, curvature=p * (p - 1) * sup ** (p - 2),
                    hessian=p * (p - 1) * sup ** (p - 2) * math.sqrt(max(width, 1)))
+
+
+@register(torch.exp, "exp")
+def _exp(op: OpView) -> Semantics:
+    """e^x elementwise: slope e^x <= e^s with s the input's sup bound (√d × its RMS bound when nothing tighter is
+    known). Certified, and as loose as e^s: an exponent that is never positive (Mamba's e^(A·dt), A < 0 <= dt)
+    would give 1, but the forward pass does not track signs. Overflowing e^s is an unbounded constant."""
+    width = output_feature_width(op)
+    if op.bounds[0].sign < 0:  # x <= 0 everywhere: e^x in (0, 1], slope and curvature at most 1
+        return Semantics("bond", (1.0,), "exp of a non-positive input: slope e^x <= 1", upper=1.0, sup=1.0,
+                         curvature=1.0, hessian=math.sqrt(max(width, 1)), label="exp", sign=1)
+    sup = sup_bound(op.bounds[0], width)
+    slope = math.exp(sup) if sup < 700 else INF
+    return Semantics("bond", (slope,), "exp: slope e^sup|x| with sup from the input bound", upper=slope, sup=slope,
+                     curvature=slope, hessian=slope * math.sqrt(max(width, 1)), label="exp", sign=1)
 
 
 @register(torch.where, "where")
@@ -145,8 +167,8 @@ def _softplus(op: OpView) -> Semantics:
     if beta <= 0:
         return Semantics("bond", (INF,), f"softplus(beta={beta:g})", certified=False, smooth=False,
                          reason="softplus with beta <= 0 is not a standard activation and is not modelled")
-    return _activation(op, 1.0, f"softplus(beta={beta:g}): slope < 1, max |phi''| = beta/4",
-                       curvature=beta / 4, at_zero=math.log(2) / beta)
+    return replace(_activation(op, 1.0, f"softplus(beta={beta:g}): slope < 1, max |phi''| = beta/4",
+                               curvature=beta / 4, at_zero=math.log(2) / beta), sign=1)  # softplus > 0
 
 
 # ------------------------------------------------------------------------------------------------ softmax family

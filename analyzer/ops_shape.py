@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import OpView, Semantics, linear, register
+from .registry import INF, OpView, Semantics, linear, register
 
 
 # ------------------------------------------------------------------------------------------------------- layouts
@@ -249,3 +249,19 @@ def _window(op: OpView) -> int:
         return max(1, math.prod(op.in_shape(0)[2:]) // max(1, math.prod(op.out_shape()[2:])))
     kernel = kernel if isinstance(kernel, (tuple, list)) else (kernel,) * (len(op.in_shape(0)) - 2)
     return int(math.prod(kernel))
+
+
+@register("copy_", torch.Tensor.copy_)
+def _copy(op: OpView) -> Semantics:
+    """`dst.copy_(src)` (a cache keeping its state tensor's address): the result holds src's values, so 1 with
+    respect to src and 0 with respect to what dst held; src must have dst's shape (broadcasting could repeat a
+    feature vector's entries)."""
+    src, dst = op.arg(1, "src"), op.arg(0, "self")
+    same = [i for i, n in enumerate(op.inputs) if n is src]
+    src_shape = op.in_shape(same[0]) if same else ()
+    if same and src_shape and src_shape != op.out_shape():
+        return Semantics("unknown", (INF,) * len(op.inputs), "copy_ with broadcasting", certified=False,
+                         reason="copy_ broadcasting its source into a larger tensor is not modelled")
+    lipschitz = tuple(1.0 if n is src else 0.0 for n in op.inputs)
+    return linear(Semantics("bond", lipschitz, "copy_: the result holds src's values", tags=("layout",),
+                            label="copy_"))

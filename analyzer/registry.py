@@ -46,6 +46,7 @@ class Bounds:
     sup: float | None = None  # bound on the largest |entry|, when known better than sqrt(F) * upper
     fdim: int | None = None  # index of the feature axis; None for non-tensors
     discrete: bool = False  # integer ids (tokens, positions): no norm, no sensitivity
+    sign: int = 0  # 1: every entry >= 0 (relu, softplus, exp), -1: every entry <= 0, 0: not known
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class Semantics:
     label: str = ""
     tags: tuple[str, ...] = ()  # e.g. "normalization", "product", "attention", "layout"
     info: dict[str, Any] = field(default_factory=dict)
+    sign: int | None = None  # the output's sign (Bounds.sign); None: kept from a layout op's input, else unknown
 
 
 class WeightView(Protocol):
@@ -222,7 +224,8 @@ def output_feature_width(op: OpView) -> int:
 
 
 def bond(*spellings: Any, certified: float, modula: float | None = None, source: str, smooth: bool = True,
-         curvature: float = 0.0, sup: float | None = None, label: str = "", at_zero: float = 0.0) -> None:
+         curvature: float = 0.0, sup: float | None = None, label: str = "", at_zero: float = 0.0,
+         sign: int = 0) -> None:
     """Register a weightless elementwise op with a fixed Lipschitz constant.
 
     `at_zero` is |φ(0)|: the output RMS is at most |φ(0)| + L·(input RMS), capped by `sup` (found by the
@@ -241,7 +244,7 @@ def bond(*spellings: Any, certified: float, modula: float | None = None, source:
         # In RMS norms ||phi''(x) ⊙ a ⊙ b|| <= max|phi''| ||a||_inf ||b|| <= max|phi''| sqrt(d) ||a|| ||b|| (docs/theory/sharpness.md#atoms-and-bonds).
         hessian = curvature * math.sqrt(feature_width(op)) if smooth else None
         return Semantics("bond", (constant,) * n, source, nominal=(nominal,) * n, smooth=smooth,
-                         curvature=curvature, sup=sup, upper=upper, label=label, hessian=hessian)
+                         curvature=curvature, sup=sup, upper=upper, label=label, hessian=hessian, sign=sign or None)
 
     register(*spellings)(entry)
 

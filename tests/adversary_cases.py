@@ -438,9 +438,11 @@ def addmms(draw: st.DrawFn) -> Case:
 
 @st.composite
 def matmuls(draw: st.DrawFn) -> Case:
-    role, width = draw(st.sampled_from(["x @ W", "x @ const", "x xT x", "xT @ x", "bmm", "mm"])), draw(widths)
+    role, width = draw(st.sampled_from(["x @ W", "x @ const", "x xT x", "xT @ x", "bmm", "mm", "W @ xT",
+                                        "W @ x (tokens)"])), draw(widths)
     holder = nn.Module()
     holder.w = nn.Parameter(torch.randn(width, width, dtype=torch.float64) * 0.3)
+    holder.t = nn.Parameter(torch.randn(5, 5, dtype=torch.float64) * 0.5)  # mixes the 5 tokens
     bodies: dict[str, Body] = {
         "x @ W": lambda s, h, a: h @ s.layers["p"].w,
         "x @ const": lambda s, h, a: torch.matmul(h, s.const),
@@ -448,10 +450,14 @@ def matmuls(draw: st.DrawFn) -> Case:
         "xT @ x": lambda s, h, a: (h.transpose(1, 2) @ h).transpose(1, 2)[:, :1],
         "bmm": lambda s, h, a: torch.bmm(h, h.transpose(1, 2)).mean(-1, keepdim=True),
         "mm": lambda s, h, a: torch.mm(h[0], s.layers["p"].w).unsqueeze(0),
+        # Mamba's `dt_proj.weight @ dt.transpose(1, 2)`: the parameter on the left, features on axis -2
+        "W @ xT": lambda s, h, a: (s.layers["p"].w @ h.transpose(1, 2)).transpose(1, 2),
+        "W @ x (tokens)": lambda s, h, a: s.layers["p"].t @ h,  # axis -2 is the tokens: mixes positions
     }
     return case(f"matmul {role}", bodies[role], "last", width, layers={"p": holder},
                 buffers={"const": torch.randn(width, 3, dtype=torch.float64)},
-                atoms=("layers.p.w",) if "W" in role or role == "mm" else ())
+                atoms=("layers.p.t",) if role == "W @ x (tokens)" else ("layers.p.w",) if "W" in role or role == "mm"
+                else ())
 
 
 @st.composite
@@ -817,6 +823,35 @@ def baddbmms(draw: st.DrawFn) -> Case:
 
 STRATEGIES[torch.baddbmm] = baddbmms()
 STRATEGIES[F.batch_norm] = batch_norms(functional=True)
+
+
+@st.composite
+def exps(draw: st.DrawFn) -> Case:
+    """e^x: bounded through the input's sup, or by 1 where the input is known to be <= 0 (Mamba's discretisation
+    e^(A·dt) with A = -e^(A_log) and dt = softplus(.))."""
+    role, width = draw(st.sampled_from(["exp(c x)", "exp(-softplus(x))", "mamba exp(A dt)", "exp(-relu(x)) * x"])), \
+        draw(widths)
+    c = draw(st.sampled_from([0.3, 1.0]))
+    holder = nn.Module()
+    holder.a_log = nn.Parameter(torch.log(torch.arange(1.0, width + 1, dtype=torch.float64)) - 1.0)
+    bodies: dict[str, Body] = {
+        "exp(c x)": lambda s, h, a: torch.exp(c * h),
+        "exp(-softplus(x))": lambda s, h, a: torch.exp(-F.softplus(h)),
+        "mamba exp(A dt)": lambda s, h, a: torch.exp(-torch.exp(s.layers["p"].a_log.float()) * F.softplus(h)),
+        "exp(-relu(x)) * x": lambda s, h, a: torch.exp(-torch.relu(h)) * h,
+    }
+    return case(role, bodies[role], "last", width, layers={"p": holder})
+
+
+@st.composite
+def copies(draw: st.DrawFn) -> Case:
+    """A cache keeping its state's address: `state.copy_(x)` holds x's values."""
+    width, c = draw(widths), draw(st.sampled_from([1.0, -2.0]))
+    return case(f"state.copy_({c:g} x)", lambda s, h, a: s.state.clone().copy_(c * h), "last", width,
+                buffers={"state": torch.zeros(2, 5, width, dtype=torch.float64)})
+
+
+STRATEGIES.update({torch.exp: exps(), "copy_": copies()})
 STRATEGIES["embedding_rows"] = embedding_rows()
 
 # ------------------------------------------------------------------------- explicit cases (run before the search)

@@ -301,3 +301,69 @@ def test_the_bound_holds_wherever_the_query_scale_is_written(where):
     if where == "shared":  # the scaled q is read elsewhere too: its factor is not counted in the logits
         assert _op(analysis, "attention").attention_scale == pytest.approx(1.0)
     assert measured_lipschitz(model, x) <= analysis.network.sensitivity
+
+
+# ----------------------------------------------------------------------------- Mamba's selective-scan pieces
+class _Mixer(nn.Module):
+    """Mamba's mixer in miniature: a depthwise kernel passed as `weight.squeeze(1)` and unsqueezed back, a
+    projection written `dt_proj.weight @ x.transpose(1, 2)`, the discretisation `exp(A · softplus(dt))` with
+    `A = -exp(A_log)` and `A_log = log(arange(1, N + 1))` written by the model's initialiser, a float32 residual."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.conv1d = nn.Conv1d(d, d, 3, groups=d, padding=2)
+        self.dt_proj = nn.Linear(d, d)
+        self.A_log = nn.Parameter(torch.empty(d))
+        self._init_weights(self)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is self:
+            with torch.no_grad():
+                self.A_log.copy_(torch.log(torch.arange(1.0, self.A_log.shape[0] + 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d)
+        T = x.shape[1]
+        weight = self.conv1d.weight.squeeze(1)
+        h = torch.nn.functional.conv1d(x.transpose(1, 2), weight.unsqueeze(1), padding=2, groups=x.shape[-1])
+        dt = (self.dt_proj.weight @ h[..., :T]).transpose(1, 2)
+        A = -torch.exp(self.A_log.float())
+        return x.to(torch.float32) + torch.exp(A * torch.nn.functional.softplus(dt)) * x
+
+
+def test_mambas_constants_recovered_signs_tracked_and_the_bound_holds():
+    with torch.device("meta"):
+        on_meta = _Mixer()
+    recovered = buffers.recover_constant_parameter(on_meta, "A_log")  # deterministic: the same under two seeds
+    assert torch.allclose(recovered, torch.log(torch.arange(1.0, 9)))
+    analysis = modnorm.analyze(on_meta, (torch.zeros(1, 6, 8),))
+    kinds = sorted(layer.kind for layer in analysis.layers if layer.kind in ("Conv1d", "Linear"))
+    assert kinds == ["Conv1d", "Linear"]  # the reshaped kernel and the left-multiplied weight are atoms
+    exp = next(op for op in analysis.ops if "exp" in op.target and op.inputs)
+    assert exp.lipschitz == (1.0,)  # A·softplus(dt) <= 0: e^x has slope at most 1
+    assert len(analysis.merges) == 1  # `x.to(float32) + branch`: the cast is the stream itself
+    torch.manual_seed(4)
+    model = _Mixer().double()
+    x = torch.randn(1, 6, 8, dtype=torch.float64)
+    real = modnorm.analyze(model, (x,))
+    assert measured_lipschitz(model, x) <= real.network.sensitivity
+
+
+def test_a_random_parameter_is_not_recovered_as_a_constant():
+    with torch.device("meta"):
+        model = _Mixer()
+    assert buffers.recover_constant_parameter(model, "dt_proj.weight") is None  # not an A_log-style constant
+
+
+def test_copy_into_a_state_holds_the_source():
+    class Cache(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.register_buffer("state", torch.zeros(1, 4, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.state.clone().copy_(self.fc(x))
+
+    analysis = modnorm.analyze(Cache(), (torch.zeros(1, 4, 8),))
+    copy = _op(analysis, "copy_")
+    assert copy.certified and copy.lipschitz == (1.0,)

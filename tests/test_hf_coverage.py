@@ -140,8 +140,7 @@ CASES = [
     # Mamba: in_proj, conv1d, x_proj, dt_proj, out_proj; embeddings; lm_head (tied). One merge per layer.
     Case("mamba", _on_meta(T.MambaConfig, T.MambaForCausalLM, hidden_size=D, num_hidden_layers=L,
                            vocab_size=VOCAB, state_size=4, expand=2), ids, atoms=5 * L + 1 + 1, merges=L,
-         family="decoder (SSM)",
-         xfail="Mamba: fx reads it, but the selective scan is not modelled: the conv1d weight reaches F.conv1d through squeeze/unsqueeze, `dt_proj.weight @ x` puts the parameter on the left, exp(A_log) and the cache's copy_ are unknown, modeling_mamba.py MambaMixer.forward"),
+         family="decoder (SSM)"),
     # BERT / RoBERTa / ELECTRA: q, k, v, attention.output.dense, intermediate.dense, output.dense;
     # word, position, token_type embeddings; BERT and RoBERTa add a pooler dense. Post-norm: two merges per layer.
     Case("bert", _on_meta(T.BertConfig, T.BertModel, **ENCODER), ids, atoms=6 * L + 3 + 1, merges=2 * L,
