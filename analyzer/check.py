@@ -97,6 +97,7 @@ def check_model(target: str, settings: Settings, *, input_shape: tuple[int, ...]
         analysis = replace(analysis, model=replace(analysis.model, weights=str(settings.weights)))
     # The header names what the user passed (a config.json for Hugging Face), the findings the code lines.
     analysis = replace(analysis, model=replace(analysis.model, file=loaded.file, entry_line=entry_line))
+    note = "; ".join(n for n in (note, loaded.note) if n)
     return replace(check_analysis(target, analysis, settings, source, entry_line), note=note)
 
 

@@ -70,7 +70,8 @@ def concise(results: Sequence[Any], root: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------- json
 def json_report(results: Sequence[Any], root: str | None = None) -> str:
     """One model: the `modnorm/1` document. Several (from `models = [...]`): a JSON array of them."""
-    documents = [to_dict(r.analysis, r.findings, root, getattr(r, "changes", ())) | {"target": r.target} | _sweep_dict(r.sweep)
+    documents = [to_dict(r.analysis, r.findings, root, getattr(r, "changes", ())) | {"target": r.target}
+                 | ({"note": relative_text(r.note, root)} if getattr(r, "note", "") else {}) | _sweep_dict(r.sweep)
                  for r in results]
     return _dumps(documents[0] if len(documents) == 1 else documents)
 

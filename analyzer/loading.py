@@ -33,6 +33,7 @@ class LoadedModel:
     entry_line: int | None = None  # where the entry is defined: findings with no line of their own point here
     init_laws: dict[str, Any] | None = None  # how the meta build initialised each parameter (initlaw.py)
     checkpoint: Any = None  # (weights.Checkpoint, model name -> stored name) for --weights PATH
+    note: str = ""  # how it was built when that is not the usual way (the meta build failed: built on the CPU)
 
 
 def _import(path: Path) -> Any:
@@ -123,6 +124,25 @@ def _kwargs_text(kwargs: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
+def _build_on_cpu_instead(entry: Any, name: str, path: Path, kwargs: dict[str, Any], seed: int, max_params: int,
+                          failure: ModnormError) -> tuple[nn.Module, str]:
+    """The meta build failed: build on the CPU (the model's real init), refuse above --max-params, and say so."""
+    torch.manual_seed(seed)
+    try:
+        model = _build(entry, name, path, kwargs)
+    except ModnormError:
+        raise failure from None  # fails on the CPU too: the meta error is the one to read
+    parameters = count_parameters(model)
+    if parameters > max_params:
+        raise ModnormError(f"building on the meta device failed ({failure.problem}), and the CPU build has "
+                           f"{parameters:,} parameters, more than --max-params {max_params:,}",
+                           "make the constructor work on meta (no .item()/.tolist() on tensors it creates), or "
+                           "raise --max-params if the machine has the memory", path)
+    first = failure.problem.splitlines()[0] if failure.problem else "error"
+    return model, (f"built on the CPU: the meta build failed ({first[:200]}); {parameters:,} parameters, "
+                   f"norms measured on the model's own init")
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -180,12 +200,20 @@ def load(target: str, *, device: str = "auto", max_params: int = DEFAULT_MAX_PAR
     module = hf_module(path) if is_hf_target(path) else _import(path)
     entry_name, entry = _find_entry(module, path, name)
     kwargs = kwargs or {}
-    laws = None
+    laws, note = None, ""
     if isinstance(entry, nn.Module):
         model, built_on = entry, ("meta" if any(p.is_meta for p in entry.parameters()) else "cpu")
     else:
-        with torch.device("meta"), record_init() as recorder:
-            model = _build(entry, entry_name, path, kwargs)
+        try:
+            with torch.device("meta"), record_init() as recorder:
+                model = _build(entry, entry_name, path, kwargs)
+        except ModnormError as failure:  # a constructor that needs real values (`.int().tolist()` on meta)
+            if device == "meta" or from_checkpoint:
+                raise
+            model, note = _build_on_cpu_instead(entry, entry_name, path, kwargs, seed, max_params, failure)
+            inputs = _example_inputs(module, model, path, input_shape, input_dtype)
+            return LoadedModel(model.eval(), inputs, str(path), entry_name, "cpu", count_parameters(model),
+                               _definition_line(module, entry_name), None, None, note)
         laws = laws_of(model, recorder)
         built_on = "meta"
         parameters = count_parameters(model)

@@ -107,7 +107,7 @@ def _merge(merge: Merge, ops: dict[str, Op], scale: Mapping[str, tuple[float, ..
     factors = scale.get(merge.op)
     if factors and merge.op in ops:
         for i, name in enumerate(ops[merge.op].inputs):
-            if _stripped(name, ops) == merge.skip:
+            if _stripped(name, ops, casts=True) == merge.skip:
                 skip_c *= _factor(factors, i)
             elif _stripped(name, ops) == merge.branch:
                 branch_c *= _factor(factors, i)
@@ -119,14 +119,19 @@ def rescale_merge(analysis: Analysis, merge: Merge, skip: float, branch: float) 
     """A fix multiplying a merge's skip coefficient by `skip` and its branch coefficient by `branch`."""
     ops = {op.name: op for op in analysis.ops}
     inputs = ops[merge.op].inputs if merge.op in ops else ()
-    factors = tuple(skip if _stripped(name, ops) == merge.skip else branch if _stripped(name, ops) == merge.branch
-                    else 1.0 for name in inputs)
+    factors = tuple(skip if _stripped(name, ops, casts=True) == merge.skip else branch
+                    if _stripped(name, ops) == merge.branch else 1.0 for name in inputs)
     return Fix(scale={merge.op: factors}) if factors else Fix()
 
 
-def _stripped(name: str, ops: dict[str, Op]) -> str:
-    """Through constant multipliers to the op they scale (merges.py strips them the same way)."""
-    while name in ops and "scalar" in ops[name].tags and len(ops[name].inputs) == 1 and "factor" in ops[name].info:
+_CASTS = {f"method {c}" for c in ("to", "float", "double", "half", "bfloat16", "type_as", "type")}
+
+
+def _stripped(name: str, ops: dict[str, Op], casts: bool = False) -> str:
+    """Through constant multipliers (and, for a skip, precision casts) to the op they act on: merges.py finds a
+    merge's branch through its multipliers and its skip through casts as well."""
+    while name in ops and len(ops[name].inputs) == 1 and (
+            ("scalar" in ops[name].tags and "factor" in ops[name].info) or (casts and ops[name].target in _CASTS)):
         name = ops[name].inputs[0]
     return name
 

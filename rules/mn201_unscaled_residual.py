@@ -6,7 +6,8 @@ from typing import Iterator
 
 from modnorm.result import Analysis, Finding, Merge
 from modnorm.rules import Rule, Severity
-from modnorm.rules.mn202_underscaled_residual_branch import is_underscaled_branch, merge_at_one, merges_over_budget
+from modnorm.rules.mn202_underscaled_residual_branch import (convex_multipliers, is_underscaled_branch, merge_at_one,
+                                                         merges_over_budget)
 from modnorm.whatif import Fix
 
 
@@ -52,11 +53,12 @@ class UnscaledResidual(Rule):
             a, b = merge.skip_coefficient, merge.branch_coefficient
             culprits = branch_constants(analysis, merge)
             ops = "; ".join(f"{name} {c:.3g}" for name, c in culprits)
-            if abs(abs(a) - (1 - 1 / depth)) < 1e-6 and abs(abs(b) - 1 / depth) < 1e-6:
+            skip, branch = convex_multipliers(depth)
+            if abs(abs(a) - skip) < 1e-6 and abs(abs(b) - branch) < 1e-6:
                 fix = (f"the multipliers 1 - 1/L and 1/L are in place; the branch's sensitivity "
                        f"{merge.design_branch_sensitivity:.3g} comes from its largest constants ({ops}): bring those to 1")
             else:
-                fix = f"scale the skip by {1 - 1 / depth:.3g} and the branch by {1 / depth:.3g} (1 - 1/L and 1/L)"
+                fix = f"scale the skip by {skip:.3g} and the branch by {branch:.3g} (1 - 1/L and 1/L)"
                 fix += f"; the branch's largest constants: {ops}" if ops else ""
             yield self.finding(
                 f"residual merge {a:.3g}·x + {b:.3g}·f(x) has block sensitivity {block:.3g} "

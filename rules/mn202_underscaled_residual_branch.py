@@ -54,8 +54,16 @@ class UnderscaledResidualBranch(Rule):
                 f"×{growth:.3g} over the {depth} merges of the stream"
                 + (f" (b ≥ 1/√L = {1 / math.sqrt(depth):.3g}: growth ≈ e^√L)" if b >= 1 / math.sqrt(depth) - 1e-9
                    else ""),
-                fix=f"scale the skip too: {1 - 1 / depth:.3g}·x + {1 / depth:.3g}·f(x) (1 - 1/L and 1/L)",
+                fix=f"scale the skip too: {convex_multipliers(depth)[0]:.3g}·x + {convex_multipliers(depth)[1]:.3g}·f(x) "
+                    f"(1 - 1/L and 1/L)",
                 module=merge.module, file=merge.file, line=merge.line, op=merge.op)
+
+
+def convex_multipliers(depth: int) -> tuple[float, float]:
+    """(1 - 1/L, 1/L) for a stream of L merges. A stream of one merge (post-norm: a normalizer after every merge)
+    gets (1/2, 1/2): with L = 1 the formula would delete the skip connection."""
+    L = max(depth, 2)
+    return 1 - 1 / L, 1 / L
 
 
 def merge_at_one(analysis: Analysis, op: str) -> Fix | None:
@@ -66,8 +74,8 @@ def merge_at_one(analysis: Analysis, op: str) -> Fix | None:
     depth = next((s.depth for s in analysis.streams if op in s.merges), 1)
     if merge is None or not merge.skip_coefficient or not merge.branch_coefficient:
         return None
-    return rescale_merge(analysis, merge, (1 - 1 / depth) / abs(merge.skip_coefficient),
-                         (1 / depth) / abs(merge.branch_coefficient))
+    skip, branch = convex_multipliers(depth)
+    return rescale_merge(analysis, merge, skip / abs(merge.skip_coefficient), branch / abs(merge.branch_coefficient))
 
 
 def merges_over_budget(analysis: Analysis, slack: float) -> Iterator[tuple[Merge, int, float]]:

@@ -367,3 +367,42 @@ def test_copy_into_a_state_holds_the_source():
     analysis = modnorm.analyze(Cache(), (torch.zeros(1, 4, 8),))
     copy = _op(analysis, "copy_")
     assert copy.certified and copy.lipschitz == (1.0,)
+
+
+# ------------------------------------------------------------------ a constructor that needs real values
+def test_a_model_whose_meta_build_fails_is_built_on_the_cpu_and_the_report_says_so():
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from modnorm.cli import app
+
+    target = str(Path(__file__).parent / "models" / "real_values_in_init.py")
+    result = CliRunner().invoke(app, ["check", target, "--output-format", "json", "--exit-zero"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"]["device"] == "cpu"
+    assert "meta build failed" in report["note"] and "Cannot copy out of meta tensor" in report["note"]
+    assert [layer["name"] for layer in report["layers"]] == ["fc1", "fc2"]
+    meta_only = CliRunner().invoke(app, ["check", target, "--device", "meta"])
+    assert meta_only.exit_code == 2 and "real_values_in_init.py:" in meta_only.output  # --device meta: no fallback
+    too_big = CliRunner().invoke(app, ["check", target, "--max-params", "100"])
+    assert too_big.exit_code == 2 and "--max-params" in too_big.output
+
+
+# -------------------------------------------------------------------- post-norm streams of one merge each
+def test_a_stream_of_one_merge_is_told_to_average_not_to_drop_its_skip():
+    """Post-norm blocks (a LayerNorm after every merge) make streams of L = 1 merge; 1 - 1/L would be 0."""
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from modnorm.cli import app
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "bert_encoder.py"
+    report = json.loads(CliRunner().invoke(app, ["check", str(fixture), "--output-format", "json",
+                                                 "--exit-zero"]).stdout)
+    fixes = [f["fix"] for f in report["findings"] if f["code"] == "MN201"]
+    assert fixes and all("scale the skip by 0.5 and the branch by 0.5" in fix for fix in fixes)

@@ -67,7 +67,7 @@ FINDINGS = {
         ('MN101', 'warning', 1, 'value_layer = self.transpose_for_scores(self.value(hidden_states))'),
         ('MN201', 'warning', 1, 'return self.LayerNorm(hidden_states + input_tensor)@@1'),
         ('MN203', 'info', 1, 'return self.LayerNorm(hidden_states + input_tensor)@@1'),
-        ('MN204', 'error', 1, 'embeddings = self.word_embeddings(input_ids) + self.token_type_embeddi'),
+        ('MN204', 'info', 1, 'embeddings = self.word_embeddings(input_ids) + self.token_type_embeddi'),
         ('MN301', 'warning', 1, 'context_layer = torch.matmul(attention_probs, value_layer)'),
         ('MN501', 'warning', 1, 'query_layer = self.transpose_for_scores(self.query(hidden_states))'),
         ('MN601', 'info', 1, 'embeddings = self.LayerNorm(embeddings)'),
