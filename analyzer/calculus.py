@@ -217,7 +217,8 @@ def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[Record], ctx: Con
         if fused is not None and fused.kind == "rotary":
             return semantics.rotary(view, fused.info["cos"], fused.info["sin"])
         if fused is not None and fused.kind == "attention":
-            found = semantics.attention(view, fused.info["scale"], "attention (by hand)")
+            found = semantics.attention(view, fused.info["scale"], "attention (by hand)",
+                                        mask_scale=fused.info.get("mask_scale") or 1.0)
             operand = fused.info.get("operand_scale", 1.0)  # `(q * c) @ kᵀ`: c multiplies the logits too
             return replace(found, info={**found.info, "scale": found.info["scale"] * operand}) if operand != 1.0 \
                 else found
@@ -305,7 +306,7 @@ def _forward(traced: TracedModel, ctx: Context) -> list[Record]:
             record = Record(node, "output", inputs, None, Bounds())
         else:
             if group is not None and group.kind != "scaled_atom":
-                input_nodes = group.inputs
+                input_nodes = group.inputs + _inputs_from_outside(group, depends)
             else:
                 base = group.info["atom"] if group is not None else node
                 input_nodes = _data_inputs(base, depends)
@@ -338,6 +339,21 @@ def _forward(traced: TracedModel, ctx: Context) -> list[Record]:
         records[node] = record
         ordered.append(record)
     return ordered
+
+
+def _inputs_from_outside(group: Fused, depends: dict[fx.Node, bool]) -> list[fx.Node]:
+    """Data that enters a fused group other than through its declared inputs (an attention logit bias computed
+    from the input): it becomes an input of the group, so its sensitivity is counted, not lost."""
+    if group.kind != "attention":
+        return []
+    seen = set(group.inputs) | group.members
+    extra: list[fx.Node] = []
+    for member in group.members:
+        for node in member.all_input_nodes:
+            if node not in seen and depends.get(node):
+                seen.add(node)
+                extra.append(node)
+    return extra
 
 
 def _may_be_atom(node: fx.Node, group: Fused | None, root: nn.Module) -> bool:

@@ -14,7 +14,7 @@ from .registry import INF, OpView, Semantics, linear, register
 
 
 # ------------------------------------------------------------------------------------------------- attention
-def attention(op: OpView, scale: float | None, label: str = "attention") -> Semantics:
+def attention(op: OpView, scale: float | None, label: str = "attention", mask_scale: float = 1.0) -> Semantics:
     """Softmax attention o = softmax(c q k^T + mask) v with logit scale c, docs/theory/constants.md#attention.
 
     Per head, in the max-over-tokens RMS norm: w.r.t. v the rows of A are probability vectors (1); w.r.t. q,
@@ -30,11 +30,12 @@ def attention(op: OpView, scale: float | None, label: str = "attention") -> Sema
         lipschitz = (aligned * k.upper * v.upper, aligned * q.upper * v.upper, 1.0)
     design, nominal, hessian = (aligned, aligned, 1.0), (1.0, 1.0, 1.0), attention_hessian(
         aligned, q.upper, k.upper, v.upper, op.profile)
-    if len(op.inputs) > 3:  # an additive mask computed from parameters (T5's relative position bias)
+    if len(op.inputs) > 3:  # an additive logit bias: from parameters (T5's relative position bias) or the input
         # Softmax: ||J u||_1 = E_p|u - ū| <= sqrt(Var_p u) <= ||u||_inf <= sqrt(n_keys) ||u||_RMS; the output row
-        # moves by at most ||Δp||_1 max_j ||v_j||: sqrt(n_keys) V. Its second derivative is not derived here.
+        # moves by at most ||Δp||_1 max_j ||v_j||: sqrt(n_keys) V, times any factor applied to the logits after
+        # the bias (`(s + bias) * c`). Its second derivative is not derived here.
         keys = op.in_shape(1)[-2] if len(op.in_shape(1)) >= 2 else 1
-        mask = math.sqrt(keys) * v.upper
+        mask = math.sqrt(keys) * v.upper * mask_scale
         lipschitz, design, nominal, hessian = (*lipschitz, mask), (*design, mask), (*nominal, mask), None
     return Semantics("bond", lipschitz, "attention: (c d ||k|| ||v||, c d ||q|| ||v||, 1)",
                      design=design, nominal=nominal, upper=v.upper, curvature=aligned, hessian=hessian,

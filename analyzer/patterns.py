@@ -245,7 +245,7 @@ def _match_attention(node: fx.Node, root: torch.nn.Module | None = None) -> Fuse
                                       type(probs.graph.owning_module.get_submodule(probs.target)).__name__ == "Softmax")):
         return None
     members.add(probs)
-    logits, scale = probs.args[0], 1.0
+    logits, scale, mask_scale = probs.args[0], 1.0, 0.0
     while isinstance(logits, fx.Node):
         if _is(logits, *_CASTS) and isinstance(logits.args[0], fx.Node):
             members.add(logits)  # softmax(scores.float()): Meta's Llama casts the logits up for the softmax
@@ -255,6 +255,7 @@ def _match_attention(node: fx.Node, root: torch.nn.Module | None = None) -> Fuse
             if _is(logits, "add") and all(isinstance(a, fx.Node) for a in logits.args) is False:
                 break
             members.add(logits)
+            mask_scale = max(mask_scale, abs(scale))  # factors met so far multiply the mask too
             logits = logits.args[0]
             continue
         if _is(logits, *_SCALE_OPS):
@@ -280,7 +281,8 @@ def _match_attention(node: fx.Node, root: torch.nn.Module | None = None) -> Fuse
     # a scalar op of its own (same certified bound; Modula counts it as a bond), but it is part of the logit
     # multiplier MN301 judges: recorded as the operand scale.
     operand = _operand_scale(q, root) * _operand_scale(k, root)
-    return Fused("attention", node, [q, k, v], members, {"scale": abs(scale), "operand_scale": abs(operand)})
+    return Fused("attention", node, [q, k, v], members, {"scale": abs(scale), "operand_scale": abs(operand),
+                                                         "mask_scale": mask_scale})
 
 
 def _operand_scale(x: Any, root: torch.nn.Module | None) -> float:

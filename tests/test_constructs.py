@@ -406,3 +406,32 @@ def test_a_stream_of_one_merge_is_told_to_average_not_to_drop_its_skip():
                                                  "--exit-zero"]).stdout)
     fixes = [f["fix"] for f in report["findings"] if f["code"] == "MN201"]
     assert fixes and all("scale the skip by 0.5 and the branch by 0.5" in fix for fix in fixes)
+
+
+# ------------------------------------------------------------- an attention logit bias computed from the input
+class _BiasFromInput(nn.Module):
+    """softmax((q kᵀ + bias(x)) · c) v: the bias depends on x and is scaled by c after it is added."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(8, 8, bias=False) for _ in range(3))
+        self.c = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = 3 * x.mean(-1).unsqueeze(1)  # (B, 1, T)
+        scores = (self.q(x) @ self.k(x).transpose(-2, -1) + bias) * self.c
+        return torch.softmax(scores, dim=-1) @ self.v(x)
+
+
+@pytest.mark.parametrize("c", [0.125, 4.0])
+def test_an_attention_bias_from_the_input_is_an_input_of_the_attention_and_the_bound_holds(c):
+    torch.manual_seed(5)
+    model = _BiasFromInput(c).double()
+    with torch.no_grad():  # q = k = 0: the logits are c · bias(x), the bias path is what the bound must cover
+        model.q.weight.zero_()
+        model.k.weight.zero_()
+    x = torch.randn(1, 6, 8, dtype=torch.float64)
+    analysis = modnorm.analyze(model, (x,))
+    attention = _op(analysis, "attention")
+    assert len(attention.inputs) == 4  # q, k, v and the bias
+    assert measured_lipschitz(model, x) <= analysis.network.sensitivity

@@ -106,9 +106,7 @@ ROWS = [
                  id="pattern-absorbs-shared-node"),
     pytest.param(lambda: _case("attention with an additive bias computed from the input", _attention_with_bias,
                                (1, 6, 8), qkv=fc(8, 24, bias=False)),
-                 id="attention-bias-from-input",
-                 marks=xfail("an additive attention bias computed from the input is absorbed without becoming an "
-                             "input of the fused attention")),
+                 id="attention-bias-from-input"),  # the bias is now an input of the fused attention
     pytest.param(lambda: _case("Conv1d on (B, C, L)", lambda s, x: s.conv(x), (1, 8, 32), conv=nn.Conv1d(8, 8, 3)),
                  id="conv1d-feature-axis"),  # found only intermittently today (1.78 > 1.65 in one search): no
     # strict mark until the search finds it every time; the feature-axis convention conflict is real (issue 15)
