@@ -435,3 +435,21 @@ def test_an_attention_bias_from_the_input_is_an_input_of_the_attention_and_the_b
     attention = _op(analysis, "attention")
     assert len(attention.inputs) == 4  # q, k, v and the bias
     assert measured_lipschitz(model, x) <= analysis.network.sensitivity
+
+
+# ----------------------------------------------------------------- a layer scale is not a normalization gain
+@pytest.mark.parametrize("fixture,says", [("convnext_block", "(a layer scale)"),
+                                          ("checkpoint_gains", "normalization gain")])
+def test_mn103_names_a_layer_scale_and_a_normalization_gain_for_what_they_are(fixture, says):
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from modnorm.cli import app
+
+    path = Path(__file__).parents[1] / "fixtures" / f"{fixture}.py"
+    report = json.loads(CliRunner().invoke(app, ["check", str(path), "--output-format", "json",
+                                                 "--exit-zero"]).stdout)
+    messages = [f["message"] for f in report["findings"] if f["code"] == "MN103"]
+    assert messages and all(says in m for m in messages)
