@@ -9,6 +9,7 @@ norm of the map it computes, in the RMS norms of its input and output features:
     Embedding  (n, d)               |c| max row RMS          (one-hot ℓ1 input -> RMS output)
     Gain       any                  max |w|                  (a diagonal map)
     Batched    (E, out, in)         |c| √(in/out) max_e σ_max(W_e)   (expert / batched matmul weights)
+    TokenMixing (out, in) positions |c| max row ℓ1 = |c| ‖W‖_∞→∞   (a Linear over a position axis: MLP-Mixer)
 
 Every norm is `factor × raw`, where `raw` is a property of the tensor alone (σ_max, max row RMS, ...) and `factor`
 depends only on the shape, groups and scale. modnorm's semantics, its weight access, `modnorm.optim` (which
@@ -25,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["AtomKind", "Atom", "Matrix", "Linear", "Conv", "Embedding", "Gain", "Batched", "atom_class",
+__all__ = ["AtomKind", "Atom", "Matrix", "Linear", "Conv", "Embedding", "Gain", "Batched", "TokenMixing", "atom_class",
            "make_atom", "register_atom_kind", "ATOM_KINDS"]
 
 
@@ -39,6 +40,7 @@ class AtomKind(enum.StrEnum):
     EMBEDDING = "Embedding"
     GAIN = "Gain"
     BATCHED = "Batched"
+    TOKEN_MIXING = "TokenMixing"
 
 
 @dataclass(frozen=True)
@@ -184,9 +186,32 @@ class Gain(Atom):
         return float(weight.detach().abs().max()) if weight.numel() else 0.0
 
 
+@dataclass(frozen=True)
+class TokenMixing(Atom):
+    """A Linear applied across positions (MLP-Mixer's token mixing, `fc(x.transpose(1, 2))`): output position t is
+    Σ_s W_ts x_s with every feature vector kept whole, so in the max-position RMS norm its operator norm is
+    ‖W‖_∞→∞ = max row ℓ1 — for the map and, the same way, for a weight update ΔW. (The spectral norm of a Linear
+    over features would undercount a perturbation by up to √out.) Stored (out, in) positions, or (in, out)."""
+
+    kind: ClassVar[str] = AtomKind.TOKEN_MIXING
+
+    def fans(self) -> tuple[int, int]:
+        return (self.shape[0], self.shape[1]) if self.transposed else (self.shape[-2], self.shape[-1])
+
+    @property
+    def factor(self) -> float:
+        return abs(self.scale)
+
+    def raw_norm(self, weight: torch.Tensor) -> float:
+        w = _as_double(weight)
+        w = w.transpose(-2, -1) if self.transposed else w
+        return float(w.abs().sum(-1).max()) if w.numel() else 0.0
+
+
 ATOM_KINDS: dict[str, type[Atom]] = {
     AtomKind.LINEAR: Linear, AtomKind.CONV1D: Conv, AtomKind.CONV2D: Conv, AtomKind.CONV3D: Conv,
     AtomKind.EMBEDDING: Embedding, AtomKind.GAIN: Gain, AtomKind.BATCHED: Batched,
+    AtomKind.TOKEN_MIXING: TokenMixing,
 }
 
 

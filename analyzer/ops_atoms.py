@@ -29,11 +29,15 @@ def _linear_atom(op: OpView, weight: str, bias: str | None, transposed: bool = F
     atom = AtomSpec(geometry.kind, weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p),
                     bias_rms, factor=geometry.factor)
     fdim = first_fdim(op)
-    if fdim != len(op.in_shape(0)) - 1:  # mixes positions (token-mixing MLP): max-row l1 norm, docs/theory/constants.md#bonds
-        row_l1, origin = op.weights.max_row_l1(weight)
-        constant = scale * row_l1
-        return linear(Semantics("atom", (constant,), "Linear over a position axis: ||W||_inf->inf", atom=atom, fdim=fdim,
-                         upper=constant * op.bounds[0].upper + bias_rms, label="Linear (positions)"))
+    if fdim != len(op.in_shape(0)) - 1:  # mixes positions (token mixing): a TokenMixing atom, ||W||_inf->inf
+        row_l1, origin = op.weights.max_row_l1(weight) if not transposed else _max_column_l1(op, weight)
+        mixing = atoms.TokenMixing(shape, op.scale, transposed=transposed)
+        constant = mixing.factor * row_l1
+        atom = AtomSpec(mixing.kind, weight, shape, constant, origin, op.scale, tuple(p for p in (weight, bias) if p),
+                        bias_rms, factor=mixing.factor)
+        return linear(Semantics("atom", (constant,), "Linear over a position axis: |c| ||W||_inf->inf (max row l1)",
+                                atom=atom, fdim=fdim, upper=constant * op.bounds[0].upper + bias_rms,
+                                label="TokenMixing"))
     return linear(Semantics("atom", (norm,), "Linear: |c| sqrt(in/out) ||W||_*", atom=atom,
                      upper=norm * op.bounds[0].upper + bias_rms if op.bounds else None, label="Linear"))
 
@@ -59,18 +63,28 @@ def _addmm(op: OpView) -> Semantics:
     return _linear_atom(op, weight, op.param_name(0, "input"), transposed=True)
 
 
+def _max_column_l1(op: OpView, weight: str) -> tuple[float, str]:
+    """max row l1 of Wᵀ for a weight stored (in, out) (x @ W over positions)."""
+    w = op.weights.tensor(weight) if hasattr(op.weights, "tensor") else None
+    if isinstance(w, torch.Tensor) and not w.is_meta:
+        return float(w.detach().abs().sum(0, dtype=torch.float64).max()), "measured"
+    return INF, "not predicted on meta for a transposed weight"
+
+
 def _left_linear_atom(op: OpView, weight: str) -> Semantics:
     """`W @ x` with W a 2-D parameter stored (out, in) (Mamba's `dt_proj.weight @ dt.transpose(1, 2)`): W acts on
-    axis -2 of x. When that is x's feature axis it is a Linear whose output features are on axis -2."""
+    axis -2 of x. When that is x's feature axis it is a Linear whose output features are on axis -2; when it is a
+    position axis, a TokenMixing atom."""
     in_ndim, fdim = len(op.in_shape(0)), first_fdim(op)
-    if in_ndim < 2 or fdim % in_ndim != in_ndim - 2:
-        # Over a position axis the input bound would be ||W||_inf->inf, but a weight perturbation then moves the
-        # output by up to sqrt(out) x the natural norm's bound (measured: sqrt(5) at 5 tokens), which the modular
-        # norm's weight bound does not carry: said, not certified.
-        return unknown_weight(op, "W @ x with axis -2 a position axis (token mixing by a left-multiplied "
-                                  "parameter): its weight-perturbation bound is not modelled")
-    spectral, origin = op.weights.spectral(weight)
     shape = tuple(op.weights.shape(weight))
+    if in_ndim < 2 or fdim % in_ndim != in_ndim - 2:  # axis -2 is a position axis: a TokenMixing atom
+        row_l1, origin = op.weights.max_row_l1(weight)
+        mixing = atoms.TokenMixing(shape, op.scale)
+        constant = mixing.factor * row_l1
+        atom = AtomSpec(mixing.kind, weight, shape, constant, origin, op.scale, (weight,), factor=mixing.factor)
+        return linear(Semantics("atom", (constant,), "W @ x over a position axis: |c| ||W||_inf->inf", atom=atom,
+                                fdim=fdim, upper=constant * op.bounds[0].upper, label="TokenMixing"))
+    spectral, origin = op.weights.spectral(weight)
     geometry = atoms.Linear(shape, op.scale)
     norm = geometry.factor * spectral
     atom = AtomSpec(geometry.kind, weight, shape, norm, origin, op.scale, (weight,), factor=geometry.factor)

@@ -142,6 +142,10 @@ def init_text(layer: Layer) -> str:
     elif layer.kind == "Linear":
         per_scale = f" / {abs(layer.scale):.3g} (its forward multiplier)" if abs(abs(layer.scale) - 1) > 1e-9 else ""
         init = f"initialise it orthogonal with gain {gain:.3g} = sqrt(fan_out/fan_in){per_scale}"
+    elif layer.kind == "TokenMixing":
+        init = (f"give every row an absolute sum of {gain:.3g}: `w.copy_(w / w.abs().sum(1, keepdim=True)"
+                f"{f' * {gain:.3g}' if abs(gain - 1) > 1e-9 else ''})` under torch.no_grad() (a Linear across "
+                f"positions: its natural norm is the largest row l1, ||W||_inf->inf)")
     else:
         init = "initialise so that the effective operator norm is 1"
     return init

@@ -86,7 +86,8 @@ def natural_norm(kind: str, w: torch.Tensor, *, scale: float = 1.0, transposed: 
     Linear y = c W x (W: out x in): |c| sqrt(in/out) σ_max(W); a transposed weight (x @ W, W: in x out) the same
     with in = W.shape[0]. Conv (W: out x in/g x k): |c| k sqrt(in/out) max over kernel positions and groups of
     σ_max of the (out/g x in/g) block (a grouped conv is block-diagonal at each position). Embedding (one-hot
-    l1 -> RMS): |c| max row RMS. Gain (diagonal): max |w|.
+    l1 -> RMS): |c| max row RMS. Gain (diagonal): max |w|. TokenMixing (a Linear across positions, features kept
+    whole): |c| max row l1 = |c| ||W||_inf->inf.
     """
     c = abs(scale)
     if kind == "Linear":
@@ -99,6 +100,8 @@ def natural_norm(kind: str, w: torch.Tensor, *, scale: float = 1.0, transposed: 
         return c * k * math.sqrt(c_in / c_out) * torch.linalg.matrix_norm(blocks, 2).max()
     if kind == "Embedding":
         return c * w.pow(2).mean(1).sqrt().max()
+    if kind == "TokenMixing":  # a Linear across positions: ||W||_inf->inf, the largest row l1
+        return c * (w.transpose(0, 1) if transposed else w).abs().sum(1).max()
     return w.abs().max()
 
 

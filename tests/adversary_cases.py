@@ -402,7 +402,7 @@ def linears(draw: st.DrawFn, route: str = "auto") -> Case:
     """Roles: over features (any layout, moved last), across tokens, scaled by a constant, functional form."""
     role, width = draw(st.sampled_from(["features", "tokens", "scaled", "F.linear"])), draw(widths)
     tokens, out = draw(st.sampled_from([3, 8])), draw(st.sampled_from([4, 16]))
-    layout = draw(layouts) if role == "features" else "last"
+    layout = draw(feature_layouts) if role == "features" else "last"  # "tokens" is the tokens role
     fc = nn.Linear(tokens if role == "tokens" else width, tokens if role == "tokens" else out,
                    bias=draw(st.booleans()))
     c = draw(st.sampled_from([0.5, 3.0]))

@@ -124,7 +124,7 @@ FINDINGS = {
     ],
     "mlp_mixer": [
         ('MN101', 'error', 1, 'x = self.stem(x).flatten(2).transpose(1, 2)  # (B, N, D)'),
-        ('MN101', 'warning', 2, 'return self.fc2(self.act(self.fc1(x)))'),
+        ('MN101', 'warning', 3, 'return self.fc2(self.act(self.fc1(x)))'),  # token-mixing fc1 and fc2 as TokenMixing atoms
         ('MN101', 'warning', 1, 'return self.head(x)'),
         ('MN201', 'warning', 1, 'x = x + self.token_mixing(self.norm1(x).transpose(1, 2)).transpose(1, '),
         ('MN203', 'info', 1, 'x = x + self.channel_mixing(self.norm2(x))'),
