@@ -453,3 +453,20 @@ def test_mn103_names_a_layer_scale_and_a_normalization_gain_for_what_they_are(fi
                                                  "--exit-zero"]).stdout)
     messages = [f["message"] for f in report["findings"] if f["code"] == "MN103"]
     assert messages and all(says in m for m in messages)
+
+
+# ------------------------------------------------------------- an unknown op before a zero-initialised head
+def test_an_unknown_op_before_a_zero_initialised_head_is_still_reported():
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from modnorm.cli import app
+
+    target = str(Path(__file__).parent / "models" / "zero_head_unknown_op.py")
+    report = json.loads(CliRunner().invoke(app, ["check", target, "--output-format", "json",
+                                                 "--exit-zero"]).stdout)
+    assert report["network"]["sensitivity"] == 0  # the head is zero: nothing downstream moves at init
+    unknown = [f for f in report["findings"] if f["code"] == "MN901"]
+    assert len(unknown) == 1 and "Odd" in unknown[0]["message"] and unknown[0]["severity"] == "error"
