@@ -483,6 +483,27 @@ def _route_failure(exc: BaseException, what: str, user_file: str | None, remedy:
 
 
 @contextlib.contextmanager
+def _wrapped_functions_read_through() -> Iterator[None]:
+    """Functions marked `torch.fx.wrap` (torchvision's `shifted_window_attention` and `stochastic_depth`) would be
+    one opaque call: their Linears (qkv and proj weights passed as arguments) would be missing and the call an
+    unknown op. Unless modnorm's registry knows the function, it is read through; if that fails, fx's way is
+    taken (trace_fx retries with the wraps in place)."""
+    from torch.fx import _symbolic_trace as symbolic
+
+    table = symbolic._wrapped_fns_to_patch
+    saved = dict(table)
+    for key, frame in saved.items():
+        function = frame.get(key[1])
+        if function is not None and lookup(function) is None:
+            del table[key]
+    try:
+        yield
+    finally:
+        table.clear()
+        table.update(saved)
+
+
+@contextlib.contextmanager
 def _static_address_marks_ignored() -> Iterator[None]:
     """transformers' caches tag their state tensors for torch.compile (`torch._dynamo.mark_static_address`), which
     rejects a proxy; the tag means nothing to the analysis, so it is skipped for proxies while fx traces."""
@@ -507,7 +528,12 @@ def trace_fx(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str |
     tracer = ShapeTracer(example_inputs, leaf_types)
     try:
         with _static_address_marks_ignored():
-            graph = tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
+            try:
+                with _wrapped_functions_read_through():
+                    graph = tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
+            except Exception:  # noqa: BLE001 - a wrapped function that does not trace: keep it whole, as fx does
+                tracer = ShapeTracer(example_inputs, leaf_types)
+                graph = tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
     except InputsDoNotFit as exc:  # name the user's line that called the op, else the model file
         frame = frame_of_exception(exc, user_file)
         raise InputsDoNotFit(exc.problem, exc.remedy, frame[0] if frame else user_file,

@@ -470,3 +470,41 @@ def test_an_unknown_op_before_a_zero_initialised_head_is_still_reported():
     assert report["network"]["sensitivity"] == 0  # the head is zero: nothing downstream moves at init
     unknown = [f for f in report["findings"] if f["code"] == "MN901"]
     assert len(unknown) == 1 and "Odd" in unknown[0]["message"] and unknown[0]["severity"] == "error"
+
+
+# ------------------------------------------------------------------------ functions marked torch.fx.wrap
+def test_a_function_marked_fx_wrap_is_read_through_so_its_weights_are_atoms():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "models" / "fx_wrapped_attention.py"
+    spec = importlib.util.spec_from_file_location("fx_wrapped_attention", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.build_model()
+    analysis = modnorm.analyze(model, (module.example_inputs(model),))
+    assert sorted(layer.name for layer in analysis.layers if layer.kind == "Linear") == ["proj", "qkv"]
+    assert not analysis.network.unknown_ops
+
+
+def _branchy(x: torch.Tensor) -> torch.Tensor:
+    if float(x.sum()) > 0:  # data-dependent: cannot be traced through
+        return x * 2
+    return x
+
+
+torch.fx.wrap("_branchy")
+
+
+def test_a_wrapped_function_that_cannot_be_traced_through_stays_one_call():
+    class UsesBranchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return _branchy(self.fc(x))
+
+    analysis = modnorm.analyze(UsesBranchy(), (torch.randn(2, 4),))
+    assert analysis.model.tracer == "fx_values"
+    assert any("_branchy" in name for name in analysis.network.unknown_ops)  # opaque, and said so
