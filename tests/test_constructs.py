@@ -5,15 +5,21 @@ says (an atom, a finite certified constant) and, where it has a bound, measured 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
+from typer.testing import CliRunner
+
 import modnorm
 import modnorm.initlaw
 from modnorm import buffers
+from modnorm.cli import app
 from tests.adversary import Budget, measure_input_lipschitz
 
 SEARCH = Budget(examples=1, restarts=3, steps=60)
@@ -21,6 +27,21 @@ SEARCH = Budget(examples=1, restarts=3, steps=60)
 
 def measured_lipschitz(model: nn.Module, x: torch.Tensor) -> float:
     return measure_input_lipschitz(model, x, SEARCH)
+
+
+HERE = Path(__file__).parent
+
+
+def check(target: Path, *args: str) -> Any:
+    """`modnorm check TARGET ARGS`: the CliRunner result."""
+    return CliRunner().invoke(app, ["check", str(target), *args])
+
+
+def check_json(target: Path) -> dict:
+    """The JSON report of `modnorm check TARGET --output-format json --exit-zero`."""
+    result = check(target, "--output-format", "json", "--exit-zero")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 def _op(analysis, needle):
@@ -371,39 +392,21 @@ def test_copy_into_a_state_holds_the_source():
 
 # ------------------------------------------------------------------ a constructor that needs real values
 def test_a_model_whose_meta_build_fails_is_built_on_the_cpu_and_the_report_says_so():
-    import json
-    from pathlib import Path
-
-    from typer.testing import CliRunner
-
-    from modnorm.cli import app
-
-    target = str(Path(__file__).parent / "models" / "real_values_in_init.py")
-    result = CliRunner().invoke(app, ["check", target, "--output-format", "json", "--exit-zero"])
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    target = HERE / "models" / "real_values_in_init.py"
+    report = check_json(target)
     assert report["model"]["device"] == "cpu"
     assert "meta build failed" in report["note"] and "Cannot copy out of meta tensor" in report["note"]
     assert [layer["name"] for layer in report["layers"]] == ["fc1", "fc2"]
-    meta_only = CliRunner().invoke(app, ["check", target, "--device", "meta"])
+    meta_only = check(target, "--device", "meta")
     assert meta_only.exit_code == 2 and "real_values_in_init.py:" in meta_only.output  # --device meta: no fallback
-    too_big = CliRunner().invoke(app, ["check", target, "--max-params", "100"])
+    too_big = check(target, "--max-params", "100")
     assert too_big.exit_code == 2 and "--max-params" in too_big.output
 
 
 # -------------------------------------------------------------------- post-norm streams of one merge each
 def test_a_stream_of_one_merge_is_told_to_average_not_to_drop_its_skip():
     """Post-norm blocks (a LayerNorm after every merge) make streams of L = 1 merge; 1 - 1/L would be 0."""
-    import json
-    from pathlib import Path
-
-    from typer.testing import CliRunner
-
-    from modnorm.cli import app
-
-    fixture = Path(__file__).parents[1] / "fixtures" / "bert_encoder.py"
-    report = json.loads(CliRunner().invoke(app, ["check", str(fixture), "--output-format", "json",
-                                                 "--exit-zero"]).stdout)
+    report = check_json(HERE.parent / "fixtures" / "bert_encoder.py")
     fixes = [f["fix"] for f in report["findings"] if f["code"] == "MN201"]
     assert fixes and all("scale the skip by 0.5 and the branch by 0.5" in fix for fix in fixes)
 
@@ -441,32 +444,14 @@ def test_an_attention_bias_from_the_input_is_an_input_of_the_attention_and_the_b
 @pytest.mark.parametrize("fixture,says", [("convnext_block", "(a layer scale)"),
                                           ("checkpoint_gains", "normalization gain")])
 def test_mn103_names_a_layer_scale_and_a_normalization_gain_for_what_they_are(fixture, says):
-    import json
-    from pathlib import Path
-
-    from typer.testing import CliRunner
-
-    from modnorm.cli import app
-
-    path = Path(__file__).parents[1] / "fixtures" / f"{fixture}.py"
-    report = json.loads(CliRunner().invoke(app, ["check", str(path), "--output-format", "json",
-                                                 "--exit-zero"]).stdout)
+    report = check_json(HERE.parent / "fixtures" / f"{fixture}.py")
     messages = [f["message"] for f in report["findings"] if f["code"] == "MN103"]
     assert messages and all(says in m for m in messages)
 
 
 # ------------------------------------------------------------- an unknown op before a zero-initialised head
 def test_an_unknown_op_before_a_zero_initialised_head_is_still_reported():
-    import json
-    from pathlib import Path
-
-    from typer.testing import CliRunner
-
-    from modnorm.cli import app
-
-    target = str(Path(__file__).parent / "models" / "zero_head_unknown_op.py")
-    report = json.loads(CliRunner().invoke(app, ["check", target, "--output-format", "json",
-                                                 "--exit-zero"]).stdout)
+    report = check_json(HERE / "models" / "zero_head_unknown_op.py")
     assert report["network"]["sensitivity"] == 0  # the head is zero: nothing downstream moves at init
     unknown = [f for f in report["findings"] if f["code"] == "MN901"]
     assert len(unknown) == 1 and "Odd" in unknown[0]["message"] and unknown[0]["severity"] == "error"
@@ -475,9 +460,8 @@ def test_an_unknown_op_before_a_zero_initialised_head_is_still_reported():
 # ------------------------------------------------------------------------ functions marked torch.fx.wrap
 def test_a_function_marked_fx_wrap_is_read_through_so_its_weights_are_atoms():
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).parent / "models" / "fx_wrapped_attention.py"
+    path = HERE / "models" / "fx_wrapped_attention.py"
     spec = importlib.util.spec_from_file_location("fx_wrapped_attention", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
