@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from .registry import AtomSpec, INF, OpView, Semantics, batch_norm_semantics, li
 
 # ---------------------------------------------------------------------------------------------- normalization
 def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, centred: bool,
-                  label: str, last_axis: bool = True) -> Semantics:
+                  label: str, last_axis: bool = True, coupling: "Coupling | None" = None) -> Semantics:
     """LayerNorm/RMSNorm/RMSDivide: ||w||_inf / max(input RMS floor, sqrt(eps)), docs/theory/constants.md#normalization.
 
     The floor is the largest of: the forward pass's lower bound on the input RMS (for RMS-type norms only: a lower
@@ -38,10 +39,13 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
         assumption = derived.text()
         assumed = {"quantity": derived.quantity, "floor": derived.rms, "at_init": derived.at_init,
                    "basis": derived.basis}
+    slope = coupling.slope(floor, eps, centred) if coupling else (1 / floor if floor > 0 else INF)
+    spread = coupling.hessian_factor if coupling else 1.0
+    gain_input = math.sqrt(coupling.positions) if coupling else 1.0  # RMS bound of n(x), what the gain multiplies
     if op.profile == "modula":
         constant, certified, reason = w_max, True, "Modula nominal: 1 (valid only for input RMS >= 1)"
     elif floor > 0:
-        constant, certified = w_max / floor, True
+        constant, certified = w_max * slope, True
         reason = ("" if assumption else
                   f"no lower bound on the input RMS: bounded by 1/sqrt(eps) = {1 / math.sqrt(eps):.4g}"
                   if floor_from_bounds == 0 else "")
@@ -51,16 +55,77 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
     atom = None
     if gain:
         atom = AtomSpec("Gain", gain, tuple(op.weights.shape(gain)), w_max, origin, params=(gain,))
-    lower = 0.0 if eps > 0 or centred else 1.0 * (op.weights.abs_min(gain)[0] if gain else 1.0)
-    info = {"eps": eps, "floor": floor, "assumption": assumption}
+    lower = 0.0 if eps > 0 or centred or coupling else 1.0 * (op.weights.abs_min(gain)[0] if gain else 1.0)
+    info = {"eps": eps, "floor": floor, "assumption": assumption, "gain_input": gain_input, "n_lipschitz": slope}
+    if coupling:
+        info["coupled_positions"] = coupling.positions
     if assumed is not None:
         info["assumed"] = assumed
     return Semantics("atom" if atom else "bond", (constant,), f"{label}: ||w||_inf / max(RMS floor, sqrt(eps))",
                      design=(w_max,), nominal=(w_max,), certified=certified, reason=reason, atom=atom,
-                     upper=w_max + b_rms, lower=max(0.0, lower - b_rms), tags=("normalization",),
-                     curvature=2 / math.sqrt(3) / max(floor, 1e-12) ** 2, label=label,
-                     hessian=_normalization_hessian(w_max, floor, op.profile, certified),
+                     upper=w_max * gain_input + b_rms, lower=max(0.0, lower - b_rms), tags=("normalization",),
+                     curvature=spread * 2 / math.sqrt(3) / max(floor, 1e-12) ** 2, label=label,
+                     hessian=_normalization_hessian(w_max * spread, floor, op.profile, certified),
                      info=info)
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """How a normalizer whose groups span several positions couples them (GroupNorm, LayerNorm([T, D]), a
+    LayerNorm over an axis that is not the feature axis), docs/theory/constants.md#coupled-normalizers.
+
+    Let U be the entries normalised together with one output fiber (the union of the groups it touches), C the
+    output's feature width, m the size of one group. Each group's map is (1/σ)(I − 11ᵀ/m − yyᵀ/m), a contraction
+    divided by σ >= floor, so a fiber's output change is bounded by the change of all of U:
+
+        slope <= sqrt(N) / floor,  N = |U| / C   (positions whose inputs reach one output fiber)
+
+    and, term by term when input and output fibers coincide, (1 + [centred]) / floor + ρ sqrt(N) with
+    ρ = max over σ >= floor of (σ² − eps) / σ³ (the yyᵀ term needs y concentrated at one position, which needs
+    var >> eps). The normalised output's fiber RMS is at most sqrt(N) (what the gain multiplies), and the sphere
+    map's curvature bound becomes (2/√3) |U| / sqrt(m C) / floor² in RMS units."""
+
+    positions: float  # N
+    hessian_factor: float  # |U| / sqrt(m C)
+    aligned: bool  # the input's feature axis is the output's
+
+    def slope(self, floor: float, eps: float, centred: bool) -> float:
+        """Lipschitz constant of n(x) (gain excluded) in the per-fiber RMS norm, for σ >= floor."""
+        if floor <= 0:
+            return INF
+        whole = math.sqrt(self.positions) / floor
+        if not self.aligned:
+            return whole
+        peak = math.sqrt(3 * eps)  # (σ² − eps)/σ³ is largest at σ² = 3 eps
+        rho = 2 / (3 * peak) if floor <= peak else (floor ** 2 - eps) / floor ** 3
+        return min(whole, (1 + centred) / floor + rho * math.sqrt(self.positions))
+
+
+def coupling_of(op: OpView, normalized: tuple[int, ...], group_size: int,
+                out_feature_axis: int | None = None) -> Coupling | None:
+    """The coupling of a normalizer over axes `normalized` of its input (groups of `group_size` entries); None when
+    each output fiber is normalised on its own entries (LayerNorm over the feature axis)."""
+    shape = op.in_shape(0)
+    if not shape:
+        return None
+    ndim = len(shape)
+    fin = op.bounds[0].fdim
+    fin = ndim - 1 if fin is None or fin >= ndim else fin
+    fout = fin if out_feature_axis is None else out_feature_axis
+    spanned = {a % ndim for a in normalized} | {fin, fout}
+    union, width = math.prod(shape[a] for a in spanned), shape[fout]
+    positions, spread = union / width, union / math.sqrt(group_size * width)
+    if positions <= 1 and spread <= 1 + 1e-12:
+        return None
+    return Coupling(positions, spread, fin == fout)
+
+
+def _last_axes(op: OpView, normalized_shape: object) -> Coupling | None:
+    """LayerNorm/RMSNorm over the trailing axes of `normalized_shape`."""
+    sizes = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape or ())
+    if not sizes or not op.in_shape(0):
+        return None
+    return coupling_of(op, tuple(range(-len(sizes), 0)), math.prod(sizes))
 
 
 def _derived_floor(op: OpView, centred: bool):
@@ -85,18 +150,15 @@ def _layer_norm_module(op: OpView) -> Semantics:
     prefix, m = op.node.target, op.module
     gain = f"{prefix}.weight" if m.weight is not None else None
     bias = f"{prefix}.bias" if getattr(m, "bias", None) is not None else None
-    return normalization(op, gain, bias, m.eps, True, "LayerNorm", last_axis=len(m.normalized_shape) == 1)
+    coupling = _last_axes(op, m.normalized_shape)
+    return normalization(op, gain, bias, m.eps, True, "LayerNorm", last_axis=coupling is None, coupling=coupling)
 
 
 @register(F.layer_norm)
 def _layer_norm_function(op: OpView) -> Semantics:
+    coupling = _last_axes(op, op.arg(1, "normalized_shape"))
     return normalization(op, op.param_name(2, "weight"), op.param_name(3, "bias"), op.arg(4, "eps", 1e-5), True,
-                         "LayerNorm", last_axis=_one_axis(op.arg(1, "normalized_shape")))
-
-
-def _one_axis(shape: object) -> bool:
-    """A normalized_shape of one axis (the last): the only case the per-position floor speaks about."""
-    return isinstance(shape, int) or (isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 1)
+                         "LayerNorm", last_axis=coupling is None, coupling=coupling)
 
 
 @register(nn.RMSNorm)
@@ -104,15 +166,17 @@ def _rms_norm_module(op: OpView) -> Semantics:
     prefix, m = op.node.target, op.module
     eps = m.eps if m.eps is not None else torch.finfo(torch.float32).eps
     gain = f"{prefix}.weight" if m.weight is not None else None
-    return normalization(op, gain, None, eps, False, "RMSNorm", last_axis=len(m.normalized_shape) == 1)
+    coupling = _last_axes(op, m.normalized_shape)
+    return normalization(op, gain, None, eps, False, "RMSNorm", last_axis=coupling is None, coupling=coupling)
 
 
 @register(F.rms_norm)
 def _rms_norm_function(op: OpView) -> Semantics:
     eps = op.arg(3, "eps")
     eps = eps if eps is not None else torch.finfo(torch.float32).eps
-    return normalization(op, op.param_name(2, "weight"), None, eps, False, "RMSNorm",
-                         last_axis=_one_axis(op.arg(1, "normalized_shape")))
+    coupling = _last_axes(op, op.arg(1, "normalized_shape"))
+    return normalization(op, op.param_name(2, "weight"), None, eps, False, "RMSNorm", last_axis=coupling is None,
+                         coupling=coupling)
 
 
 @register(nn.GroupNorm)
@@ -120,7 +184,10 @@ def _group_norm(op: OpView) -> Semantics:
     prefix, m = op.node.target, op.module
     gain = f"{prefix}.weight" if m.affine else None
     bias = f"{prefix}.bias" if m.affine else None
-    semantics = normalization(op, gain, bias, m.eps, True, "GroupNorm", last_axis=False)
+    shape = op.in_shape(0)
+    coupling = coupling_of(op, tuple(range(1, len(shape))), math.prod(shape[1:]) // m.num_groups,
+                           out_feature_axis=1) if len(shape) >= 2 else None
+    semantics = normalization(op, gain, bias, m.eps, True, "GroupNorm", last_axis=False, coupling=coupling)
     return Semantics(**{**semantics.__dict__, "fdim": 1})
 
 

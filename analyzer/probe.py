@@ -210,8 +210,7 @@ def _weight_rows(run: Callable, params: dict, inputs: tuple, atoms: list, analys
                         "well-normedness (A = 1 for a well-normed network)"))
     contributions = {}
     for layer in atoms:
-        source = analysis.op(analysis.op(layer.op).inputs[0]) if analysis.op(layer.op).inputs else None
-        R = 1.0 if source is None or layer.kind == AtomKind.EMBEDDING else source.upper
+        R = analysis.atom_input_radius(layer)
         best = 0.0
         for _ in range(trials):
             d = {k: torch.zeros_like(v) for k, v in params.items()}

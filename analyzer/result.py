@@ -342,6 +342,17 @@ class Analysis:
     def merge(self, name: str) -> Merge:
         return next(m for m in self.merges if m.op == name)
 
+    def atom_input_radius(self, layer: "Layer") -> float:
+        """R, the RMS bound of what an atom's weight multiplies (a weight change Δw moves the output by at most
+        S_down · R · ||Δw||): 1 for an embedding's one-hot rows, a normalizer's normalised input for its gain (1 per
+        fiber, sqrt(N) when its groups couple N positions), the upper bound of the atom's input otherwise."""
+        op = self.op(layer.op)
+        if "gain_input" in op.info:
+            return float(op.info["gain_input"])
+        if layer.kind == "Embedding" or not op.inputs:
+            return 1.0
+        return self.op(op.inputs[0]).upper
+
     def op_constants(self, top: int | None = None) -> list[OpConstant]:
         """Per kind of op on a path to the output, the product of its design constants above 1, largest first."""
         products: dict[str, tuple[float, int, float]] = {}

@@ -117,8 +117,11 @@ def _normalization(record: Any, inputs: list[Triple], target: float, profile: st
     c = record.lipschitz[0] if record.lipschitz else INF
     floor = 1.0 if profile == "modula" else sem.info.get("floor", 0.0)
     inv_r = 1 / floor if floor > 0 else INF
+    gain_input = 1.0  # ||n(x)||: 1 per fiber, up to sqrt(N) for a normalizer coupling N positions
+    if profile != "modula":
+        inv_r, gain_input = sem.info.get("n_lipschitz", inv_r), sem.info.get("gain_input", 1.0)
     ka, kb, kg = _second_order(sem.hessian, x.A, x.S)
-    out = Triple(A=target + series(c, x.A), S=series(c, x.S),
+    out = Triple(A=series(target, gain_input) + series(c, x.A), S=series(c, x.S),
                  alpha=series(2 * target, series(inv_r, x.A)) + ka + series(c, x.alpha),
                  beta=series(target, series(inv_r, x.S)) + kb + series(c, x.beta),
                  gamma=kg + series(c, x.gamma), blocker=x.blocker)

@@ -252,9 +252,7 @@ def measure_case(case: Case, b: Budget) -> list[Measurement]:
     for layer in analysis.layers:
         if layer.weight not in case.atoms:
             continue
-        op = analysis.op(layer.op)
-        radius = 1.0 if layer.kind == "Embedding" or not op.inputs else analysis.op(op.inputs[0]).upper
-        bound = layer.downstream_sensitivity * radius
+        bound = layer.downstream_sensitivity * analysis.atom_input_radius(layer)
         measured = measure_weight_perturbation(model, case.x, layer.weight, layer.kind, scale=layer.scale,
                                                transposed=atom_is_transposed(layer, model), groups=layer.groups, b=b)
         out.append(Measurement(f"weight {layer.weight}", bound, measured))

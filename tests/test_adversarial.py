@@ -19,10 +19,7 @@ from tests.adversary import DEFAULT, LONG, NIGHTLY, Budget, Case, explain, measu
 from tests.adversary_cases import EXPLICIT, STRATEGIES
 
 # Entries whose bound is exceeded today (issue 15), by a representative spelling: the fixer's to-do list.
-KNOWN_UNSOUND: dict[str, str] = {
-    "normalization.GroupNorm": "group normalizers couple positions: the per-position 1/sqrt(eps) does not hold, "
-                               "and the gain's output ||n(x)|| exceeds 1",
-}
+KNOWN_UNSOUND: dict[str, str] = {}
 
 
 def entry_id(group: tuple[Any, ...]) -> str:
