@@ -197,6 +197,7 @@ def sarif(results: Sequence[Any], root: str | None = None) -> str:
             "partialFingerprints": {"modnormFinding/v2": fingerprint(f, result.analysis)},
             "properties": {"module": f.module, "op": f.op, "target": result.target,
                            "profile": result.analysis.profile,
+                           "certification": result.analysis.network.certification,
                            **({"assumptions": assumption_lines(result.analysis)}
                               if result.analysis.network.assumptions else {}),
                            **({"note": relative_text(result.note, root)} if getattr(result, "note", "") else {})},
@@ -246,13 +247,21 @@ def _cell(text: Any) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _certification_cell(net: Any) -> str:
+    """yes / given N assumptions / no: a conditional bound never reads as an unconditional one."""
+    if net.certification == "given assumptions":
+        n = len(net.assumptions)
+        return f"given {n} assumption{'s' if n > 1 else ''}"
+    return "yes" if net.certified else "no"
+
+
 def github_step_summary(results: Sequence[Any], root: str | None = None) -> str:
     """A Markdown summary for $GITHUB_STEP_SUMMARY: network figures per model, then the findings table."""
     out = ["## modnorm", "", "| model | parameters | sensitivity | certified | findings |", "| --- | --- | --- | --- | --- |"]
     for r in results:
         net = r.analysis.network
         out.append(f"| `{_cell(r.target)}` | {r.analysis.model.parameters:,} | {fmt(net.sensitivity)} | "
-                   f"{'yes' if net.certified else 'no'} | {len(r.findings)} |")
+                   f"{_certification_cell(net)} | {len(r.findings)} |")
         if getattr(r, "note", ""):
             out.append(f"| | {relative_text(r.note, root)} | | | |")
     pairs = _all(results)

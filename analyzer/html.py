@@ -68,8 +68,10 @@ def _model_section(index: int, result: Any, root: str | None) -> str:
 
 def _summary(analysis: Analysis, result: Any, root: str | None) -> str:
     net, model = analysis.network, analysis.model
-    status = ("<span class=\"ok\">certified</span>" if net.certified
-              else "<span class=\"warn\">not certified</span>")
+    status = ("<span class=\"warn\">not certified</span>" if not net.certified else
+              "<span class=\"ok\">certified</span>" if not net.assumptions else
+              f"<span class=\"ok\">certified given {len(net.assumptions)} assumption"
+              f"{'s' if len(net.assumptions) > 1 else ''}</span>")
     figures = [("mass", fmt(net.mass)), ("sensitivity", f"{fmt(net.sensitivity)} {status}"),
                ("design sensitivity", _e(fmt(net.design_sensitivity))),
                ("modular norm at init", _e(fmt(net.modular_norm_at_init))),

@@ -154,6 +154,7 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
         "network": {
             "mass": net.mass, "sensitivity": _number(net.sensitivity),
             "design_sensitivity": _number(net.design_sensitivity), "certified": net.certified,
+            "certification": net.certification,
             "log10_sensitivity": _log10(net.log10_sensitivity),
             "log10_design_sensitivity": _log10(net.log10_design_sensitivity),
             "uncertified_reasons": text(net.uncertified_reasons), "unknown_ops": text(net.unknown_ops),

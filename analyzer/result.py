@@ -210,6 +210,14 @@ class Network:
     log10_sensitivity: float = math.nan  # log10 of `sensitivity`, finite past float range (no overflow)
     log10_design_sensitivity: float = math.nan
 
+    @property
+    def certification(self) -> str:
+        """"unconditional" (holds on the whole unit ball), "given assumptions" (holds where the listed floors hold:
+        the default profile, --norm-input-rms) or "not certified" — the label every format prints beside the figure."""
+        if not self.certified:
+            return "not certified"
+        return "given assumptions" if self.assumptions else "unconditional"
+
 
 @dataclass(frozen=True)
 class MassGroup:

@@ -162,6 +162,13 @@ def test_stated_floor_is_an_assumption_not_a_bare_certificate(tmp_path):
                                             "--profile", "certified", "--norm-input-rms", "1"]).stdout)
     (row,) = report["assumptions"]
     assert row["basis"] == "stated" and row["floor"] == 1.0 and "--norm-input-rms" in row["text"]
+    assert report["network"]["certified"] and report["network"]["certification"] == "given assumptions"
+    sarif = json.loads(runner.invoke(app, ["check", str(path), "--isolated", "--exit-zero", "-f", "sarif",
+                                           "--profile", "certified", "--norm-input-rms", "1"]).stdout)
+    assert {r["properties"]["certification"] for r in sarif["runs"][0]["results"]} == {"given assumptions"}
+    unconditional = json.loads(runner.invoke(app, ["check", str(path), "--isolated", "--exit-zero", "-f", "json",
+                                                   "--profile", "certified"]).stdout)
+    assert unconditional["network"]["certification"] == "unconditional"
 
 
 def test_probe_command_checks_the_assumption_and_passes_when_it_holds(tmp_path):

@@ -131,6 +131,8 @@ def test_github_writes_a_step_summary(tmp_path):
     run(GPT, "-f", "github", env={"GITHUB_STEP_SUMMARY": str(summary)})
     text = summary.read_text()
     assert text.startswith("## modnorm") and "| severity | code |" in text and "MN301" in text
+    # the default profile's bound rests on normalizer floors: the table says so instead of a bare "yes"
+    assert " | given " in text and " assumption" in text, text.splitlines()[:5]
 
 
 # ----------------------------------------------------------------------------------------------------- junit
