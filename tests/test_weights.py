@@ -269,7 +269,7 @@ def test_bf16_checkpoint_is_audited_in_float32_with_the_float64_figures(blown_up
     """16-bit checkpoint tensors are widened to float32, not float64 (every bf16 value is a float32 value, so the
     norms are those of the same numbers at half the memory): the report equals the one of the same weights stored
     as float64, and the row sums behind the l1 bounds are exact sums (float64), not float32 roundings."""
-    from modnorm.weightstore import _widened
+    from modnorm.weights import _widened
 
     w = torch.randn(64, 300).to(torch.bfloat16)
     assert _widened(w).dtype == torch.float32 and torch.equal(_widened(w).double(), w.double())
