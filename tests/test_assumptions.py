@@ -178,3 +178,25 @@ def test_probe_command_checks_the_assumption_and_passes_when_it_holds(tmp_path):
     assert ok.exit_code == 0, ok.output
     rows = [r for r in json.loads(ok.stdout)["rows"] if r["kind"] == "assumption"]
     assert len(rows) == 1 and not rows[0]["assumption_broken"]
+
+
+def _codes(path, *options) -> list[str]:
+    report = json.loads(runner.invoke(app, ["check", str(path), "--isolated", "--exit-zero", "-f", "json",
+                                            *options]).stdout)
+    return [f["code"] for f in report["findings"]]
+
+
+def test_a_stated_floor_the_example_inputs_break_is_a_finding(tmp_path):
+    """MN603: the LayerNorm's centred input RMS at the example inputs is measured (about 0.1-0.3 here: inputs of
+    RMS 0.5 through a default-init 16->32 Linear); a stated floor of 10 is broken there, one of 0.01 is not, and
+    the default profile states none (its floors are half the measured value)."""
+    path = tmp_path / "normed.py"
+    path.write_text(MODEL_FILE.format(scale=1.0))
+    report = json.loads(runner.invoke(app, ["check", str(path), "--isolated", "--exit-zero", "-f", "json",
+                                            "--norm-input-rms", "10"]).stdout)
+    (row,) = report["assumptions"]
+    assert row["basis"] == "stated" and row["at_init"] is not None and row["at_init"] < 10
+    (finding,) = [f for f in report["findings"] if f["code"] == "MN603"]
+    assert finding["severity"] == "warning" and f"{row['at_init']:.3g}" in finding["message"]
+    assert "MN603" not in _codes(path, "--norm-input-rms", "0.01")
+    assert "MN603" not in _codes(path)
