@@ -25,6 +25,7 @@ import math
 import os
 import struct
 import sys
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ _CACHE_BYTES = 1 << 26
 _CACHE_MAX_TENSOR = 1 << 24
 _READ_AHEAD = 2  # tensors the kernel is asked to prefetch after each read
 _CHUNK_BYTES = 1 << 23  # 16-bit data is read in chunks this size and widened into the float32 result
+_PREFETCH_AHEAD = 1  # matrices computed ahead of the one the analysis waits for: two cores, two norms at once
 _HUGE_PAGE = 1 << 21
 _MADV_HUGEPAGE = 14  # Linux: back a large fresh buffer with 2 MB pages: half the page-fault time of filling it
 
@@ -82,6 +84,13 @@ class Checkpoint:
         self._checked: set[str] = set()
         self.bytes_read = 0
         self.on_read: Callable[[str, int], None] | None = None  # progress: (name, bytes) after each first read
+        self.prefetch: Prefetch | None = None  # norms computed ahead (Prefetch), closed with the checkpoint
+        self._lock = threading.Lock()  # tensors may be read from Prefetch's threads: counts and progress
+
+    def close(self) -> None:
+        """Stop computing ahead (Prefetch); the checkpoint can still be read."""
+        if self.prefetch is not None:
+            self.prefetch.close()
 
     def keys(self) -> list[str]:
         return list(self._entries) + list(self._tensors)
@@ -114,8 +123,7 @@ class Checkpoint:
             if name not in self._checked:
                 _require_finite(tensor, name, self.path)
                 self._checked.add(name)
-                if self.on_read is not None:
-                    self.on_read(name, self.nbytes(name))
+                self._count(name, self.nbytes(name))
             return _widened(tensor) if widen else tensor
         key = (name, widen and _is_16bit(self._entries[name].dtype))
         if key in self._cache:
@@ -139,10 +147,14 @@ class Checkpoint:
                 else:
                     _read_exactly(handle, _writable_bytes(out), name, entry.file)
                 self._read_ahead(handle.fileno(), name)
-        self.bytes_read += entry.nbytes
-        if self.on_read is not None:
-            self.on_read(name, entry.nbytes)
+        self._count(name, entry.nbytes)
         return out, finite
+
+    def _count(self, name: str, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_read += nbytes
+            if self.on_read is not None:
+                self.on_read(name, nbytes)
 
     def _read_widened(self, handle: Any, name: str, out: torch.Tensor) -> bool:
         """Read the 16-bit data of `name` in _CHUNK_BYTES pieces into one reused buffer, widening each into `out`;
@@ -177,6 +189,61 @@ class Checkpoint:
             oldest = next(iter(self._cache))
             total -= self._cache[oldest].numel() * self._cache[oldest].element_size()
             del self._cache[oldest]
+
+
+class Prefetch:
+    """Norms of a checkpoint's large matrices computed ahead, two at a time: while the analysis waits for one, the
+    next one it will ask for (in `order`) is read and computed on the other core. Block Lanczos is bound by memory
+    bandwidth and runs in one thread (norms.py: Threads); two of them at once took 5.3 s where one after the other
+    took 7.6 s (4 matrices of 4096 x 11008, load 4, measured). Torch runs in one thread while this is open, so
+    each norm gives the figures one thread gives, whichever thread computed it (measured identical)."""
+
+    def __init__(self, checkpoint: Checkpoint, order: list[str], compute: Callable[[torch.Tensor], Any]) -> None:
+        self._checkpoint, self._compute = checkpoint, compute
+        self._order = list(dict.fromkeys(order))
+        self._position = {name: i for i, name in enumerate(self._order)}
+        self._futures: dict[str, Any] = {}
+        self._handed: set[str] = set()
+        self._pool: Any = None
+        self._threads = 0
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._position
+
+    def result(self, name: str) -> Any:
+        """compute(the float32 tensor `name`), waiting for it; the next matrix in `order` starts meanwhile."""
+        at = self._position[name]
+        for following in self._order[at:at + 1 + _PREFETCH_AHEAD]:
+            if following not in self._futures:
+                if self._pool is None:
+                    self._start()
+                self._futures[following] = self._pool.submit(self._one, following)
+        try:
+            return self._futures[name].result()
+        finally:
+            self._handed.add(name)
+            if self._handed.issuperset(self._order):
+                self.close()  # nothing left to compute ahead: give torch its threads back now
+
+    def _start(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        self._pool = ThreadPoolExecutor(1 + _PREFETCH_AHEAD, thread_name_prefix="modnorm-norms")
+
+    def _one(self, name: str) -> Any:
+        torch.set_num_threads(1)  # this thread's OpenMP setting (a new thread starts from the default)
+        return self._compute(self._checkpoint.load(name, widen=True))
+
+    def close(self) -> None:
+        """Finish the norms being computed, drop the ones not started, restore torch's thread count."""
+        if self._pool is None:
+            return
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+        self._futures = {n: f for n, f in self._futures.items() if f.done() and not f.cancelled()}
+        torch.set_num_threads(self._threads)
 
 
 def _is_16bit(dtype: torch.dtype) -> bool:
@@ -247,6 +314,7 @@ def audit_progress(checkpoint: tuple[Checkpoint, dict[str, str]] | None) -> Iter
             yield
         finally:
             opened.on_read = None
+            opened.close()
 
 
 def _require_finite(tensor: torch.Tensor, name: str, path: Path) -> None:

@@ -16,7 +16,7 @@ __all__ = ["WeightStore"]
 
 # float64 work on a large weight goes a block of rows at a time: whole-tensor float64 copies of a 32000 x 4096
 # embedding (1 GB each, two of them) were 2 of the 3 GB peak of a Llama-2-7B checkpoint audit (profiled).
-_BLOCK_BYTES = 1 << 26
+_BLOCK_BYTES = 1 << 24
 
 
 class WeightStore:
@@ -30,6 +30,34 @@ class WeightStore:
         self.predicted: dict[str, float] = {}  # the init-law prediction of a measured tensor's norm
         self.measured: dict[str, float] = {}
         self._cache: dict[tuple, tuple] = {}
+        self._prefetch = self._start_prefetch() if checkpoint is not None else None
+
+    def _start_prefetch(self) -> Any:
+        """Spectral norms of the checkpoint's large matrices computed ahead in the order of the model's parameters
+        (weights.Prefetch). Only matrices above norms.EXACT_MAX_SIDE, where spectral_norm is block Lanczos with its
+        defaults (the same figures as lanczos_spectral_norm's), and not embeddings (measured by row RMS)."""
+        from .weights import Prefetch
+
+        stored, names = self.checkpoint
+        order = [name for model_name, name in names.items()
+                 if len(stored.shape(name)) == 2 and min(stored.shape(name)) > norms.EXACT_MAX_SIDE
+                 and stored.dtype(name).is_floating_point and not isinstance(self._owner(model_name), nn.Embedding)]
+        if not order:
+            return None
+        if stored.prefetch is not None:
+            stored.prefetch.close()
+        stored.prefetch = Prefetch(stored, order, norms.lanczos_spectral_norm)
+        return stored.prefetch
+
+    def _prefetched_spectral(self, name: str) -> float | None:
+        """The measured spectral norm of `name` from the prefetch, when it computes this matrix's."""
+        if self._prefetch is None or name not in self.checkpoint[1]:
+            return None
+        current = getattr(self._owner(name), name.rsplit(".", 1)[-1], None)
+        if not isinstance(current, torch.Tensor) or not current.is_meta:
+            return None  # the model holds this tensor itself: tensor() measures that one, not the checkpoint's
+        stored = self.checkpoint[1][name]
+        return self._prefetch.result(stored).upper if stored in self._prefetch else None
 
     def _law(self, name: str) -> tuple[Any, str]:
         """The recorded init law of a meta tensor, or None with the reason the default law is used."""
@@ -94,11 +122,14 @@ class WeightStore:
 
     def spectral(self, name: str, transpose: bool = False) -> tuple[float, str]:
         def compute() -> tuple[float, str]:
-            w = self.tensor(name)
-            rows, cols = w.shape[0], math.prod(w.shape[1:])
+            measured = self._prefetched_spectral(name)
+            w = self.tensor(name) if measured is None else None
+            shape = self.shape(name) if w is None else tuple(w.shape)
+            rows, cols = shape[0], math.prod(shape[1:])
             law, source = self._law(name)
-            if not w.is_meta:
-                measured = norms.spectral_norm(w.detach()).upper
+            if w is None or not w.is_meta:
+                if measured is None:
+                    measured = norms.spectral_norm(w.detach()).upper
                 if law is not None:  # both exist: keep the prediction for "predicted vs measured"
                     self.predicted[name] = initlaw.spectral(law, *((cols, rows) if transpose else (rows, cols)))
                     self.measured[name] = measured
