@@ -53,6 +53,7 @@ _CACHE_MAX_TENSOR = 1 << 24
 _READ_AHEAD = 2  # tensors the kernel is asked to prefetch after each read
 _CHUNK_BYTES = 1 << 23  # 16-bit data is read in chunks this size and widened into the float32 result
 _PREFETCH_AHEAD = 1  # matrices computed ahead of the one the analysis waits for: two cores, two norms at once
+_M_MMAP_THRESHOLD, _MMAP_THRESHOLD = -3, 1 << 20  # mallopt's parameter number, and 1 MB (see _mmap_above)
 _HUGE_PAGE = 1 << 21
 _MADV_HUGEPAGE = 14  # Linux: back a large fresh buffer with 2 MB pages: half the page-fault time of filling it
 
@@ -230,6 +231,7 @@ class Prefetch:
 
         self._threads = torch.get_num_threads()
         torch.set_num_threads(1)
+        _mmap_above(_MMAP_THRESHOLD)
         self._pool = ThreadPoolExecutor(1 + _PREFETCH_AHEAD, thread_name_prefix="modnorm-norms")
 
     def _one(self, name: str) -> Any:
@@ -244,6 +246,18 @@ class Prefetch:
         self._pool = None
         self._futures = {n: f for n, f in self._futures.items() if f.done() and not f.cancelled()}
         torch.set_num_threads(self._threads)
+
+
+def _mmap_above(nbytes: int) -> None:
+    """glibc: serve every allocation above `nbytes` by mmap, returned to the system when freed. Otherwise glibc
+    raises its threshold to the largest block freed (up to 32 MB), and the work buffers of hundreds of Lanczos
+    runs on two threads stay in per-thread heaps: a 7B audit peaked at 2.26 GB where 8 layers peaked at 1.26."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, nbytes)
+    except (OSError, AttributeError):
+        pass
 
 
 def _is_16bit(dtype: torch.dtype) -> bool:
