@@ -212,8 +212,7 @@ def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[Record], ctx: Con
         if fused is not None and fused.kind == "rms_norm":
             return _rms_pattern(view, fused)
         if fused is not None and fused.kind == "mean_subtract":
-            return linear(Semantics("bond", (1.0,), "MeanSubtract: orthogonal projection I - 11ᵀ/d",
-                             label="MeanSubtract"))
+            return _mean_subtract(view, fused)
         if fused is not None and fused.kind == "rotary":
             return semantics.rotary(view, fused.info["cos"], fused.info["sin"])
         if fused is not None and fused.kind == "attention":
@@ -236,15 +235,42 @@ def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[Record], ctx: Con
 
 
 def _rms_pattern(view: _View, fused: Fused) -> Semantics:
-    found = semantics.normalization(view, None, None, fused.info["eps"], False, "RMS normalization (by hand)")
+    shape = view.in_shape(0)
+    dims = _reduced_axes(fused.info.get("dims"), len(shape))
+    group = math.prod(shape[a] for a in dims) if shape else 1
+    coupling = semantics.coupling_of(view, dims, group) if shape else None
+    found = semantics.normalization(view, None, None, fused.info["eps"], bool(fused.info.get("centred")),
+                                    "RMS normalization (by hand)", last_axis=coupling is None, coupling=coupling)
     if not fused.info.get("l2"):
         return found
-    width = view.in_shape(0)[-1] if view.in_shape(0) else 1  # x / ||x||_2 = rms-divide / sqrt(d)
-    shrink = 1 / math.sqrt(width)
+    shrink = 1 / math.sqrt(group)  # x / ||x||_2 over the reduced axes = rms-divide / sqrt(group size)
     return replace(found, lipschitz=tuple(c * shrink for c in found.lipschitz),
                    design=tuple(c * shrink for c in found.design or ()), upper=shrink, lower=shrink,
                    hessian=found.hessian * shrink if found.hessian is not None else None,
                    label="l2 normalize (by hand)")
+
+
+def _reduced_axes(dims: Any, ndim: int) -> tuple[int, ...]:
+    """The axes a reduction's `dim` names, non-negative (None: all of them; an empty shape: the last)."""
+    if not ndim:
+        return ()
+    if dims is None:
+        return tuple(range(ndim))
+    return tuple(sorted({d % ndim for d in dims}))
+
+
+def _mean_subtract(view: _View, fused: Fused) -> Semantics:
+    """x - mean(x, dims): the orthogonal projection I - 11ᵀ/d on each feature vector (1) when only the feature axis
+    is reduced; across positions a fiber's output also moves with the others' inputs: ||x_p|| + ||mean|| <= 2."""
+    shape, fdim = view.in_shape(0), view.bounds[0].fdim
+    fdim = len(shape) - 1 if shape and (fdim is None or fdim >= len(shape)) else fdim
+    dims = _reduced_axes(fused.info.get("dims"), len(shape))
+    if not shape or set(dims) <= {fdim}:
+        return linear(Semantics("bond", (1.0,), "MeanSubtract: orthogonal projection I - 11ᵀ/d", label="MeanSubtract"))
+    # Modula (and the design pass) count the projection in the l2 norm of the whole group: 1
+    constant = 1.0 if view.profile == "modula" else 2.0
+    return linear(Semantics("bond", (constant,), "MeanSubtract across positions: ||x_p|| + ||mean|| <= 2",
+                            design=(1.0,), nominal=(1.0,), label="MeanSubtract"))
 
 
 def _bounds_out(sem: Semantics, inputs: list[Record], value: Any) -> Bounds:

@@ -29,7 +29,10 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
     floor_from_bounds = 0.0 if centred else op.bounds[0].lower
     floor = math.sqrt(floor_from_bounds ** 2 + eps)
     assumption, assumed = "", None
-    derived = _derived_floor(op, centred) if last_axis else None
+    # a group made of whole last-axis fibers has (centred) mean square >= the smallest fiber's: the per-fiber floor
+    # bounds it from below, whatever the feature axis
+    derived = (_derived_floor(op, centred, coupled=coupling is not None)
+               if last_axis or (coupling is not None and coupling.whole_fibers) else None)
     if op.norm_input_rms is not None and op.norm_input_rms > floor:
         floor = op.norm_input_rms
         quantity = "input centred RMS" if centred else "input RMS"
@@ -91,6 +94,7 @@ class Coupling:
     positions: float  # N
     hessian_factor: float  # |U| / sqrt(m C)
     aligned: bool  # the input's feature axis is the output's
+    whole_fibers: bool = False  # each group is a union of whole last-axis fibers (the last axis is normalised)
 
     def slope(self, floor: float, eps: float, centred: bool) -> float:
         """Lipschitz constant of n(x) (gain excluded) in the per-fiber RMS norm, for σ >= floor."""
@@ -120,7 +124,8 @@ def coupling_of(op: OpView, normalized: tuple[int, ...], group_size: int,
     positions, spread = union / width, union / math.sqrt(group_size * width)
     if positions <= 1 and spread <= 1 + 1e-12:
         return None
-    return Coupling(positions, spread, fin == fout)
+    return Coupling(positions, spread, fin == fout, whole_fibers=ndim - 1 in spanned - {fin, fout}
+                    or ndim - 1 in {a % ndim for a in normalized})
 
 
 def _last_axes(op: OpView, normalized_shape: object) -> Coupling | None:
@@ -131,10 +136,13 @@ def _last_axes(op: OpView, normalized_shape: object) -> Coupling | None:
     return coupling_of(op, tuple(range(-len(sizes), 0)), math.prod(sizes))
 
 
-def _derived_floor(op: OpView, centred: bool):
-    """The `assumed` profile's floor for this normalizer's input (floors.py), when its feature axis is last."""
+def _derived_floor(op: OpView, centred: bool, coupled: bool = False):
+    """The `assumed` profile's floor for this normalizer's input (floors.py: per last-axis fiber), when its feature
+    axis is last or its groups are made of whole last-axis fibers (`coupled`)."""
     finder = getattr(op, "input_floor", None)
-    if finder is None or not op.in_shape(0) or op.bounds[0].fdim not in (None, len(op.in_shape(0)) - 1):
+    if finder is None or not op.in_shape(0):
+        return None
+    if not coupled and op.bounds[0].fdim not in (None, len(op.in_shape(0)) - 1):
         return None
     return finder(centred)
 

@@ -28,11 +28,11 @@ from __future__ import annotations
 from . import ops_elementwise, ops_arithmetic, ops_shape, ops_atoms  # noqa: F401
 from . import ops_normalization, ops_attention, ops_aten, ops_select, ops_routing  # noqa: F401
 from .ops_attention import attention, attention_hessian, rotary
-from .ops_normalization import normalization
+from .ops_normalization import coupling_of, normalization
 from .ops_shape import layout_lipschitz
 from .registry import (ATEN_ALIASES, GELU_SLOPE, INF, REGISTRY, SILU_SLOPE, SQRT2, AtomSpec, Bounds, Entry, OpView,
                        Registry, Semantics, WeightView, bond, feature_width, leaf_class_names, linear, lookup, register)
 
 __all__ = ["Semantics", "AtomSpec", "Bounds", "OpView", "WeightView", "Registry", "REGISTRY", "lookup", "register",
-           "bond", "linear", "feature_width", "leaf_class_names", "attention", "attention_hessian", "rotary", "normalization",
+           "bond", "linear", "feature_width", "leaf_class_names", "attention", "attention_hessian", "rotary", "normalization", "coupling_of",
            "layout_lipschitz", "ATEN_ALIASES", "INF", "SQRT2", "GELU_SLOPE", "SILU_SLOPE", "Entry"]

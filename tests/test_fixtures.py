@@ -142,6 +142,7 @@ FINDINGS = {
     ],
     "modula_rescnn": [
         ('MN601', 'info', 1, 'x = mean_subtract(torch.abs(conv(rms_divide(x, DIMS))), DIMS)'),
+        ('MN602', 'info', 1, 'x = mean_subtract(torch.abs(conv(rms_divide(x, DIMS))), DIMS)'),
     ],
     "modula_resmlp": [
         ('MN601', 'info', 1, 'return self.out(rms_divide(x))'),
@@ -179,6 +180,9 @@ FINDINGS = {
         ('MN204', 'info', 1, 'x = self.inp(x)'),
         ('MN501', 'info', 1, 'return torch.tanh(self.fc(rms_divide(x)))'),
         ('MN601', 'info', 1, 'return torch.tanh(self.fc(rms_divide(x)))'),
+    ],
+    "stated_floor_broken": [
+        ('MN603', 'warning', 1, 'return self.readout(self.norm(x))'),
     ],
     "starved_readout": [
         ('MN503', 'warning', 1, 'return self.readout(x)'),

@@ -98,6 +98,17 @@ ROWS = [
     pytest.param(lambda: _case("LayerNorm([256, 4]) over (T, D), then h*h", lambda s, x: s.ln(x) * s.ln(x),
                                (1, 256, 4), ln=nn.LayerNorm([256, 4])),
                  id="multi-axis-layernorm"),
+    # hand-written normalizers over axes other than the feature axis (per-position constants were 316 = 1/sqrt(eps)
+    # and 1 for the mean subtraction; measured 544, 360 and 1.83)
+    pytest.param(lambda: _case("x / sqrt(mean(x², dim=1) + eps) over positions",
+                               lambda s, x: x / torch.sqrt(x.pow(2).mean(1, keepdim=True) + 1e-5), (1, 64, 8)),
+                 id="rms-by-hand-over-positions"),
+    pytest.param(lambda: _case("LayerNorm by hand over (T, D)",
+                               lambda s, x: (x - x.mean((-2, -1), keepdim=True))
+                               / torch.sqrt(x.var((-2, -1), keepdim=True, unbiased=False) + 1e-5), (1, 16, 8)),
+                 id="layernorm-by-hand-over-tokens"),
+    pytest.param(lambda: _case("x - x.mean(1) over positions", lambda s, x: x - x.mean(1, keepdim=True), (1, 16, 8)),
+                 id="mean-subtract-over-positions"),
     pytest.param(lambda: _case("rms pattern whose mean square has another user",
                                lambda s, x: x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
                                + 10 * x.pow(2).mean(-1, keepdim=True), (2, 3, 8)),
