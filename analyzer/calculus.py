@@ -28,7 +28,7 @@ from .folding import abs_bound, sign_of
 from .layers import layers_of
 from .merges import merges_of
 from .ops_atoms import embedding_rows
-from .patterns import Fused, find_patterns
+from .patterns import Fused, find_patterns, scaled_atom_scale
 from .records import Context, Options, Record
 from .result import Analysis, ModelInfo
 from .semantics import INF, Bounds, Semantics, linear
@@ -206,7 +206,7 @@ def _is_discrete(value: Any) -> bool:
 
 def _evaluate(node: fx.Node, fused: Fused | None, inputs: list[Record], ctx: Context) -> Semantics:
     base = fused.info["atom"] if fused is not None and fused.kind == "scaled_atom" else node
-    scale = fused.info["scale"] if fused is not None and fused.kind == "scaled_atom" else 1.0
+    scale = scaled_atom_scale(fused, ctx.weights) if fused is not None and fused.kind == "scaled_atom" else 1.0
     view = _View(base, node, [r.node for r in inputs], [r.bounds for r in inputs], ctx, scale, inputs)
     try:
         if fused is not None and fused.kind == "rms_norm":
@@ -435,7 +435,8 @@ def analyze_traced(traced: TracedModel, options: Options = Options(), user_file:
     layers, total_mass = layers_of(records, ctx)
     merges, streams = merges_of(records, ctx)
     triples = sharpness.propagate(records, layers, options.profile)
-    streams = [replace(st, alphas=tuple(triples[id(r)].alpha for r in records_named(records, st.merges)))
+    streams = [replace(st, alphas=tuple(triples[id(r)].alpha for r in records_named(records, st.merges)),
+                       log10_alphas=tuple(triples[id(r)].log10("alpha") for r in records_named(records, st.merges)))
                for st in streams]
     ops = tuple(op_of(r, ctx, triples[id(r)]) for r in records)
     for record, op in zip(records, ops):

@@ -56,12 +56,14 @@ def fmt(x: float, digits: int = 4) -> str:
 def fmt_log10(value: float, log10: float, digits: int = 4) -> str:
     """`fmt(value)`, or, when the float overflowed but its log10 is finite, the figure from its log10
     (`1.2e+412`): a figure beyond float range is still printed honestly, and ∞ means an unbounded op."""
-    if isinstance(value, float) and math.isinf(value) and value > 0 and log10 is not None and math.isfinite(log10):
+    overflowed = isinstance(value, float) and math.isinf(value) and value > 0
+    underflowed = value == 0 and log10 is not None and log10 < -300  # a safe step of 1e-412
+    if (overflowed or underflowed) and log10 is not None and math.isfinite(log10):
         exponent = math.floor(log10)
         mantissa = 10 ** (log10 - exponent)
         if round(mantissa, digits - 1) >= 10:
             mantissa, exponent = mantissa / 10, exponent + 1
-        return f"{mantissa:.{digits - 1}f}e+{exponent}"
+        return f"{mantissa:.{digits - 1}f}e{exponent:+d}"
     return fmt(value, digits)
 
 
@@ -179,7 +181,8 @@ def to_dict(analysis: Analysis, findings: tuple[Finding, ...] | None = None,
         "layers": [_layer_dict(layer, root) for layer in analysis.layers],
         "residual_streams": [
             {"merges": [_merge_dict(analysis, m, root) for m in stream.merges], "depth": stream.depth,
-             "alphas": [_number(a) for a in stream.alphas]}
+             "alphas": [_number(a) for a in stream.alphas],
+             "log10_alphas": [_log10(a) for a in stream.log10_alphas]}
             for stream in analysis.streams],
         "findings": [_finding_dict(f, root) for f in findings],
         "changes": [{"code": c.code, "role": c.role, "instances": c.instances, "fix": c.fix,
@@ -195,14 +198,15 @@ def _sharpness_dict(s: Any) -> dict[str, Any] | None:
         return None
     return {"alpha": _number(s.alpha), "beta": _number(s.beta), "gamma": _number(s.gamma),
             "weight_sensitivity": _number(s.weight_sensitivity), "certified": s.certified, "reason": s.reason,
-            "nominal": s.nominal}
+            "nominal": s.nominal, "log10_alpha": _log10(s.log10_alpha), "log10_beta": _log10(s.log10_beta),
+            "log10_gamma": _log10(s.log10_gamma), "log10_weight_sensitivity": _log10(s.log10_weight_sensitivity)}
 
 
 def _loss_dict(loss: Any) -> dict[str, Any] | None:
     if loss is None:
         return None
     return {"name": loss.name, "sigma": _number(loss.sigma), "tau": _number(loss.tau), "norm": loss.norm,
-            "safe_step": _number(loss.safe_step)}
+            "safe_step": _number(loss.safe_step), "log10_gradient_lipschitz": _log10(loss.log10_gradient_lipschitz)}
 
 
 def _merge_dict(analysis: Analysis, name: str, root: str | None = None) -> dict[str, Any]:
@@ -370,17 +374,21 @@ def _render_sharpness(analysis: Analysis, console: Any, root: str | None = None)
     if sharp.certified and loss is not None:
         # β and γ differentiate in the input; token ids cannot be perturbed, so for them both are 0 by definition
         discrete = " (discrete input)" if analysis.network.input_convention.startswith("discrete") else ""
-        console.print(f"[bold]sharpness[/] ({label}) α {fmt(sharp.alpha)} · β {fmt(sharp.beta)} · "
-                      f"γ {fmt(sharp.gamma)}{discrete}"
-                      f" · weight sensitivity {fmt(sharp.weight_sensitivity)} · loss {loss.name} σ {fmt(loss.sigma)} "
-                      f"τ {fmt(loss.tau)} → gradient Lipschitz σα + τA² = {fmt(loss.gradient_lipschitz)}, "
-                      f"safe step {fmt(loss.safe_step)}")
+        lip = loss.log10_gradient_lipschitz
+        console.print(f"[bold]sharpness[/] ({label}) α {fmt_log10(sharp.alpha, sharp.log10_alpha)} · "
+                      f"β {fmt_log10(sharp.beta, sharp.log10_beta)} · γ {fmt_log10(sharp.gamma, sharp.log10_gamma)}"
+                      f"{discrete} · weight sensitivity "
+                      f"{fmt_log10(sharp.weight_sensitivity, sharp.log10_weight_sensitivity)} · loss {loss.name} "
+                      f"σ {fmt(loss.sigma)} τ {fmt(loss.tau)} → gradient Lipschitz σα + τA² = "
+                      f"{fmt_log10(loss.gradient_lipschitz, lip)}, safe step {fmt_log10(loss.safe_step, -lip)}")
     else:
         console.print(f"[bold]sharpness[/] [yellow]not certified[/]: {relative_text(sharp.reason, root)}",
                       highlight=False)
     for stream in analysis.streams:
-        if len(stream.alphas) >= 2 and all(map(math.isfinite, stream.alphas)):
-            steps = " → ".join(v if isinstance(v, str) else fmt(v, 3) for v in _ends(stream.alphas))
+        logs = stream.log10_alphas or tuple(math.log10(a) if a > 0 else -math.inf for a in stream.alphas)
+        if len(stream.alphas) >= 2 and all(math.isfinite(a) or math.isfinite(l) for a, l in zip(stream.alphas, logs)):
+            figures = [fmt_log10(a, l, 3) for a, l in zip(stream.alphas, logs)]
+            steps = " → ".join(_ends(tuple(figures)))
             console.print(f"  residual stream of {stream.depth} merges: α per block {steps}", highlight=False)
 
 

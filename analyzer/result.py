@@ -146,6 +146,7 @@ class Stream:
 
     merges: tuple[str, ...]  # op names of the merges in order
     alphas: tuple[float, ...] = ()  # α of the stream after each merge: how sharpness grows per block
+    log10_alphas: tuple[float, ...] = ()  # the same, finite past float range
 
     @property
     def depth(self) -> int:
@@ -163,6 +164,11 @@ class Sharpness:
     certified: bool
     reason: str  # why not certified: the first op without a second-order bound, with its location
     nominal: bool  # computed with Modula's nominal constants (--profile modula)
+    # log10 of each figure: finite where the float overflowed (an 80-layer stack), inf only for an unbounded op
+    log10_alpha: float = math.nan
+    log10_beta: float = math.nan
+    log10_gamma: float = math.nan
+    log10_weight_sensitivity: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,7 @@ class LossBound:
     norm: str
     gradient_lipschitz: float  # σα + τA²
     safe_step: float  # 1 / (σα + τA²), in modular-norm units
+    log10_gradient_lipschitz: float = math.nan  # finite past float range (the safe step is then 10^-this)
 
 
 @dataclass(frozen=True)

@@ -48,49 +48,74 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .combinators import series
+from .combinators import exp_of, log10_of, log_of, log_parallel, log_series
 from .result import Layer
 
 __all__ = ["Triple", "propagate", "loss_constants", "INF"]
 
 INF = math.inf
+_ZERO = -math.inf  # the log of 0
+
+
+def _ser(*logs: float) -> float:
+    """Product of factors given by their logs (0 · inf = 0: a zero factor stops the path)."""
+    out = 0.0
+    for x in logs:
+        out = log_series(out, x)
+    return out
 
 
 @dataclass
 class Triple:
-    """First- and second-order bounds of one tensor (module docstring)."""
+    """First- and second-order bounds of one tensor (module docstring), kept as natural logs: over 80 layers
+    the products leave float range (α ~ 1e288 on a 7B shape) although every factor is finite, and an overflow
+    must never read as an unbounded op."""
 
-    A: float = 0.0
-    S: float = 0.0
-    alpha: float = 0.0
-    beta: float = 0.0
-    gamma: float = 0.0
+    lA: float = _ZERO
+    lS: float = _ZERO
+    l_alpha: float = _ZERO
+    l_beta: float = _ZERO
+    l_gamma: float = _ZERO
     blocker: Any = None  # the first op on a path here whose second-order bound is not derived
+
+    @classmethod
+    def of(cls, A: float = 0.0, S: float = 0.0) -> "Triple":
+        return cls(lA=log_of(A), lS=log_of(S))
+
+    A = property(lambda self: exp_of(self.lA))
+    S = property(lambda self: exp_of(self.lS))
+    alpha = property(lambda self: exp_of(self.l_alpha))
+    beta = property(lambda self: exp_of(self.l_beta))
+    gamma = property(lambda self: exp_of(self.l_gamma))
+
+    def log10(self, name: str) -> float:
+        """log10 of `A`, `S`, `alpha`, `beta` or `gamma`: finite past float range."""
+        return log10_of(getattr(self, {"A": "lA", "S": "lS"}.get(name, f"l_{name}")))
 
     @property
     def certified(self) -> bool:
-        return self.blocker is None and all(math.isfinite(x) for x in (self.alpha, self.beta, self.gamma))
+        return self.blocker is None and all(x < INF for x in (self.l_alpha, self.l_beta, self.l_gamma))
 
 
-def _second_order(kappa: float | None, As: float, Ss: float) -> tuple[float, float, float]:
-    """κ-terms of α, β, γ; an underived κ costs nothing where no perturbation arrives."""
-    k = INF if kappa is None else kappa
-    return series(k, series(As, As)), series(k, series(As, Ss)), series(k, series(Ss, Ss))
+def _second_order(kappa: float | None, lAs: float, lSs: float) -> tuple[float, float, float]:
+    """κ-terms of α, β, γ (logs); an underived κ costs nothing where no perturbation arrives."""
+    lk = INF if kappa is None else log_of(kappa)
+    return _ser(lk, lAs, lAs), _ser(lk, lAs, lSs), _ser(lk, lSs, lSs)
 
 
 def _bond(record: Any, inputs: list[Triple]) -> Triple:
     sem = record.semantics
-    c = record.lipschitz
-    As = sum(series(cj, t.A) for cj, t in zip(c, inputs))
-    Ss = sum(series(cj, t.S) for cj, t in zip(c, inputs))
-    raw_A, raw_S = sum(t.A for t in inputs), sum(t.S for t in inputs)
+    lc = [log_of(cj) for cj in record.lipschitz]
+    As = log_parallel(*(_ser(cj, t.lA) for cj, t in zip(lc, inputs)))
+    Ss = log_parallel(*(_ser(cj, t.lS) for cj, t in zip(lc, inputs)))
+    raw_A, raw_S = log_parallel(*(t.lA for t in inputs)), log_parallel(*(t.lS for t in inputs))
     ka, kb, kg = _second_order(sem.hessian if sem is not None else None, raw_A, raw_S)
-    out = Triple(A=As, S=Ss,
-                 alpha=ka + sum(series(cj, t.alpha) for cj, t in zip(c, inputs)),
-                 beta=kb + sum(series(cj, t.beta) for cj, t in zip(c, inputs)),
-                 gamma=kg + sum(series(cj, t.gamma) for cj, t in zip(c, inputs)))
+    out = Triple(lA=As, lS=Ss,
+                 l_alpha=log_parallel(ka, *(_ser(cj, t.l_alpha) for cj, t in zip(lc, inputs))),
+                 l_beta=log_parallel(kb, *(_ser(cj, t.l_beta) for cj, t in zip(lc, inputs))),
+                 l_gamma=log_parallel(kg, *(_ser(cj, t.l_gamma) for cj, t in zip(lc, inputs))))
     out.blocker = next((t.blocker for t in inputs if t.blocker is not None), None)
-    if out.blocker is None and (sem is None or sem.hessian is None) and (raw_A > 0 or raw_S > 0):
+    if out.blocker is None and (sem is None or sem.hessian is None) and (raw_A > _ZERO or raw_S > _ZERO):
         out.blocker = record
     if out.blocker is None and sem is not None and sem.kind == "unknown":
         # An unmodelled op (an LSTM) may hold weights of its own and curvature modnorm knows nothing of: what
@@ -103,29 +128,31 @@ def _atom(record: Any, inputs: list[Triple], target: float, profile: str) -> Tri
     x = inputs[0] if inputs else Triple()
     source = record.inputs[0].bounds if record.inputs else None
     discrete = source is None or source.discrete
-    N = record.lipschitz[0] if record.lipschitz else 0.0
-    R = 1.0 if discrete or profile == "modula" else source.upper  # an embedding reads a one-hot
-    out = Triple(A=series(target, R) + series(N, x.A), S=series(N, x.S),
-                 alpha=series(2 * target, x.A) + series(N, x.alpha),
-                 beta=series(target, x.S) + series(N, x.beta), gamma=series(N, x.gamma), blocker=x.blocker)
-    return out
+    N = log_of(record.lipschitz[0] if record.lipschitz else 0.0)
+    R = 0.0 if discrete or profile == "modula" else log_of(source.upper)  # an embedding reads a one-hot (R = 1)
+    t, two_t = log_of(target), log_of(2 * target)
+    return Triple(lA=log_parallel(_ser(t, R), _ser(N, x.lA)), lS=_ser(N, x.lS),
+                  l_alpha=log_parallel(_ser(two_t, x.lA), _ser(N, x.l_alpha)),
+                  l_beta=log_parallel(_ser(t, x.lS), _ser(N, x.l_beta)), l_gamma=_ser(N, x.l_gamma),
+                  blocker=x.blocker)
 
 
 def _normalization(record: Any, inputs: list[Triple], target: float, profile: str) -> Triple:
     x = inputs[0]
     sem = record.semantics
-    c = record.lipschitz[0] if record.lipschitz else INF
+    c = log_of(record.lipschitz[0] if record.lipschitz else INF)
     floor = 1.0 if profile == "modula" else sem.info.get("floor", 0.0)
     inv_r = 1 / floor if floor > 0 else INF
     gain_input = 1.0  # ||n(x)||: 1 per fiber, up to sqrt(N) for a normalizer coupling N positions
     if profile != "modula":
         inv_r, gain_input = sem.info.get("n_lipschitz", inv_r), sem.info.get("gain_input", 1.0)
-    ka, kb, kg = _second_order(sem.hessian, x.A, x.S)
-    out = Triple(A=series(target, gain_input) + series(c, x.A), S=series(c, x.S),
-                 alpha=series(2 * target, series(inv_r, x.A)) + ka + series(c, x.alpha),
-                 beta=series(target, series(inv_r, x.S)) + kb + series(c, x.beta),
-                 gamma=kg + series(c, x.gamma), blocker=x.blocker)
-    if out.blocker is None and sem.hessian is None and (x.A > 0 or x.S > 0):
+    ka, kb, kg = _second_order(sem.hessian, x.lA, x.lS)
+    t, two_t, li = log_of(target), log_of(2 * target), log_of(inv_r)
+    out = Triple(lA=log_parallel(_ser(t, log_of(gain_input)), _ser(c, x.lA)), lS=_ser(c, x.lS),
+                 l_alpha=log_parallel(_ser(two_t, li, x.lA), ka, _ser(c, x.l_alpha)),
+                 l_beta=log_parallel(_ser(t, li, x.lS), kb, _ser(c, x.l_beta)),
+                 l_gamma=log_parallel(kg, _ser(c, x.l_gamma)), blocker=x.blocker)
+    if out.blocker is None and sem.hessian is None and (x.lA > _ZERO or x.lS > _ZERO):
         out.blocker = record
     return out
 
@@ -159,14 +186,14 @@ def submodule(records: list[Any], layers: Iterable[Layer], prefix: str, profile:
     for r in reversed(inside):
         for i, d in zip(r.inputs, r.design):
             if id(i) in ids:
-                down[id(i)] += series(down[id(r)], d)
+                down[id(i)] += 0.0 if down[id(r)] == 0 or d == 0 else down[id(r)] * d
     masses = {layer.op: layer.mass for layer in layers}
     total = sum(masses.get(r.node.name, 0.0) for r in inside if r.kind == "atom")
     if total <= 0:
         return None
     targets = {r.node.name: (masses.get(r.node.name, 0.0) / total) / down[id(r)]
                for r in inside if r.kind == "atom" and down[id(r)] > 0}
-    triples = _propagate(inside, targets, profile, outside=lambda i: Triple(S=0.0 if i.bounds.discrete else 1.0))
+    triples = _propagate(inside, targets, profile, outside=lambda i: Triple.of(S=0.0 if i.bounds.discrete else 1.0))
     return _sum([triples[id(r)] for r in inside if id(r) in exits])
 
 
@@ -175,7 +202,7 @@ def _propagate(records: list[Any], targets: dict[str, float], profile: str, outs
     for record in records:
         inputs = [triples[id(i)] if id(i) in triples else outside(i) for i in record.inputs]
         if record.kind == "input":
-            triples[id(record)] = Triple(S=0.0 if record.bounds.discrete else 1.0)
+            triples[id(record)] = Triple.of(S=0.0 if record.bounds.discrete else 1.0)
         elif record.kind == "output":
             triples[id(record)] = _sum(inputs)
         elif record.kind == "atom" and "normalization" in record.semantics.tags:
@@ -192,8 +219,9 @@ def _propagate(records: list[Any], targets: dict[str, float], profile: str, outs
 
 
 def _sum(parts: list[Triple]) -> Triple:
-    out = Triple(A=sum(t.A for t in parts), S=sum(t.S for t in parts), alpha=sum(t.alpha for t in parts),
-                 beta=sum(t.beta for t in parts), gamma=sum(t.gamma for t in parts))
+    out = Triple(lA=log_parallel(*(t.lA for t in parts)), lS=log_parallel(*(t.lS for t in parts)),
+                 l_alpha=log_parallel(*(t.l_alpha for t in parts)), l_beta=log_parallel(*(t.l_beta for t in parts)),
+                 l_gamma=log_parallel(*(t.l_gamma for t in parts)))
     out.blocker = next((t.blocker for t in parts if t.blocker is not None), None)
     return out
 

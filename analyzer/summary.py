@@ -73,13 +73,16 @@ def sharpness_of(records: list[Record], triples: dict, ctx: Context) -> tuple[Sh
         reason = f"{blocker.semantics.label or blocker.target if blocker.semantics else blocker.target}{where}: {why}"
     elif not t.certified:
         reason = "a first-order constant on the way is unbounded"
-    sharp = Sharpness(t.alpha, t.beta, t.gamma, t.A, t.certified, reason, ctx.options.profile == "modula")
+    sharp = Sharpness(t.alpha, t.beta, t.gamma, t.A, t.certified, reason, ctx.options.profile == "modula",
+                      t.log10("alpha"), t.log10("beta"), t.log10("gamma"), t.log10("A"))
     width = output_width(output)
     upper = sum(i.bounds.upper for i in output.inputs)
     sigma, tau, norm = sharpness.loss_constants(ctx.options.loss, width, upper)
-    lipschitz = series(sigma, t.alpha) + series(tau, t.A * t.A) if t.certified else math.inf
-    step = 1 / lipschitz if lipschitz > 0 else math.inf
-    return sharp, LossBound(ctx.options.loss, sigma, tau, norm, lipschitz, step)
+    log_l = (log_parallel(log_series(log_of(sigma), t.l_alpha), log_series(log_of(tau), 2 * t.lA))
+             if t.certified else math.inf)  # σα + τA², in logs
+    lipschitz = exp_of(log_l)
+    step = exp_of(-log_l) if log_l > -math.inf else math.inf
+    return sharp, LossBound(ctx.options.loss, sigma, tau, norm, lipschitz, step, log10_of(log_l))
 
 
 def block_sharpness_of(records: list[Record], layers: list[Layer], ctx: Context) -> tuple[BlockSharpness, ...]:
