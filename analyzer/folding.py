@@ -12,7 +12,7 @@ from torch import nn
 
 from . import buffers
 
-__all__ = ["abs_bound", "sign_of", "fold_real_constants"]
+__all__ = ["abs_bound", "sign_of", "scalar_value", "fold_real_constants"]
 
 
 _BOUNDED = {"cos": 1.0, "sin": 1.0, "tanh": 1.0, "sigmoid": 1.0, "softmax": 1.0}
@@ -70,6 +70,93 @@ def abs_bound(arg: Any, weights: Any, depth: int = 0) -> float | None:
             abs_bound(arg.args[0], weights, depth + 1)]
         return None if any(p is None for p in parts) else math.prod(parts)
     return None
+
+
+def scalar_value(arg: Any, weights: Any, depth: int = 0) -> float | None:
+    """The one value of a constant tensor whose entries are all equal (a 0-d buffer, `torch.tensor(c, dtype=...)`,
+    a full tensor), as its dtype holds it: known on the CPU, recovered on meta (buffers.py) or written by a constant
+    init law. None when unknown, when the entries differ (a per-channel gain), or for a parameter (trained: a gain
+    atom, not a constant). `weights` is a WeightStore, or the bare model when no store exists yet (patterns.py)."""
+    if isinstance(arg, bool):
+        return None
+    if isinstance(arg, (int, float)):
+        return float(arg)
+    if isinstance(arg, torch.Tensor):
+        return None if arg.is_meta else _one_value(arg)
+    if not isinstance(arg, fx.Node) or depth > 24:
+        return None
+    if arg.op == "get_attr":
+        return _stored_scalar(str(arg.target), weights)
+    value = arg.meta.get("value")
+    if not isinstance(value, torch.Tensor) or arg.op not in ("call_function", "call_method"):
+        return None
+    if not value.is_meta:
+        return _one_value(value)
+    name = _op_name(arg)
+    if name == "tensor" and arg.args and isinstance(arg.args[0], (int, float)) and not isinstance(arg.args[0], bool):
+        return _rounded(float(arg.args[0]), value.dtype)  # `torch.tensor(d ** 0.5, dtype=x.dtype)`
+    if name in _PASSTHROUGH and arg.args:  # every entry is an entry of the input, cast to this dtype
+        inner = scalar_value(arg.args[0], weights, depth + 1)
+        return None if inner is None else _rounded(inner, value.dtype)
+    return None
+
+
+def _op_name(node: fx.Node) -> str:
+    target = node.target
+    if isinstance(target, str):
+        return target
+    if isinstance(target, torch._ops.OpOverload):
+        return target.overloadpacket.__name__
+    return getattr(target, "__name__", "")
+
+
+def _stored_scalar(name: str, weights: Any) -> float | None:
+    root = weights if isinstance(weights, nn.Module) else getattr(weights, "root", None)
+    if root is None or _is_parameter(root, name):
+        return None
+    tensor = _stored(weights, name)
+    if not isinstance(tensor, torch.Tensor) or not tensor.numel():
+        return None
+    if not tensor.is_meta:
+        return _one_value(tensor)
+    laws = {} if isinstance(weights, nn.Module) else getattr(weights, "laws", {})
+    law = laws.get(name)  # `torch.tensor(c)`, `fill_(c)` recorded while the model was built on meta
+    return _rounded(law.mean, tensor.dtype) if law is not None and law.kind == "constant" else None
+
+
+def _stored(weights: Any, name: str) -> Any:
+    """The tensor `name` through the store, or read off the bare model (a meta buffer recovered from its init)."""
+    if not isinstance(weights, nn.Module):
+        return weights.tensor(name)
+    owner, _, attr = name.rpartition(".")
+    try:
+        tensor = getattr(weights.get_submodule(owner), attr, None)
+    except AttributeError:
+        return None
+    if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+        return buffers.recover(weights, name)
+    return tensor
+
+
+def _is_parameter(root: nn.Module, name: str) -> bool:
+    owner, _, attr = name.rpartition(".")
+    try:
+        return attr in root.get_submodule(owner)._parameters
+    except AttributeError:
+        return False
+
+
+def _one_value(tensor: torch.Tensor) -> float | None:
+    if not tensor.numel() or tensor.is_complex():
+        return None
+    flat = tensor.detach().reshape(-1)
+    return float(flat[0]) if bool((flat == flat[0]).all()) else None  # NaN differs from itself: None
+
+
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    """value as a tensor of dtype holds it (bfloat16 holds 1/3 as 0.33398): the factor the product really applies,
+    which can be a hair above the number written, so the scale stays an upper bound."""
+    return float(torch.tensor(value, dtype=torch.float64).to(dtype))
 
 
 _POSITIVE = {"exp", "sigmoid", "softmax", "relu", "softplus", "abs", "square"}

@@ -22,7 +22,9 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-__all__ = ["Fused", "find_patterns"]
+from . import folding
+
+__all__ = ["Fused", "find_patterns", "scaled_atom_scale"]
 
 
 @dataclass
@@ -444,6 +446,7 @@ def _match_scaled_atom(node: fx.Node, root: torch.nn.Module) -> Fused | None:
         if not _is(user, *_SCALE_OPS):
             break
         c = _constant_factor(user, current)
+        c = c if c is not None else _scalar_tensor_factor(user, current, root)  # a number, or a tensor node
         if c is None:
             break
         chain.append((user, c))
@@ -462,9 +465,67 @@ def _match_scaled_atom(node: fx.Node, root: torch.nn.Module) -> Fused | None:
     if not kept:
         return None
     for _, c in kept:
-        factor *= c
+        factor *= c if not isinstance(c, fx.Node) else 1.0
+    tensors = tuple(c for _, c in kept if isinstance(c, fx.Node))
     last = kept[-1][0]
-    return Fused("scaled_atom", last, [], {node} | {n for n, _ in kept}, {"atom": node, "scale": factor})
+    return Fused("scaled_atom", last, [], {node} | {n for n, _ in kept},
+                 {"atom": node, "scale": factor, "tensor_factors": tensors})
+
+
+def _scalar_tensor_factor(node: fx.Node, data: fx.Node, root: torch.nn.Module) -> fx.Node | None:
+    """m of `data * m` when m is a constant tensor holding one value (Gemma's `emb(ids) * self.embed_scale.to(dt)`):
+    a scalar multiplier like a number, its value read when the atom is evaluated (scaled_atom_scale), where the
+    init laws are known. m has one entry, or its values, known now (CPU, or recovered on meta), are all equal; and
+    it does not broadcast the data to a larger shape. A per-channel constant or a parameter (a gain) is not one."""
+    if not _is(node, "mul") or len(node.args) != 2 or node.kwargs:
+        return None
+    others = [a for a in node.args if a is not data]
+    m = others[0] if len(others) == 1 else None
+    if not isinstance(m, fx.Node) or not _is_constant_tensor(m, root):
+        return None
+    value, out, x = (n.meta.get("value") for n in (m, node, data))
+    if not all(isinstance(v, torch.Tensor) for v in (value, out, x)) or out.shape != x.shape:
+        return None
+    return m if value.numel() == 1 or folding.scalar_value(m, root) is not None else None
+
+
+def _is_constant_tensor(node: fx.Node, root: torch.nn.Module) -> bool:
+    """Made from buffers and constants only: no input, no parameter, no module call. A cast reads only its first
+    argument's values (`scale.type_as(x)` takes x's dtype, not its data)."""
+    seen, todo = set(), [node]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.op == "get_attr":
+            owner, _, attr = str(current.target).rpartition(".")
+            if attr in getattr(_submodule(root, owner), "_parameters", {}):
+                return False
+            continue
+        if current.op not in ("call_function", "call_method") or len(seen) > 64:
+            return False
+        todo.extend([current.args[0]] if _is(current, *_CASTS) and isinstance(current.args[0], fx.Node)
+                    else current.all_input_nodes)
+    return True
+
+
+def _submodule(root: torch.nn.Module, path: str) -> torch.nn.Module | None:
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def scaled_atom_scale(fused: Fused, weights: Any) -> float:
+    """The multiplier of a scaled atom: its numbers times each scalar tensor's value (folding.scalar_value, exact
+    as the tensor's dtype holds it), else an upper bound on its |c| (folding.abs_bound), else unbounded."""
+    scale = fused.info["scale"]
+    for m in fused.info.get("tensor_factors", ()):
+        c = folding.scalar_value(m, weights)
+        c = c if c is not None else folding.abs_bound(m, weights)
+        scale = scale * c if c is not None else math.inf
+    return scale
 
 
 def _self_contained(match: Fused) -> bool:
