@@ -195,8 +195,22 @@ def _conv_atom(op: OpView, weight: str, bias: str | None, groups: int) -> Semant
     kind = atoms.Conv.kind_of(shape)
     atom = AtomSpec(kind, weight, shape, norm, origin, op.scale, tuple(p for p in (weight, bias) if p), bias_rms,
                     factor=geometry.factor, groups=groups)
-    return linear(Semantics("atom", (norm,), "Conv: |c| k^2 sqrt(in/out) max_ij ||W_ij||_*", atom=atom, fdim=1,
-                     upper=norm * op.bounds[0].upper + bias_rms, label=kind))
+    spread, radius = _channel_view(op)
+    info = {"input_radius": radius} if spread != 1.0 else {}
+    return linear(Semantics("atom", (norm * spread,), "Conv: |c| k^2 sqrt(in/out) max_ij ||W_ij||_*", atom=atom,
+                            fdim=1, upper=norm * radius + bias_rms, label=kind, info=info))
+
+
+def _channel_view(op: OpView) -> tuple[float, float]:
+    """(factor, RMS bound) of the conv input in channel units (axis 1). A convolution's norm is stated for inputs
+    measured over their channels; an input whose feature axis is another one (a 3-D network input, whose convention
+    is features last) bounds a channel vector only through its largest entry: sqrt(F) x its RMS for a
+    perturbation, its sup bound for the value."""
+    shape, bound = op.in_shape(0), op.bounds[0]
+    if not shape or bound.fdim is None or bound.fdim % len(shape) == 1:
+        return 1.0, bound.upper
+    width = shape[bound.fdim % len(shape)]
+    return math.sqrt(width), sup_bound(bound, width)
 
 
 @register(nn.Conv1d, nn.Conv2d)

@@ -362,8 +362,9 @@ class Analysis:
         S_down · R · ||Δw||): 1 for an embedding's one-hot rows, a normalizer's normalised input for its gain (1 per
         fiber, sqrt(N) when its groups couple N positions), the upper bound of the atom's input otherwise."""
         op = self.op(layer.op)
-        if "gain_input" in op.info:
-            return float(op.info["gain_input"])
+        for key in ("gain_input", "input_radius"):  # a normalizer's n(x); a conv input seen over its channels
+            if key in op.info:
+                return float(op.info[key])
         if layer.kind == "Embedding" or not op.inputs:
             return 1.0
         return self.op(op.inputs[0]).upper

@@ -129,7 +129,8 @@ def _atom(record: Any, inputs: list[Triple], target: float, profile: str) -> Tri
     source = record.inputs[0].bounds if record.inputs else None
     discrete = source is None or source.discrete
     N = log_of(record.lipschitz[0] if record.lipschitz else 0.0)
-    R = 0.0 if discrete or profile == "modula" else log_of(source.upper)  # an embedding reads a one-hot (R = 1)
+    radius = record.semantics.info.get("input_radius", source.upper) if not discrete else 1.0
+    R = 0.0 if discrete or profile == "modula" else log_of(radius)  # an embedding reads a one-hot (R = 1)
     t, two_t = log_of(target), log_of(2 * target)
     return Triple(lA=log_parallel(_ser(t, R), _ser(N, x.lA)), lS=_ser(N, x.lS),
                   l_alpha=log_parallel(_ser(two_t, x.lA), _ser(N, x.l_alpha)),

@@ -116,9 +116,10 @@ ROWS = [
     pytest.param(lambda: _case("attention with an additive bias computed from the input", _attention_with_bias,
                                (1, 6, 8), qkv=fc(8, 24, bias=False)),
                  id="attention-bias-from-input"),  # the bias is now an input of the fused attention
-    pytest.param(lambda: _case("Conv1d on (B, C, L)", lambda s, x: s.conv(x), (1, 8, 32), conv=nn.Conv1d(8, 8, 3)),
-                 id="conv1d-feature-axis"),  # found only intermittently today (1.78 > 1.65 in one search): no
-    # strict mark until the search finds it every time; the feature-axis convention conflict is real (issue 15)
+    pytest.param(lambda: _case("Conv1d on (B, C, L)", lambda s, x: s.conv(x), (1, 8, 32), ("conv.weight",),
+                               conv=nn.Conv1d(8, 8, 3)),
+                 id="conv1d-feature-axis"),  # a 3-D input is measured over its last axis (L), the conv over
+    # channels: its constant and weight radius carry sqrt(L) (found 1.78 > 1.65 before; test_conv_input_* below)
     pytest.param(lambda: _case("fc(x.transpose(1, 2)) (token mixing)",
                                lambda s, x: s.fc(x.transpose(1, 2)).transpose(1, 2), (1, 64, 16), ("fc.weight",),
                                fc=fc(64)),
@@ -169,3 +170,21 @@ def test_softplus_curvature_reads_beta() -> None:
     measured = float(rms_max(second))
     sharpness = modnorm.analyze(model, x).network.sharpness
     assert measured <= sharpness.gamma * (1 + 1e-6), (measured, sharpness.gamma)
+
+
+def test_conv_input_measured_over_positions_is_converted_to_channels() -> None:
+    """A Conv1d reading a 3-D network input (features-last convention: the norm is the RMS over L, max over
+    channels). The input x[c, l0] = sqrt(L) for every c, 0 elsewhere, has norm 1 but a channel vector of RMS
+    sqrt(L) at l0; a 1x1 conv with W = I maps it to itself, so the output (measured over channels) has norm
+    sqrt(L): the certified constant must be at least that (it was 1, the conv's norm in channel units)."""
+    channels, length = 8, 32
+    conv = nn.Conv1d(channels, channels, 1, bias=False).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(channels).unsqueeze(-1))
+    x = torch.zeros(1, channels, length, dtype=torch.float64)
+    x[0, :, 5] = math.sqrt(length)
+    assert float(rms_max(x, -1)) == pytest.approx(1.0)
+    measured = float(rms_max(conv(x), 1)) / float(rms_max(x, -1))
+    assert measured == pytest.approx(math.sqrt(length))
+    bound = modnorm.analyze(nn.Sequential(conv), x, profile="certified").network.sensitivity
+    assert measured <= bound * (1 + 1e-9), (measured, bound)
