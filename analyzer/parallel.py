@@ -1,12 +1,14 @@
 """Independent analyses in worker processes (`--jobs N`): sweep grid points and the models of one `check` call.
 
 Workers are forked from a fork server that imported torch and modnorm but never ran a torch op: forking a process
-whose OpenMP pool exists hangs the child at its first parallel op (measured: torch 2.13, libgomp), and a worker
-limited to one thread computes with a different summation order, so its floats differ from the serial run's in
-the last digits (measured: 1.00000095 vs 1.00000097 on clean_mlp). Workers keep the parent's thread count and
-return results in input order, so the output is byte-identical to the serial run. The CLI calls `start` before
-it imports torch itself, so the server's imports overlap the parent's. A bad input in a worker is re-raised in
-the parent as the same one-paragraph error.
+whose OpenMP pool exists hangs the child at its first parallel op (measured: torch 2.13, libgomp). A worker with
+another thread count than the serial run can compute other floats (clean_mlp's orthogonal init differs in the
+9th digit), so workers keep the parent's count: one in the CLI, whose checks run in one thread (worker.py), so
+two workers use the 2 cores without oversubscribing them. Results come back in input order, so the output is
+byte-identical to the serial run. Items are started largest first when their costs are known (a sweep's last grid
+points are its largest models: started last, one of them ran alone at the end). The CLI calls `start` before it
+imports torch itself, so the server's imports overlap the parent's. A bad input in a worker is re-raised in the
+parent as the same one-paragraph error.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from .errors import ModnormError
 __all__ = ["run_all", "start"]
 
 
-# What a check imports, lazily or not (python -X importtime): preloaded once in the server, not in every worker
-# (torch.export alone is ~1 s idle).
-_PRELOAD = ["torch", "torch.export", "torch._inductor.sizevars", "modnorm.check", "modnorm.calculus",
-            "modnorm.tracing", "modnorm.sweep", "modnorm.loading", "modnorm.weights", "modnorm.oplog",
-            "modnorm.module_only", "modnorm.suppression", "modnorm.hf", "modnorm.rules"]
+# What a check imports, lazily or not (python -X importtime, sys.modules after a first grid point): preloaded once
+# in the server, not in every worker (torch.export alone is ~1 s idle; the lazy rest cost a first point ~0.5 s).
+_PRELOAD = ["torch", "torch.export", "torch.export._trace", "torch._dynamo", "torch._inductor.sizevars",
+            "modnorm.check", "modnorm.calculus", "modnorm.tracing", "modnorm.routes", "modnorm.sweep",
+            "modnorm.loading", "modnorm.weights", "modnorm.oplog", "modnorm.module_only", "modnorm.suppression",
+            "modnorm.hf", "modnorm.rules", "modnorm.report"]
 
 
 def _context() -> Any:
@@ -57,8 +60,10 @@ def _call(function: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any
 
 
 def run_all(function: Callable[..., Any], items: Sequence[tuple[Any, ...]], jobs: int,
-            description: str = "analysing", unit: str = "models") -> list[Any]:
-    """[function(*item) for item in items], in up to `jobs` processes, with a progress bar (progress.py)."""
+            description: str = "analysing", unit: str = "models",
+            costs: Sequence[float] | None = None) -> list[Any]:
+    """[function(*item) for item in items], in up to `jobs` processes, with a progress bar (progress.py).
+    `costs` (one per item, any scale) only orders the work: the costliest items start first."""
     from .progress import meter
 
     jobs = max(1, min(jobs, len(items)))
@@ -74,7 +79,8 @@ def run_all(function: Callable[..., Any], items: Sequence[tuple[Any, ...]], jobs
 
         with ProcessPoolExecutor(max_workers=jobs, mp_context=_context(), initializer=_start_worker,
                                  initargs=(torch.get_num_threads(),)) as pool:
-            futures = {pool.submit(_call, function, item): index for index, item in enumerate(items)}
+            futures = {pool.submit(_call, function, items[index]): index
+                       for index in _largest_first(costs, len(items))}
             for future in as_completed(futures):
                 outcomes[futures[future]] = future.result()
                 bar.advance()
@@ -82,3 +88,11 @@ def run_all(function: Callable[..., Any], items: Sequence[tuple[Any, ...]], jobs
         if status == "error":
             raise ModnormError(*value)
     return [value for _, value in outcomes]
+
+
+def _largest_first(costs: Sequence[float] | None, count: int) -> list[int]:
+    """Item indices, costliest first (ties and unknown costs in input order): the longest-first schedule keeps
+    the last item from running alone while the other workers idle."""
+    if costs is None:
+        return list(range(count))
+    return sorted(range(count), key=lambda index: -costs[index])

@@ -15,10 +15,16 @@ In a child, each of these becomes one paragraph and exit 2, naming the file and 
 * the child's stdout is redirected to stderr: the model's prints never reach a machine-readable report.
 
 On Linux the child is forked (no re-import: the CLI's process has not imported torch yet, so the child pays for
-torch exactly as the CLI did before). A parent that already ran torch's OpenMP pool (a test suite) gives its
-child one intra-op thread, because libgomp's pool does not survive a fork (a parallel op would hang). Elsewhere
-the child is spawned and the job pickled by reference. `MODNORM_WORKER=inline` runs the job in the calling
-process (for a debugger); SystemExit and stray stdout are still caught there, hangs and `os._exit` are not.
+torch exactly as the CLI did before). Elsewhere the child is spawned and the job pickled by reference.
+`MODNORM_WORKER=inline` runs the job in the calling process (for a debugger); SystemExit and stray stdout are
+still caught there, hangs and `os._exit` are not.
+
+The job runs with one torch intra-op thread, inline or not. Two OpenMP threads on 2 cores collapse when other
+processes compete (issue 21, load ~2: the floors' per-node statistics of ResNet-50 took 11 s of a 41 s check,
+and 1 thread ran them 3-6x faster than 2); `--jobs 2` workers would run 4 threads on 2 cores; libgomp's pool
+does not survive a fork (a child of a parent that ran torch ops would hang); and a model's build can depend on
+the thread count (clean_mlp's orthogonal init: floats differ in the 9th digit), so one fixed count makes the
+report the same on every machine and under `--jobs` (parallel.py).
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ def run_isolated(job: Callable[..., Any], *args: Any, target: str, timeout: floa
 
     `target` is the model file the job runs (named in the errors about exits, hangs and crashes)."""
     if os.environ.get("MODNORM_WORKER", "").lower() == "inline":
-        with _stdout_to_stderr():
+        with _stdout_to_stderr(), _one_thread():
             return _guarded(job, args, kwargs, target)
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     receiver, sender = context.Pipe(duplex=False)
@@ -66,8 +72,7 @@ def run_isolated(job: Callable[..., Any], *args: Any, target: str, timeout: floa
         for stream in (sys.stdout, sys.stderr):  # else buffered text would be written twice, by both processes
             with contextlib.suppress(Exception):
                 stream.flush()
-        child = context.Process(target=_child, args=(sender, stack_file.name, "torch" in sys.modules,
-                                                     job, args, kwargs, target))
+        child = context.Process(target=_child, args=(sender, stack_file.name, job, args, kwargs, target))
         child.start()
         sender.close()
         try:
@@ -139,16 +144,15 @@ def _resolved(path: str) -> str:
         return path
 
 
-def _child(sender: Any, stack_path: str, parent_ran_torch: bool, job: Callable[..., Any], args: tuple,
-           kwargs: dict, target: str) -> None:
+def _child(sender: Any, stack_path: str, job: Callable[..., Any], args: tuple, kwargs: dict,
+           target: str) -> None:
     stack = open(stack_path, "w")  # noqa: SIM115 - faulthandler keeps writing to it until the process ends
     faulthandler.enable(file=stack)  # a segfault or abort leaves the stack for the parent to read
     faulthandler.register(signal.SIGUSR1, file=stack, all_threads=False)  # the parent's timeout asks for it
     _forget_inherited_fork_server()
-    if parent_ran_torch:
-        import torch
+    import torch
 
-        torch.set_num_threads(1)  # libgomp's thread pool does not survive fork: a parallel op would hang
+    torch.set_num_threads(1)  # module docstring: one thread
     with _stdout_to_stderr(), _exits_as_errors(target):
         try:
             message: tuple[str, Any] = ("ok", _guarded(job, args, kwargs, target))
@@ -202,6 +206,19 @@ def _guarded(job: Callable[..., Any], args: tuple, kwargs: dict, target: str) ->
         from .errors import internal_error
 
         raise internal_error(exc) from None
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """The inline job in one torch thread, as in the child (module docstring); the caller's count restored."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

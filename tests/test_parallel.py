@@ -46,6 +46,29 @@ def test_a_bad_grid_point_in_a_worker_is_the_same_clear_error(tmp_path):
     assert outcomes[0].stderr == outcomes[1].stderr
 
 
+def test_costliest_items_start_first_and_results_keep_input_order():
+    from modnorm.parallel import _largest_first, run_all
+
+    assert _largest_first([1.0, 4.0, 2.0, 4.0], 4) == [1, 3, 2, 0]  # ties in input order
+    assert _largest_first(None, 3) == [0, 1, 2]
+    assert run_all(pow, [(2, 1), (2, 5), (2, 3)], jobs=2, costs=[1, 5, 3]) == [2, 32, 8]
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_check_job_runs_in_one_thread_and_the_callers_count_is_kept(monkeypatch, inline):
+    from modnorm.worker import run_isolated
+
+    if inline:
+        monkeypatch.setenv("MODNORM_WORKER", "inline")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert run_isolated(torch.get_num_threads, target=str(ROOT / "fixtures/deep_mlp.py")) == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_jobs_must_be_positive():
     result = runner.invoke(app, ["check", str(ROOT / "fixtures/deep_mlp.py"), "--jobs", "0"])
     assert result.exit_code == 2 and "Traceback" not in result.output
