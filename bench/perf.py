@@ -2,8 +2,8 @@
 
 Every figure is a ratio measured in one run (the machine is shared; `uptime` is printed beside each section):
   weights     measured-weight analysis (CPU build, real weights) of the vision fixtures and tiny transformers
-              configs, against the same process's import + build floor; quiet, then with two CPU-bound torch
-              processes beside it, and the slowdown factor
+              configs, run as the CLI runs it, against the same process's import + build floor; quiet, then
+              with two CPU-bound torch processes beside it, and the slowdown factor (and the in-process run)
   routes      op-log route vs fx route on a Llama-2-7B shape; 70B meta check vs its import+build+trace floor
   checkpoint  a synthetic Llama-2-layout bf16 sharded safetensors checkpoint (written under /tmp, never kept in the
               repository): `cat` of the shards vs `modnorm check --weights` (wall, peak RSS)
@@ -39,7 +39,9 @@ TINY_HF = {
             "max_position_embeddings=64, vocab_size=100, architectures=['BertModel'])",
 }
 
-# One child: import torch, build on CPU (the floor), then the whole measured-weight check in the same process.
+# One child: import torch, build on CPU (the floor), then the whole measured-weight check in the same process,
+# twice: as the CLI runs it (worker.run_isolated: a forked child, one torch thread) and in process with torch's
+# default threads (the Python API; what the CLI did before issue 21's one-thread change).
 WEIGHTS_CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -48,13 +50,18 @@ import_s = time.perf_counter() - t0
 from modnorm.loading import load
 from modnorm.check import check_model
 from modnorm.config import Settings
+from modnorm.worker import run_isolated
 target = sys.argv[1]
 t0 = time.perf_counter(); load(target, device="cpu"); build_s = time.perf_counter() - t0
 t0 = time.perf_counter(); load(target, device="cpu"); warm_build_s = time.perf_counter() - t0
-t0 = time.perf_counter(); check_model(target, Settings(device="cpu")); check_s = time.perf_counter() - t0
+t0 = time.perf_counter(); run_isolated(check_model, target, Settings(device="cpu"), target=target)
+cli_s = time.perf_counter() - t0
+t0 = time.perf_counter(); check_model(target, Settings(device="cpu")); api_s = time.perf_counter() - t0
 # The check loads (imports + builds) again, warm: its analysis is what it spends beyond a warm build. The cold
-# build (the floor) also pays first imports, e.g. transformers' modeling code for a config.json target.
-print(json.dumps({"import_s": import_s, "build_s": build_s, "analysis_s": max(check_s - warm_build_s, 0.0)}))
+# build (the floor) also pays first imports, e.g. transformers' modeling code for a config.json target. Both
+# runs pay the check's own first imports (the forked child's never reach this process).
+print(json.dumps({"import_s": import_s, "build_s": build_s, "analysis_s": max(cli_s - warm_build_s, 0.0),
+                  "api_analysis_s": max(api_s - warm_build_s, 0.0), "threads": torch.get_num_threads()}))
 """
 
 ROUTE_CHILD = r"""
@@ -104,7 +111,8 @@ def hf_targets(folder: Path) -> list[str]:
 
 def weights_section() -> list[str]:
     rows = ["| model | import+build floor s | analysis s (quiet) | analysis / floor | analysis s (2 burners) | "
-            "analysis / floor | slowdown | load |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+            "analysis / floor | slowdown | in process, torch threads: quiet s / burners s / slowdown | load |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     with tempfile.TemporaryDirectory() as tmp:
         targets = [str(ROOT / t) for t in VISION] + hf_targets(Path(tmp))
         for target in targets:
@@ -123,14 +131,20 @@ def weights_section() -> list[str]:
             if "error" in quiet or "error" in busy:
                 rows.append(f"| {name} | error: {quiet.get('error') or busy.get('error')} |")
             else:
-                floor_q, floor_b = quiet["import_s"] + quiet["build_s"], busy["import_s"] + busy["build_s"]
-                rows.append(f"| {name} | {floor_q:.2f} | {quiet['analysis_s']:.2f} | "
-                            f"{quiet['analysis_s'] / floor_q:.2f} | {busy['analysis_s']:.2f} | "
-                            f"{busy['analysis_s'] / floor_b:.2f} | "
-                            f"{busy['analysis_s'] / max(quiet['analysis_s'], 1e-9):.1f}x | "
-                            f"{quiet_load} / {busy_load} |")
+                rows.append(_weights_row(name, quiet, busy, f"{quiet_load} / {busy_load}"))
             print(rows[-1], flush=True)
     return rows
+
+
+def _weights_row(name: str, quiet: dict, busy: dict, load: str) -> str:
+    """The CLI's way (one thread, forked child) against the floor, quiet and beside the burners; then the
+    in-process run with torch's threads (the API, and the CLI before issue 21) for comparison."""
+    floor_q, floor_b = quiet["import_s"] + quiet["build_s"], busy["import_s"] + busy["build_s"]
+    cli_q, cli_b = quiet["analysis_s"], busy["analysis_s"]
+    api_q, api_b = quiet["api_analysis_s"], busy["api_analysis_s"]
+    return (f"| {name} | {floor_q:.2f} | {cli_q:.2f} | {cli_q / floor_q:.2f} | {cli_b:.2f} | {cli_b / floor_b:.2f} | "
+            f"{cli_b / max(cli_q, 1e-9):.1f}x | {api_q:.2f} / {api_b:.2f} / {api_b / max(api_q, 1e-9):.1f}x "
+            f"({quiet['threads']} threads) | {load} |")
 
 
 def routes_section() -> list[str]:
