@@ -47,6 +47,12 @@ Fast path (smaller side > 2048, or method="fast"): randomized block Lanczos with
     Rayleigh quotient are ~1e-7 in our tests and bench.
     Defaults: rtol = 0.01, δ = 1e-9, b = 16: 8192 × 28672 takes 20 block steps (~5 s on 2 cores).
 
+The max over a convolution's kernel positions (conv_kernel_norm)
+    is the max of the slices' brackets. eigvalsh runs on the slice that power steps rank first; a slice whose
+    upper is certified below the best lower so far by a Cholesky factorization of t·I − G (a quarter of eigvalsh's
+    work; `_below` states the proof) is skipped, since it changes none of the three maxima: the same bits as
+    eigvalsh on every slice, ~40% less time on 9 slices of 512 x 512 (issue 21, ResNet-50's 3x3 convolutions).
+
 Degenerate shapes (no eigensolver)
     A matrix with one row or one column has σ_max = its Euclidean norm (a 1 × 1 matrix: |w|). A depthwise or
     grouped convolution is tens of thousands of such slices; they are reduced in one vectorised float64 pass:
@@ -86,6 +92,7 @@ _EXACT_BATCH_BYTES = 1 << 29  # Gram matrices per chunk of a batched exact compu
 _VERIFY_ROWS = 32  # rows summed in float32 before float64 accumulation in the lower-bound check
 _GRAM_BLOCK_BYTES = 1 << 20  # rows of W per block of _gram_product: 1 MB stays in a core's L2 cache
 _MEMO_BYTES = 1 << 26  # tensors whose norms are remembered (module docstring: each tensor computed once)
+_SKIP_MIN_SIDE = 64  # conv stacks of smaller slices: eigvalsh on all costs less than the certificates
 
 
 @dataclass(frozen=True)
@@ -163,20 +170,30 @@ def _vector_brackets(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     return squares.sqrt(), (squares * (1 - gamma)).sqrt() * (1 - u), (squares * (1 + gamma)).sqrt() * (1 + u)
 
 
+def _gram_chunks(stack: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(float64 Gram matrices on the smaller side, squared Frobenius norms) of a stack, chunk by chunk."""
+    batch, rows, cols = stack.shape
+    per_chunk = max(1, _EXACT_BATCH_BYTES // (8 * (min(rows, cols) ** 2 + rows * cols)))
+    for start in range(0, batch, per_chunk):
+        # contiguous: a conv's slices are a strided view, and the Gram product of a dense copy is faster
+        w = stack[start:start + per_chunk].detach().to(torch.float64, memory_format=torch.contiguous_format)
+        yield (w @ w.transpose(1, 2) if rows <= cols else w.transpose(1, 2) @ w), w.square().sum((1, 2))
+
+
+def _margin(top: torch.Tensor, frob2: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """m = γ_N ‖W‖_F² (1 + γ) + n u |λ| (module docstring: exact path)."""
+    u = _unit(torch.float64)
+    return _gamma(max(rows, cols), u) * frob2 * (1 + _gamma(rows * cols, u)) + min(rows, cols) * u * top.abs()
+
+
 def _gram_brackets(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(value, lower, upper) of each matrix by float64 Gram eigvalsh, in chunks (module docstring: margin m)."""
-    batch, rows, cols = stack.shape
-    n, inner = min(rows, cols), max(rows, cols)
-    u = _unit(torch.float64)
-    per_chunk = max(1, _EXACT_BATCH_BYTES // (8 * (n * n + rows * cols)))
+    _, rows, cols = stack.shape
     parts = []
-    for start in range(0, batch, per_chunk):
-        w = stack[start:start + per_chunk].detach().to(torch.float64)
-        gram = w @ w.transpose(1, 2) if rows <= cols else w.transpose(1, 2) @ w
+    for gram, frob2 in _gram_chunks(stack):
         with _one_thread():
             top = torch.linalg.eigvalsh(gram)[:, -1]
-        frob2 = w.square().sum((1, 2))
-        margin = _gamma(inner, u) * frob2 * (1 + _gamma(rows * cols, u)) + n * u * top.abs()
+        margin = _margin(top, frob2, rows, cols)
         parts.append((top.clamp(min=0).sqrt(), (top - margin).clamp(min=0).sqrt(), (top.clamp(min=0) + margin).sqrt()))
     return tuple(torch.cat(column) for column in zip(*parts))  # type: ignore[return-value]
 
@@ -420,5 +437,73 @@ def _largest(stack: torch.Tensor) -> NormEstimate:
         top = max(estimates, key=lambda e: e.upper)
         return NormEstimate(max(e.value for e in estimates), max(e.lower for e in estimates), top.upper,
                             top.method, min(e.confidence for e in estimates))
+    if stack.shape[0] > 1 and min(stack.shape[1:]) >= _SKIP_MIN_SIDE:
+        with _one_thread():
+            _require_finite(stack)
+            return _largest_skipping(stack)
     (value, lower, upper), method = _stack_brackets(stack)
     return NormEstimate(float(value.max()), float(lower.max()), float(upper.max()), method)
+
+
+# ----------------------------------------------------------------------------------------------- conv: max of many
+def _largest_skipping(stack: torch.Tensor) -> NormEstimate:
+    """`_largest` of a stack of Gram-path matrices, bit for bit, with eigvalsh run only where it can matter: the
+    max of the brackets is the bracket of the slice with the largest λ, and a slice whose would-be upper is
+    certified below that slice's lower (`_below`: a Cholesky factorization, ~1/4 of eigvalsh's work) changes
+    none of the three maxima. Slices are visited largest first by a few power steps (an ordering only)."""
+    _, rows, cols = stack.shape
+    best = None  # (value, lower², lower, upper) maxima over the computed slices, lower² as _gram_brackets rounds it
+    for gram, frob2 in _gram_chunks(stack):
+        for index in _by_estimate(gram):
+            if best is not None and _below(gram[index], float(frob2[index]), rows, cols, best[1]):
+                continue
+            with _one_thread():
+                top = torch.linalg.eigvalsh(gram[index:index + 1])[:, -1]
+            margin = _margin(top, frob2[index:index + 1], rows, cols)
+            floor = (top - margin).clamp(min=0)
+            positive = top.clamp(min=0)
+            found = tuple(map(float, (positive.sqrt(), floor, floor.sqrt(), (positive + margin).sqrt())))
+            best = found if best is None else tuple(map(max, best, found))
+    value, _, lower, upper = best
+    return NormEstimate(value, lower, upper, "exact (float64 Gram eigvalsh)")
+
+
+def _by_estimate(gram: torch.Tensor, steps: int = 8) -> list[int]:
+    """Indices of a Gram stack, largest λ_max first by Rayleigh quotients after a few power steps."""
+    v = torch.ones(gram.shape[0], gram.shape[1], 1, dtype=gram.dtype)
+    for _ in range(steps):
+        v = gram @ v
+        v = v / v.norm(dim=1, keepdim=True).clamp(min=1e-300)
+    rayleigh = (v.transpose(1, 2) @ gram @ v).flatten()
+    return sorted(range(gram.shape[0]), key=lambda index: -float(rayleigh[index]))
+
+
+def _below(gram: torch.Tensor, frob2: float, rows: int, cols: int, target: float) -> bool:
+    """True when the upper² that _gram_brackets would round for this Gram matrix, fl(λ̂⁺ + m), is certified below
+    `target` (the best lower² so far: fl(√·) is monotone, so its upper ≤ that lower ≤ every maximum).
+
+    t·I − G factored by Cholesky: success gives R̂ᵀR̂ = A + ΔA, |ΔA| ≤ γ_{n+1}|R̂ᵀ||R̂| (Higham, Thm 10.3; we take
+    γ_{2n+2} for blocked LAPACK), so A + ΔA ⪰ 0 and λ_max(G) ≤ t + |rounding of A's diagonal| + γ‖R̂‖_F². eigvalsh
+    returns λ̂ ≤ λ_max(G) + n u ‖G‖₂ (the exact path's assumption), ‖G‖₂ ≤ ‖G‖_F; m is _margin's, with |λ̂| ≤
+    ‖G‖_F (1 + n u). G is the lower triangle mirrored, as eigvalsh and Cholesky both read it (a float64 Gram
+    product need not be exactly symmetric). Every sum is rounded up by a few u."""
+    if not target > 0:
+        return False
+    n, u = gram.shape[0], _unit(torch.float64)
+    t = target * (1 - 1e-6)
+    shifted = -gram
+    shifted.diagonal().add_(t)
+    with _one_thread():
+        factor, info = torch.linalg.cholesky_ex(shifted)
+    if int(info) != 0:
+        return False
+    up = 1 + 8 * u
+    factor2 = float(factor.square().sum()) * (1 + _gamma(n * n + 1, u)) * up
+    diagonal = float((t - gram.diagonal()).abs().max()) * up
+    lam = (t + u * diagonal + _gamma(2 * n + 2, u) * factor2) * up
+    # ‖·‖_F of the matrix both LAPACK calls read (the lower triangle, mirrored), diagonal counted twice: an upper bound
+    norm_f = math.sqrt(2 * float(gram.tril().square().sum()) * (1 + _gamma(n * n + 1, u))) * up
+    top = (lam + n * u * norm_f) * up
+    margin = (_gamma(max(rows, cols), u) * frob2 * (1 + _gamma(rows * cols, u)) + n * u * norm_f * (1 + 2 * n * u)) * up
+    return (max(top, 0.0) + margin) * up < target
+

@@ -182,3 +182,54 @@ def test_large_work_runs_in_one_thread_so_the_output_does_not_depend_on_load(mon
     before = torch.get_num_threads()
     norms.lanczos_spectral_norm(torch.randn(300, 400))
     assert seen == [1] and torch.get_num_threads() == before
+
+
+# ---------------------------------------------------------------------- conv stacks: eigvalsh only where it matters
+def _every_slice(stack):
+    """The max of the brackets with eigvalsh on every slice (the plain exact path)."""
+    import modnorm.norms as norms
+
+    (value, lower, upper), _ = norms._stack_brackets(stack)
+    return float(value.max()), float(lower.max()), float(upper.max())
+
+
+def _kernel(out, inp, positions, seed, spread=1.0):
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.linspace(1.0, spread, positions)[:, None, None]
+    return (torch.randn(positions, out, inp, generator=g) * scales / math.sqrt(inp)).permute(1, 2, 0)
+
+
+@pytest.mark.parametrize("slices", [
+    _kernel(96, 64, 9, 0), _kernel(64, 200, 9, 1), _kernel(128, 128, 4, 2, spread=1.0001),  # near ties
+    torch.randn(64, 64, 1, generator=torch.Generator().manual_seed(3)).expand(64, 64, 5).contiguous(),  # equal
+    torch.zeros(64, 64, 9),
+])
+def test_conv_norm_skipping_slices_gives_the_same_bits(slices):
+    estimate = conv_kernel_norm(slices.clone())  # a new tensor: not remembered from another test
+    assert (estimate.value, estimate.lower, estimate.upper) == _every_slice(slices.permute(2, 0, 1))
+
+
+def test_conv_norm_runs_eigvalsh_on_fewer_slices_when_one_dominates(monkeypatch):
+    import modnorm.norms as norms
+
+    calls = []
+    original = torch.linalg.eigvalsh
+    monkeypatch.setattr(torch.linalg, "eigvalsh", lambda g: calls.append(g.shape[0]) or original(g))
+    slices = _kernel(128, 96, 9, 4, spread=1.5)
+    estimate = conv_kernel_norm(slices)
+    assert sum(calls) < 9 and estimate.value == pytest.approx(max(exact(slices[:, :, p]) for p in range(9)), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_skipped_slice_would_have_an_upper_below_the_target(seed):
+    """_below's certificate against the quantity it bounds: the upper² the plain path rounds for that slice."""
+    import modnorm.norms as norms
+
+    w = torch.randn(1, 80, 120, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    gram, frob2 = next(norms._gram_chunks(w))
+    top = torch.linalg.eigvalsh(gram)[:, -1]
+    upper2 = float(top.clamp(min=0) + norms._margin(top, frob2, 80, 120))
+    for factor in (1.0 + 1e-3, 1.0 + 1e-5, 1.0 - 1e-9, 0.9):
+        if norms._below(gram[0], float(frob2[0]), 80, 120, upper2 * factor):
+            assert upper2 < upper2 * factor
+    assert norms._below(gram[0], float(frob2[0]), 80, 120, upper2 * 1.001)  # a certificate, not always "no"
