@@ -63,7 +63,8 @@ def test_a_check_job_runs_in_one_thread_and_the_callers_count_is_kept(monkeypatc
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert run_isolated(torch.get_num_threads, target=str(ROOT / "fixtures/deep_mlp.py")) == 1
+        model = str(ROOT / "fixtures/deep_mlp.py")
+        assert run_isolated(torch.get_num_threads, target=model) == 1
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
