@@ -8,7 +8,8 @@ an activation, a product of activations); as a whole they have tight, known cons
 - mean subtraction `x - x.mean(dim, keepdim=True)` (an orthogonal projection);
 - layer normalization written by hand: `(x - mean) / sqrt(var + eps)`;
 - attention written by hand: `softmax(q @ k.transpose(-2, -1) * c [+ mask]) @ v`;
-- a parameterised op followed by constant multipliers (`self.fc(x) * c`): one atom whose effective map has `c`.
+- a parameterised op followed by constant multipliers (`self.fc(x) * c`, or a constant tensor of one value:
+  Gemma's `emb(ids) * self.embed_scale.to(dtype)`): one atom whose effective map has `c`.
 """
 
 from __future__ import annotations
