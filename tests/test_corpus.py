@@ -37,13 +37,7 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 CASES = sorted(CORPUS.glob("*.py"))
 BLOCKING = ("warning", "error")
 
-XFAIL = {
-    "defect_resmlp_no_eps_shrinking_stream": ("measured, the stream does not shrink like 0.6^L at init: "
-                                              "x <- 0.5 x + 0.1 |f(x)| settles at input RMS ~0.17 (the floors "
-                                              "printed: 0.36, 0.23, 0.17, 0.16, ...), the same as Modula's GPT "
-                                              "before its final norm, so a floor-based MN601 warning would flag "
-                                              "clean designs too; the label's premise needs a rethink"),
-}
+XFAIL: dict[str, str] = {}  # case -> why modnorm gets it wrong today (empty: every label holds)
 
 
 @dataclass(frozen=True)

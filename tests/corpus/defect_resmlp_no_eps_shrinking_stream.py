@@ -1,6 +1,7 @@
-"""A ResMLP whose blocks shrink the stream, x <- 0.5 x + 0.1 f(x) (coefficients sum to 0.6), at depth 8, feeding
-an eps-free RMS division before the head: the division's input RMS falls like 0.6^L, and its sensitivity
-1/RMS grows without any floor.
+"""A ResMLP whose blocks shrink the stream, x <- 0.5 x + 0.1 |W x| (coefficients sum to 0.6, the branch reads the
+stream unnormalized), at depth 8, feeding an eps-free RMS division before the head: the division's input RMS falls
+like 0.6^L (about 0.02 at init, measured), so it amplifies perturbations about 50x already at init, and without
+eps nothing bounds it as the stream shrinks further.
 Defect: normalizer without eps fed by a shrinking stream -> MN601
 """
 
@@ -32,7 +33,7 @@ class ResMLP(nn.Module):
     def forward(self, x):
         x = self.inp(x) * self.s_inp
         for fc in self.hidden:
-            branch = torch.abs(fc(rms_divide(x)))
+            branch = torch.abs(fc(x))
             x = 0.5 * x + 0.1 * branch
         return self.out(rms_divide(x)) * self.s_out
 
