@@ -124,8 +124,7 @@ def coupling_of(op: OpView, normalized: tuple[int, ...], group_size: int,
     positions, spread = union / width, union / math.sqrt(group_size * width)
     if positions <= 1 and spread <= 1 + 1e-12:
         return None
-    return Coupling(positions, spread, fin == fout, whole_fibers=ndim - 1 in spanned - {fin, fout}
-                    or ndim - 1 in {a % ndim for a in normalized})
+    return Coupling(positions, spread, fin == fout, whole_fibers=ndim - 1 in {a % ndim for a in normalized})
 
 
 def _last_axes(op: OpView, normalized_shape: object) -> Coupling | None:
