@@ -4,8 +4,9 @@ Workers are forked from a fork server that imported torch and modnorm but never 
 whose OpenMP pool exists hangs the child at its first parallel op (measured: torch 2.13, libgomp). A worker with
 another thread count than the serial run can compute other floats (clean_mlp's orthogonal init differs in the
 9th digit), so workers keep the parent's count: one in the CLI, whose checks run in one thread (worker.py), so
-two workers use the 2 cores without oversubscribing them. Results come back in input order, so the output is
-byte-identical to the serial run. Items are started largest first when their costs are known (a sweep's last grid
+two workers use the 2 cores without oversubscribing them. The calling process is one of the `jobs` (it has torch
+imported and would otherwise wait). Results come back in input order, so the output is byte-identical to the
+serial run. Items are started largest first when their costs are known (a sweep's last grid
 points are its largest models: started last, one of them ran alone at the end). The CLI calls `start` before it
 imports torch itself, so the server's imports overlap the parent's. A bad input in a worker is re-raised in the
 parent as the same one-paragraph error.
@@ -14,7 +15,8 @@ parent as the same one-paragraph error.
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Sequence
 
 from .errors import ModnormError
@@ -74,20 +76,56 @@ def run_all(function: Callable[..., Any], items: Sequence[tuple[Any, ...]], jobs
                 results.append(function(*item))
                 bar.advance()
             return results
-        outcomes: list[Any] = [None] * len(items)
-        import torch
-
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=_context(), initializer=_start_worker,
-                                 initargs=(torch.get_num_threads(),)) as pool:
-            futures = {pool.submit(_call, function, items[index]): index
-                       for index in _largest_first(costs, len(items))}
-            for future in as_completed(futures):
-                outcomes[futures[future]] = future.result()
-                bar.advance()
+        outcomes = _shared(function, items, _largest_first(costs, len(items)), jobs, bar)
     for status, value in outcomes:  # the first failure in input order, as the serial run would report it
         if status == "error":
             raise ModnormError(*value)
     return [value for _, value in outcomes]
+
+
+def _shared(function: Callable[..., Any], items: Sequence[tuple[Any, ...]], order: list[int], jobs: int,
+            bar: Any) -> list[Any]:
+    """Outcomes of every item, taken in `order` one at a time by this process and by jobs − 1 pool workers. This
+    process starts at once (torch is imported here) while the fork server is still importing for the workers,
+    which it did for 3 s of a 60 s sweep's start (measured, load 2)."""
+    import threading
+
+    import torch
+
+    outcomes: list[Any] = [None] * len(items)
+    queue, lock, failures = deque(order), threading.Lock(), []
+
+    def take() -> int | None:
+        with lock:
+            return queue.popleft() if queue else None
+
+    def record(index: int, outcome: Any) -> None:
+        outcomes[index] = outcome
+        with lock:
+            bar.advance()
+
+    def feed(pool: ProcessPoolExecutor) -> None:
+        try:
+            while (index := take()) is not None:
+                record(index, pool.submit(_call, function, items[index]).result())
+        except BaseException as exc:  # noqa: BLE001 - e.g. a worker killed: raised in this process below
+            failures.append(exc)
+
+    with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=_context(), initializer=_start_worker,
+                             initargs=(torch.get_num_threads(),)) as pool:
+        feeders = [threading.Thread(target=feed, args=(pool,), daemon=True) for _ in range(jobs - 1)]
+        for feeder in feeders:
+            feeder.start()
+        try:
+            while (index := take()) is not None:
+                record(index, _call(function, items[index]))
+        finally:
+            queue.clear()  # an exception here: the feeders stop after their current item
+            for feeder in feeders:
+                feeder.join()
+    if failures:
+        raise failures[0]
+    return outcomes
 
 
 def _largest_first(costs: Sequence[float] | None, count: int) -> list[int]:

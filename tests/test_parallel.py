@@ -54,6 +54,16 @@ def test_costliest_items_start_first_and_results_keep_input_order():
     assert run_all(pow, [(2, 1), (2, 5), (2, 3)], jobs=2, costs=[1, 5, 3]) == [2, 32, 8]
 
 
+def test_the_calling_process_is_one_of_the_jobs_and_other_failures_surface():
+    import os
+
+    from modnorm.parallel import run_all
+
+    assert os.getpid() in run_all(os.getpid, [()] * 4, jobs=2)  # it starts while the fork server still imports
+    with pytest.raises(ValueError):
+        run_all(int, [("x",), ("y",), ("z",)], jobs=2)
+
+
 @pytest.mark.parametrize("inline", [False, True])
 def test_a_check_job_runs_in_one_thread_and_the_callers_count_is_kept(monkeypatch, inline):
     from modnorm.worker import run_isolated
