@@ -63,9 +63,10 @@ def _call(function: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any
 
 def run_all(function: Callable[..., Any], items: Sequence[tuple[Any, ...]], jobs: int,
             description: str = "analysing", unit: str = "models",
-            costs: Sequence[float] | None = None) -> list[Any]:
+            costs: Sequence[float] | None = None, in_caller: bool = False) -> list[Any]:
     """[function(*item) for item in items], in up to `jobs` processes, with a progress bar (progress.py).
-    `costs` (one per item, any scale) only orders the work: the costliest items start first."""
+    `costs` (one per item, any scale) only orders the work: the costliest items start first. `in_caller`: this
+    process is one of the jobs; only for a function that does not fork (this process then has threads)."""
     from .progress import meter
 
     jobs = max(1, min(jobs, len(items)))
@@ -76,18 +77,18 @@ def run_all(function: Callable[..., Any], items: Sequence[tuple[Any, ...]], jobs
                 results.append(function(*item))
                 bar.advance()
             return results
-        outcomes = _shared(function, items, _largest_first(costs, len(items)), jobs, bar)
+        outcomes = _shared(function, items, _largest_first(costs, len(items)), jobs - int(in_caller), in_caller, bar)
     for status, value in outcomes:  # the first failure in input order, as the serial run would report it
         if status == "error":
             raise ModnormError(*value)
     return [value for _, value in outcomes]
 
 
-def _shared(function: Callable[..., Any], items: Sequence[tuple[Any, ...]], order: list[int], jobs: int,
-            bar: Any) -> list[Any]:
-    """Outcomes of every item, taken in `order` one at a time by this process and by jobs − 1 pool workers. This
-    process starts at once (torch is imported here) while the fork server is still importing for the workers,
-    which it did for 3 s of a 60 s sweep's start (measured, load 2)."""
+def _shared(function: Callable[..., Any], items: Sequence[tuple[Any, ...]], order: list[int], workers: int,
+            in_caller: bool, bar: Any) -> list[Any]:
+    """Outcomes of every item, taken in `order` one at a time by `workers` pool workers, and by this process when
+    `in_caller`: it starts at once (torch is imported here) while the fork server is still importing for the
+    workers, which it did for 3 s of a 60 s sweep's start (measured, load 2)."""
     import threading
 
     import torch
@@ -111,16 +112,18 @@ def _shared(function: Callable[..., Any], items: Sequence[tuple[Any, ...]], orde
         except BaseException as exc:  # noqa: BLE001 - e.g. a worker killed: raised in this process below
             failures.append(exc)
 
-    with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=_context(), initializer=_start_worker,
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_start_worker,
                              initargs=(torch.get_num_threads(),)) as pool:
-        feeders = [threading.Thread(target=feed, args=(pool,), daemon=True) for _ in range(jobs - 1)]
+        feeders = [threading.Thread(target=feed, args=(pool,), daemon=True) for _ in range(workers)]
         for feeder in feeders:
             feeder.start()
         try:
-            while (index := take()) is not None:
+            while in_caller and (index := take()) is not None:
                 record(index, _call(function, items[index]))
+        except BaseException:
+            queue.clear()  # the feeders stop after their current item
+            raise
         finally:
-            queue.clear()  # an exception here: the feeders stop after their current item
             for feeder in feeders:
                 feeder.join()
     if failures:

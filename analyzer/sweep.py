@@ -186,7 +186,7 @@ def run(target: str, settings: Any, axes: Sequence[Axis], check_model: Callable[
              for point in points]
     # A grid point's cost grows with every axis: the product of its values orders the work (largest first).
     costs = [math.prod(float(v) for v in point.values()) for point in points]
-    results = run_all(_check_point, items, jobs, "sweeping", "grid points", costs)
+    results = run_all(_check_point, items, jobs, "sweeping", "grid points", costs, in_caller=True)
     analyses = [result.analysis for result in results]
     series = series_of(axes, points, analyses)
     sweep = Sweep(tuple(axes), tuple(points), tuple(analyses), tuple(series))

@@ -59,9 +59,11 @@ def test_the_calling_process_is_one_of_the_jobs_and_other_failures_surface():
 
     from modnorm.parallel import run_all
 
-    assert os.getpid() in run_all(os.getpid, [()] * 4, jobs=2)  # it starts while the fork server still imports
-    with pytest.raises(ValueError):
-        run_all(int, [("x",), ("y",), ("z",)], jobs=2)
+    assert os.getpid() in run_all(os.getpid, [()] * 4, jobs=2, in_caller=True)  # starts while the server imports
+    assert os.getpid() not in run_all(os.getpid, [()] * 4, jobs=2)  # the default: items may fork (the CLI's)
+    for in_caller in (False, True):
+        with pytest.raises(ValueError):
+            run_all(int, [("x",), ("y",), ("z",)], jobs=2, in_caller=in_caller)
 
 
 @pytest.mark.parametrize("inline", [False, True])
