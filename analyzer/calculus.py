@@ -27,7 +27,7 @@ from .errors import ModnormError
 from .folding import abs_bound, sign_of
 from .layers import layers_of
 from .merges import merges_of
-from .ops_atoms import embedding_rows
+from .ops_atoms import embedding_rows, input_feature_axis
 from .patterns import Fused, find_patterns, scaled_atom_scale
 from .records import Context, Options, Record
 from .result import Analysis, ModelInfo
@@ -293,11 +293,11 @@ def _bounds_out(sem: Semantics, inputs: list[Record], value: Any) -> Bounds:
     return Bounds(upper=upper, lower=sem.lower, sup=sem.sup, fdim=fdim, sign=sign)
 
 
-def _input_bounds(value: Any, options: Options) -> Bounds:
+def _input_bounds(node: fx.Node, root: nn.Module, options: Options) -> Bounds:
+    value = node.meta.get("value")
     if _is_discrete(value) or not isinstance(value, torch.Tensor):
         return Bounds(upper=0.0, fdim=None, discrete=True)
-    fdim = 1 if value.dim() == 4 else value.dim() - 1
-    return Bounds(upper=options.input_rms, lower=0.0, fdim=fdim)
+    return Bounds(upper=options.input_rms, lower=0.0, fdim=input_feature_axis(node, value, root))
 
 
 def _fit(constants: tuple[float, ...], inputs: list[Record]) -> tuple[float, ...]:
@@ -324,7 +324,7 @@ def _forward(traced: TracedModel, ctx: Context) -> list[Record]:
             continue
         group = fused.get(node)
         if node.op == "placeholder":
-            record = Record(node, "input", [], None, _input_bounds(node.meta.get("value"), ctx.options))
+            record = Record(node, "input", [], None, _input_bounds(node, root, ctx.options))
         elif node.op == "get_attr":
             continue
         elif node.op == "output":
@@ -429,7 +429,9 @@ def analyze_traced(traced: TracedModel, options: Options = Options(), user_file:
     ctx = Context(root, store, options, user_file,
                    {name for name, _ in root.named_parameters(remove_duplicate=False)})
     if options.profile == "assumed" and checkpoint is None:
-        ctx.measured = floors.measure(traced.graph_module, example_inputs)
+        axes = tuple(input_feature_axis(n, n.meta["value"], root) if isinstance(n.meta.get("value"), torch.Tensor)
+                     else None for n in traced.graph.nodes if n.op == "placeholder")
+        ctx.measured = floors.measure(traced.graph_module, example_inputs, axes)
     records = _forward(traced, ctx)
     _backward(records)
     layers, total_mass = layers_of(records, ctx)

@@ -63,13 +63,16 @@ def _position_stats(value: Any) -> tuple[float, float] | None:
     return float(rms.min()), float(centred.min())
 
 
-def in_unit_ball(inputs: tuple[Any, ...], radius: float = 1.0) -> tuple[Any, ...]:
-    """The inputs with the first continuous one scaled into the ball the bounds assume (max-position RMS <= 1,
-    features on axis 1 for NCHW, else last), as `modnorm probe` measures them: floors and their check agree."""
+def in_unit_ball(inputs: tuple[Any, ...], radius: float = 1.0,
+                 axes: tuple[int | None, ...] | None = None) -> tuple[Any, ...]:
+    """The inputs with the first continuous one scaled into the ball the bounds assume (max-position RMS <= 1 over
+    its feature axis: `axes[i]`, the calculus's choice, else axis 1 for NCHW and the last otherwise), as `modnorm
+    probe` measures them: floors and their check agree."""
     out = list(inputs)
     for i, x in enumerate(out):
         if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim():
-            fdim = 1 if x.dim() == 4 else -1
+            fdim = axes[i] if axes is not None and i < len(axes) and axes[i] is not None else (
+                1 if x.dim() == 4 else -1)
             size = float(x.detach().movedim(fdim, -1).pow(2).mean(-1).sqrt().max())
             if size > radius:
                 out[i] = x * (radius / size)
@@ -90,7 +93,8 @@ class _Recorder(fx.Interpreter):
         return result
 
 
-def measure(graph_module: fx.GraphModule, inputs: tuple[Any, ...] | None) -> dict[str, tuple[float, float]]:
+def measure(graph_module: fx.GraphModule, inputs: tuple[Any, ...] | None,
+            axes: tuple[int | None, ...] | None = None) -> dict[str, tuple[float, float]]:
     """Per node: the smallest per-position RMS and centred RMS of its output when the traced graph runs on the
     example inputs with the model's real weights. Empty when that is not possible (meta weights or inputs, a graph
     that does not run): the floors are then predicted (`typical`)."""
@@ -101,7 +105,7 @@ def measure(graph_module: fx.GraphModule, inputs: tuple[Any, ...] | None) -> dic
     recorder = _Recorder(graph_module)
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            recorder.run(*in_unit_ball(inputs))
+            recorder.run(*in_unit_ball(inputs, axes=axes))
     except Exception:  # noqa: BLE001 - a graph that cannot run here: the floors fall back to the prediction
         return {}
     return recorder.stats

@@ -56,13 +56,29 @@ def hf_module(path: Path) -> Any:
             return transformers.AutoModel.from_config(config)
         return architecture._from_config(config)
 
-    def example_inputs(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    def example_inputs(model: torch.nn.Module) -> tuple[Any, ...]:
         config = model.config
-        context = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "n_ctx")
-                        if isinstance(getattr(config, k, None), int)), 64)
-        ids = torch.zeros(1, min(64, context), dtype=torch.long)
+        data = _main_input(model, config)
         if getattr(config, "is_encoder_decoder", False):
-            return ids, torch.ones_like(ids), torch.zeros(1, min(16, ids.shape[1]), dtype=torch.long)
-        return (ids,)
+            decoder_ids = torch.zeros(1, 16, dtype=torch.long)
+            positions = data.shape[-1] if data.is_floating_point() else data.shape[1]  # mel frames or tokens
+            return data, torch.ones(1, positions, dtype=torch.long), decoder_ids
+        return (data,)
 
     return SimpleNamespace(build_model=build_model, example_inputs=example_inputs, __name__=str(config_file))
+
+
+def _main_input(model: torch.nn.Module, config: Any) -> torch.Tensor:
+    """An example of the model's main input, shaped as its processor makes it: token ids, an image
+    (pixel_values: channels x image_size²) or log-mel frames (input_features: Whisper pads every clip to
+    2 x max_source_positions frames and checks it)."""
+    main = getattr(model, "main_input_name", "input_ids")
+    if main == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        return torch.zeros(1, getattr(config, "num_channels", 3), height, width)
+    if main == "input_features" and isinstance(getattr(config, "max_source_positions", None), int):
+        return torch.zeros(1, getattr(config, "num_mel_bins", 80), 2 * config.max_source_positions)
+    context = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "n_ctx")
+                    if isinstance(getattr(config, k, None), int)), 64)
+    return torch.zeros(1, min(64, context), dtype=torch.long)

@@ -15,6 +15,7 @@ from torch import nn
 
 from . import atoms
 from .registry import AtomSpec, INF, OpView, Semantics, is_number, linear, register, sup_bound
+from .ops_arithmetic import CASTS
 from .ops_shape import first_fdim
 
 
@@ -244,6 +245,43 @@ def _conv_function(op: OpView) -> Semantics:
     if weight is None:
         return unknown_weight(op, "convolution with a weight that is not a parameter")
     return _conv_atom(op, weight, op.param_name(2, "bias"), op.arg(6, "groups", 1) or 1)
+
+
+_CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_FUNCTIONS = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d)
+
+
+def input_feature_axis(node: fx.Node, value: torch.Tensor, root: nn.Module) -> int:
+    """The feature axis of a continuous network input: channels (axis 1) when a convolution reads it (Whisper's
+    (B, 80, 3000) mel frames into a Conv1d, an image into a Conv2d) or it is 4-D (NCHW); otherwise the last axis.
+    A convolution's norm is stated over its input channels, so an input it reads is measured over them too."""
+    if value.dim() == 4 or _convolved(node, root):
+        return 1
+    return value.dim() - 1
+
+
+def _convolved(node: fx.Node, root: nn.Module) -> bool:
+    """Whether a convolution reads `node` as its input, directly or through casts (`x.to(dtype)`)."""
+    for user in node.users:
+        if not user.args or user.args[0] is not node:
+            continue
+        if user.op == "call_method" and user.target in (*CASTS, "type"):
+            if _convolved(user, root):
+                return True
+        elif _convolves(user, root):
+            return True
+    return False
+
+
+def _convolves(user: fx.Node, root: nn.Module) -> bool:
+    if user.op == "call_function":
+        return user.target in _CONV_FUNCTIONS
+    if user.op == "call_module":
+        try:
+            return isinstance(root.get_submodule(str(user.target)), _CONV_MODULES)
+        except AttributeError:
+            return False
+    return False
 
 
 def embedding_rows(node: fx.Node, root: nn.Module) -> str | None:

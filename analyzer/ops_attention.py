@@ -41,7 +41,21 @@ def attention(op: OpView, scale: float | None, label: str = "attention", mask_sc
                      design=design, nominal=nominal, upper=v.upper, curvature=aligned, hessian=hessian,
                      tags=("attention",), label=label,
                      info={"scale": c, "head_dim": d, "aligned_logit": aligned * q.upper * k.upper,
-                           "default_scale": scale is None})
+                           "default_scale": scale is None, "operand_atom_scale": _operand_atom_scale(op)})
+
+
+def _operand_atom_scale(op: OpView) -> float:
+    """The product of the multipliers written after the atoms that make q and k (`q_proj(x) * head_dim**-0.5`,
+    Whisper's and BART's spelling of 1/sqrt(d), reached through views and transposes): part of the logit scale a
+    user reads, though the calculus counts it in the atom (a Modula multiplier)."""
+    product = 1.0
+    for record in getattr(op, "sources", [])[:2]:
+        while record.semantics is not None and len(record.inputs) == 1 and (
+                "layout" in record.semantics.tags or record.semantics.source.startswith("identity")):
+            record = record.inputs[0]
+        atom = record.semantics.atom if record.semantics is not None else None
+        product *= abs(atom.scale) if atom is not None and math.isfinite(atom.scale) else 1.0
+    return product
 
 
 def attention_hessian(cd: float, q: float, k: float, v: float, profile: str) -> float:

@@ -79,6 +79,19 @@ def _feature_axis(t: torch.Tensor) -> int:
     return 1 if t.dim() == 4 else -1
 
 
+def _output_rms(t: torch.Tensor, analysis: Analysis) -> torch.Tensor:
+    """The network output's max-position RMS over the axis the analysis measured it on."""
+    axis = analysis.output_axis
+    return _rms_max(t, axis if axis is not None and axis < t.dim() else None)
+
+
+def _input_axis(inputs: tuple, i: int, analysis: Analysis) -> int:
+    """The feature axis of network input i as the analysis measured it (channels when a convolution reads it)."""
+    axes = analysis.input_axes
+    axis = axes[i] if i < len(axes) else None
+    return axis if axis is not None and axis < inputs[i].dim() else _feature_axis(inputs[i])
+
+
 def _output(y: Any) -> torch.Tensor:
     """The first floating-point tensor of a model's output (logits of `(logits, loss)`)."""
     if isinstance(y, torch.Tensor):
@@ -138,7 +151,7 @@ def _probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, 
     inputs = tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
     notes: list[str] = []
     continuous = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
-    fdim = _feature_axis(inputs[continuous[0]]) if continuous else -1
+    fdim = _input_axis(inputs, continuous[0], analysis) if continuous else -1
     if continuous:  # the bounds assume inputs in the unit ball of the max-position RMS norm
         i = continuous[0]
         size = float(_rms_max(inputs[i], fdim))
@@ -180,7 +193,7 @@ def _input_lipschitz(run: Callable, params: dict, inputs: tuple, i: int, fdim: i
         for _ in range(steps):
             v = v / v.norm()
             _, jv = jvp(f, (inputs[i],), (v,))
-            best = max(best, float((_rms_max(jv) / _rms_max(v, fdim)).detach()))
+            best = max(best, float((_output_rms(jv, analysis) / _rms_max(v, fdim)).detach()))
             _, pullback = vjp(f, inputs[i])
             (v,) = pullback(jv)
     return Row("network input Lipschitz (sensitivity)", analysis.network.sensitivity, best,
@@ -205,7 +218,7 @@ def _weight_rows(run: Callable, params: dict, inputs: tuple, atoms: list, analys
         for _ in range(trials):
             d = _direction(atoms, params, True)
             _, change = jvp(lambda p: run(p, *inputs), (params,), (d,))
-            best = max(best, float(_rms_max(change)))
+            best = max(best, float(_output_rms(change, analysis)))
         rows.append(Row("update of modular norm 1: output change ≤ A", sharp.weight_sensitivity, best,
                         "well-normedness (A = 1 for a well-normed network)"))
     contributions = {}
@@ -216,7 +229,7 @@ def _weight_rows(run: Callable, params: dict, inputs: tuple, atoms: list, analys
             d = {k: torch.zeros_like(v) for k, v in params.items()}
             d[layer.weight] = _direction([layer], params, True)[layer.weight]
             _, change = jvp(lambda p: run(p, *inputs), (params,), (d,))
-            best = max(best, float(_rms_max(change)))
+            best = max(best, float(_output_rms(change, analysis)))
         contributions[layer.name] = best
         bound = layer.downstream_sensitivity * R * layer.target_norm
         rows.append(Row(f"atom {layer.name}: output change at its target", bound, best,
@@ -296,5 +309,5 @@ def _alpha_row(run: Callable, params: dict, inputs: tuple, atoms: list, analysis
         d1, d2 = _direction(atoms, params, True), _direction(atoms, params, True)
         inner = lambda p: jvp(lambda q: run(q, *inputs), (p,), (d2,))[1]  # noqa: E731
         second = jvp(inner, (params,), (d1,))[1]
-        best = max(best, float(_rms_max(second)))
+        best = max(best, float(_output_rms(second, analysis)))
     return Row("sharpness α: ‖D²_ww f[Δw, Δ̃w]‖", analysis.network.sharpness.alpha, best, "nested jvp")

@@ -53,9 +53,11 @@ class Op:
     assumption: Assumption | None = None  # what a normalizer's constant rests on (the `assumed` profile)
     attention_scale: float | None = None  # the logit multiplier of an attention op
     head_dim: int | None = None
+    attention_operand_scale: float = 1.0  # multipliers written after the q and k atoms (`q_proj(x) * d**-0.5`)
     unmodelled_parameters: int = 0  # parameters of an unknown module: no mass, never silently absent
     unmodelled_share: float = 0.0  # ... as a share of the model's parameters
     design: tuple[float, ...] = ()  # per data input, the constants design sensitivities use (whatif.py re-runs them)
+    feature_axis: int | None = None  # the axis the RMS of this op's output is taken over (None: discrete)
 
     @property
     def sensitivity(self) -> float:
@@ -356,6 +358,16 @@ class Analysis:
 
     def merge(self, name: str) -> Merge:
         return next(m for m in self.merges if m.op == name)
+
+    @property
+    def input_axes(self) -> tuple[int | None, ...]:
+        """Per network input, in order, the axis its RMS is taken over (None for ids and masks)."""
+        return tuple(op.feature_axis for op in self.ops if op.kind == "input")
+
+    @property
+    def output_axis(self) -> int | None:
+        """The axis the network output's RMS is taken over (that of the first tensor it returns)."""
+        return next((op.feature_axis for op in self.ops if op.kind == "output"), None)
 
     def atom_input_radius(self, layer: "Layer") -> float:
         """R, the RMS bound of what an atom's weight multiplies (a weight change Δw moves the output by at most

@@ -126,12 +126,20 @@ def op_of(record: Record, ctx: Context, triple: Any = None) -> Op:
         name=record.node.name, target=record.target or record.node.op, kind=record.kind,
         inputs=tuple(i.node.name for i in record.inputs), lipschitz=record.lipschitz, design=record.design,
         downstream_sensitivity=record.down, upper=record.bounds.upper, lower=record.bounds.lower,
+        feature_axis=_feature_axis(record),
         certified=sem.certified if sem else True, reason=sem.reason if sem else "", source=sem.source if sem else "",
         module=record.module, file=file, line=line, tags=sem.tags if sem else (),
         nominal=sem.nominal if sem else None, smooth=sem.smooth if sem else True,
         curvature=sem.curvature if sem else 0.0, info=dict(sem.info) if sem else {},
         sharpness=(triple.alpha, triple.beta, triple.gamma) if triple is not None else None,
         weight_sensitivity=triple.A if triple is not None else 0.0, **_typed_facts(sem.info if sem else {}))
+
+
+def _feature_axis(record: Record) -> int | None:
+    """Where the RMS of the op's output is taken (the network output: that of what it returns first)."""
+    if record.kind == "output":
+        return next((r.bounds.fdim for r in record.inputs if r.bounds.fdim is not None), None)
+    return record.bounds.fdim
 
 
 def _typed_facts(info: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +153,7 @@ def _typed_facts(info: dict[str, Any]) -> dict[str, Any]:
         facts["assumption"] = Assumption(a["quantity"], a["floor"], a["at_init"], a["basis"], info.get("assumption", ""))
     if "scale" in info and "head_dim" in info:
         facts["attention_scale"], facts["head_dim"] = info["scale"], info["head_dim"]
+        facts["attention_operand_scale"] = float(info.get("operand_atom_scale", 1.0))
     if info.get("unmodelled_parameters"):
         facts["unmodelled_parameters"] = info["unmodelled_parameters"]
         facts["unmodelled_share"] = info["unmodelled_share"]

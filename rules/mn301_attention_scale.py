@@ -47,29 +47,36 @@ class AttentionScaledForInitialization(Rule):
         op = next((o for o in analysis.ops if o.name == finding.op), None)
         if op is None:
             return None
-        aligned = (op.attention_scale or 0) * (op.head_dim or 0)
+        aligned = (op.attention_scale or 0) * op.attention_operand_scale * (op.head_dim or 0)
         return Fix(scale={op.name: (1 / aligned, 1 / aligned, 1.0)}) if aligned > 0 else None
 
     def check(self, analysis: Analysis) -> Iterator[Finding]:
         for op in analysis.ops:
             if "attention" not in op.tags:
                 continue
-            scale, d = op.attention_scale, op.head_dim
-            if not scale or not d:
+            call, d = op.attention_scale, op.head_dim
+            if not call or not d:
                 continue
+            scale = call * op.attention_operand_scale
             aligned = scale * d
             if aligned <= self.config["min_aligned_logit"]:
                 continue
             severity = Severity.ERROR if aligned > self.config["max_aligned_logit"] else Severity.WARNING
+            where = (f" ({call:.3g} in the call × {op.attention_operand_scale:.3g} written after the q and k "
+                     f"projections)" if op.attention_operand_scale != 1.0 else "")
             yield self.finding(
-                f"attention logits scaled by {scale:.3g} with head dim {d}: aligned q·k reaches {aligned:.3g} "
-                f"(scaled for initialization, not alignment)",
-                fix=fix_text(op.target, d),
+                f"attention logits scaled by {scale:.3g}{where} with head dim {d}: aligned q·k reaches "
+                f"{aligned:.3g} (scaled for initialization, not alignment)",
+                fix=fix_text(op.target, d, call, op.attention_operand_scale),
                 module=op.module, file=op.file, line=op.line, op=op.name, severity=severity)
 
 
-def fix_text(target: str, d: int) -> str:
-    """The change in the form the code has: sdpa takes `scale=`, hand-written attention divides its logits."""
+def fix_text(target: str, d: int, call: float = 0.0, operand: float = 1.0) -> str:
+    """The change in the form the code has: sdpa takes `scale=`, hand-written attention divides its logits, and a
+    multiplier written after the q projection (`q_proj(x) * head_dim**-0.5`) changes where it is written."""
+    if operand != 1.0 and call:
+        return (f"multiply the q projection's output by {1 / (d * call):.3g} instead of {operand:.3g}, so the logits "
+                f"are scaled by 1/head_dim = {1 / d:.3g} in all")
     if "pattern" in target:  # softmax(q @ k.transpose(-2, -1) * c) @ v written by hand
         return (f"divide the logits by head_dim instead of sqrt(head_dim): `q @ k.transpose(-2, -1) / {d}` "
                 f"(scale {1 / d:.3g})")

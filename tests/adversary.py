@@ -72,9 +72,9 @@ def feature_axis(t: torch.Tensor) -> int:
 
 def rms_max(t: torch.Tensor, fdim: int | None = None) -> torch.Tensor:
     """The max-position RMS norm (RMS over the feature axis, max over every other axis)."""
-    fdim = feature_axis(t) if fdim is None else fdim
     if t.dim() == 0:
         return t.abs()
+    fdim = feature_axis(t) if fdim is None or fdim >= t.dim() else fdim
     # max before sqrt: positions whose output does not move (padding) would give sqrt'(0) = inf, and NaN gradients
     return t.movedim(fdim, -1).pow(2).mean(-1).max().sqrt()
 
@@ -137,17 +137,20 @@ def analyze_case(case: Case) -> Any:
     return analyze_traced(traced, Options(**options), device="cpu")
 
 
-def _into_ball(x: torch.Tensor, radius: float = 1.0) -> torch.Tensor:
-    return x * (radius / torch.clamp(rms_max(x), min=radius))
+def _into_ball(x: torch.Tensor, radius: float = 1.0, axis: int | None = None) -> torch.Tensor:
+    return x * (radius / torch.clamp(rms_max(x, axis), min=radius))
 
 
-def _random_point(x: torch.Tensor, radius: float) -> torch.Tensor:
+def _random_point(x: torch.Tensor, radius: float, axis: int | None = None) -> torch.Tensor:
     point = torch.randn_like(x)
-    return point / rms_max(point) * radius
+    return point / rms_max(point, axis) * radius
 
 
-def measure_input_lipschitz(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, b: Budget) -> float:
-    """Lower estimate of sup_{||x|| <= 1} ||J(x)|| in the max-position RMS norms (see the module docstring)."""
+def measure_input_lipschitz(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, b: Budget,
+                            in_axis: int | None = None, out_axis: int | None = None) -> float:
+    """Lower estimate of sup_{||x|| <= 1} ||J(x)|| in the max-position RMS norms (see the module docstring), the
+    input's RMS taken over `in_axis` and the output's over `out_axis` (the analysis's axes; None: the convention)."""
+    fin = feature_axis(x) if in_axis is None else in_axis
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     best = 0.0
@@ -155,32 +158,33 @@ def measure_input_lipschitz(f: Callable[[torch.Tensor], torch.Tensor], x: torch.
         for restart in range(b.restarts):
             # the unit sphere, then near 0 (where normalizers are steepest), then anywhere inside
             radius = 1.0 if restart == 0 else 1e-3 if restart == 1 else 0.2 + 0.8 * torch.rand(()).item()
-            point = _random_point(x, radius)
+            point = _random_point(x, radius, fin)
             v = torch.randn_like(x)
             for _ in range(5):  # power iteration on JᵀJ: the best direction where J is locally linear
                 v = v / v.norm()
                 _, jv = jvp(f, (point,), (v,))
-                best = max(best, float(rms_max(jv) / rms_max(v)))
+                best = max(best, float(rms_max(jv, out_axis) / rms_max(v, fin)))
                 # the same direction pushed to the ball's extreme points: every position at the full RMS
-                spread = v / v.movedim(feature_axis(v), -1).pow(2).mean(-1, keepdim=True).sqrt().clamp_min(
-                    1e-30).movedim(-1, feature_axis(v))
-                best = max(best, float(rms_max(jvp(f, (point,), (spread,))[1]) / rms_max(spread)))
+                spread = v / v.movedim(fin, -1).pow(2).mean(-1, keepdim=True).sqrt().clamp_min(
+                    1e-30).movedim(-1, fin)
+                best = max(best, float(rms_max(jvp(f, (point,), (spread,))[1], out_axis) / rms_max(spread, fin)))
                 _, pullback = vjp(f, point)
                 (v,) = pullback(jv)
-            best = max(best, _ascend(lambda p, d: jvp(f, (_into_ball(p),), (d,))[1], point, v / v.norm(), b.steps,
-                                     lambda d: rms_max(d)))
+            best = max(best, _ascend(lambda p, d: jvp(f, (_into_ball(p, 1.0, fin),), (d,))[1], point, v / v.norm(),
+                                     b.steps, lambda d: rms_max(d, fin), out_axis))
     return best
 
 
 def _ascend(change: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], point: torch.Tensor,
-            direction: torch.Tensor, steps: int, size: Callable[[torch.Tensor], torch.Tensor]) -> float:
+            direction: torch.Tensor, steps: int, size: Callable[[torch.Tensor], torch.Tensor],
+            out_axis: int | None = None) -> float:
     """Gradient ascent of ||change(point, direction)|| / size(direction) on point and direction jointly."""
     p = point.detach().clone().requires_grad_(point.is_floating_point())
     d = direction.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([p, d] if p.requires_grad else [d], lr=0.05)
     best = 0.0
     for _ in range(steps):
-        ratio = rms_max(change(p, d)) / size(d)
+        ratio = rms_max(change(p, d), out_axis) / size(d)
         if not torch.isfinite(ratio):
             break
         best = max(best, float(ratio))
@@ -194,7 +198,8 @@ def _ascend(change: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], point:
 
 
 def measure_weight_perturbation(model: nn.Module, x: torch.Tensor, weight: str, kind: str, *, scale: float,
-                                transposed: bool, groups: int, b: Budget) -> float:
+                                transposed: bool, groups: int, b: Budget, in_axis: int | None = None,
+                                out_axis: int | None = None) -> float:
     """Lower estimate of sup over ||x|| <= 1 (continuous inputs) and ||Δw||_natural = 1 of ||D_w f[Δw]||."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -202,7 +207,7 @@ def measure_weight_perturbation(model: nn.Module, x: torch.Tensor, weight: str, 
     continuous = x.is_floating_point()
 
     def change(p: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        point = _into_ball(p) if continuous else x
+        point = _into_ball(p, 1.0, in_axis) if continuous else x
         tangent = {k: torch.zeros_like(v) for k, v in params.items()}
         tangent[weight] = d
         return jvp(lambda q: functional_call(model, q, (point,)), (params,), (tangent,))[1]
@@ -213,8 +218,8 @@ def measure_weight_perturbation(model: nn.Module, x: torch.Tensor, weight: str, 
     best = 0.0
     with sdpa_kernel(SDPBackend.MATH):
         for restart in range(b.restarts):
-            point = _random_point(x, 1.0) if continuous else x
-            best = max(best, _ascend(change, point, torch.randn_like(params[weight]), b.steps, size))
+            point = _random_point(x, 1.0, in_axis) if continuous else x
+            best = max(best, _ascend(change, point, torch.randn_like(params[weight]), b.steps, size, out_axis))
     return best
 
 
@@ -246,15 +251,17 @@ def measure_case(case: Case, b: Budget) -> list[Measurement]:
     model = case.model.double().eval()
     analysis = analyze_case(case)
     out: list[Measurement] = []
+    in_axis, out_axis = analysis.input_axes[0] if analysis.input_axes else None, analysis.output_axis
     if case.x.is_floating_point():
-        measured = measure_input_lipschitz(lambda z: model(z), case.x, b)
+        measured = measure_input_lipschitz(lambda z: model(z), case.x, b, in_axis, out_axis)
         out.append(Measurement("input", analysis.network.sensitivity, measured))
     for layer in analysis.layers:
         if layer.weight not in case.atoms:
             continue
         bound = layer.downstream_sensitivity * analysis.atom_input_radius(layer)
         measured = measure_weight_perturbation(model, case.x, layer.weight, layer.kind, scale=layer.scale,
-                                               transposed=atom_is_transposed(layer, model), groups=layer.groups, b=b)
+                                               transposed=atom_is_transposed(layer, model), groups=layer.groups, b=b,
+                                               in_axis=in_axis, out_axis=out_axis)
         out.append(Measurement(f"weight {layer.weight}", bound, measured))
     return out
 

@@ -32,6 +32,17 @@ CONFIGS = {
                                               max_position_embeddings=64, **TINY, architectures=["Qwen2ForCausalLM"]),
     "t5": lambda: transformers.T5Config(d_model=64, num_layers=2, num_heads=4, d_ff=128, d_kv=16, **TINY,
                                         architectures=["T5ForConditionalGeneration"]),
+    # not token ids: the example input is the processor's (mel frames padded to 2 x max_source_positions, which
+    # Whisper checks; an image of image_size²)
+    "whisper": lambda: transformers.WhisperConfig(d_model=64, encoder_layers=2, decoder_layers=2,
+                                                  encoder_attention_heads=4, decoder_attention_heads=4,
+                                                  encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16,
+                                                  max_source_positions=32, max_target_positions=64, pad_token_id=0,
+                                                  bos_token_id=0, eos_token_id=0, decoder_start_token_id=0, **TINY,
+                                                  architectures=["WhisperForConditionalGeneration"]),
+    "vit": lambda: transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=128, image_size=32, patch_size=8,
+                                          architectures=["ViTModel"]),
 }
 
 
@@ -100,3 +111,12 @@ def test_kv_cache_on_by_default_stays_on_the_graph_route():
     analysis = modnorm.analyze(model, torch.zeros(1, 8, dtype=torch.long))
     assert analysis.model.tracer == "fx_values", analysis.model.tracer_attempts
     assert sum(len(s.merges) for s in analysis.streams) == 2 * 2
+
+
+def test_whisper_mel_frames_are_measured_over_their_channels(tmp_path):
+    """Whisper's (1, mel bins, frames) input goes straight into conv1: it is measured over the mel channels (the
+    conv's own units), so the first conv costs its norm, not sqrt(frames) = 8 on top of it."""
+    analysis = check_model(str(saved(tmp_path, "whisper", CONFIGS["whisper"]())), Settings(device="meta")).analysis
+    assert analysis.input_axes[0] == 1
+    conv1 = next(o for o in analysis.ops if o.module == "model.encoder.conv1")
+    assert conv1.lipschitz[0] < 3, conv1.lipschitz  # predicted norm ~1.4 at init, no factor 8

@@ -135,3 +135,18 @@ def test_convs_inside_a_sequential_point_at_their_own_lines():
                        "features.6": "nn.Conv2d(64, 128"}.items():
         assert found[name]["line"] == source_line("cifar_cnn.py", text), (name, found[name]["line"])
     assert found["classifier"]["line"] == source_line("cifar_cnn.py", "return self.classifier(")
+
+
+def test_a_query_scaled_after_its_projection_is_part_of_the_logit_scale(monkeypatch):
+    """`q_proj(x) * head_dim**-0.5` then sdpa(scale=1.0) (Whisper, BART): the logits are scaled by 1/sqrt(16) =
+    0.25, aligned q·k reaches 16 x 0.25 = 4: a warning (not an error claiming scale 1 and aligned 16), and the fix
+    names where the multiplier is written: 1/(16 x 1) = 0.0625 on the projection. With that fix: no MN301."""
+    mn301 = [f for f in check("prescaled_query.py")["findings"] if f["code"] == "MN301"]
+    assert len(mn301) == 1 and mn301[0]["severity"] == "warning", mn301
+    assert "scaled by 0.25 (1 in the call × 0.25" in mn301[0]["message"] and "reaches 4 " in mn301[0]["message"]
+    assert "multiply the q projection's output by 0.0625 instead of 0.25" in mn301[0]["fix"], mn301[0]["fix"]
+    fixed = load("prescaled_query.py", "build_model")
+    monkeypatch.setitem(type(fixed).forward.__globals__, "QUERY_SCALE", 1 / 16)
+    analysis = modnorm.analyze(fixed, torch.randn(1, 8, 64))
+    op = next(o for o in analysis.ops if "attention" in o.tags)
+    assert op.attention_scale * op.attention_operand_scale * op.head_dim == 1.0

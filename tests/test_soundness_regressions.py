@@ -172,19 +172,48 @@ def test_softplus_curvature_reads_beta() -> None:
     assert measured <= sharpness.gamma * (1 + 1e-6), (measured, sharpness.gamma)
 
 
-def test_conv_input_measured_over_positions_is_converted_to_channels() -> None:
-    """A Conv1d reading a 3-D network input (features-last convention: the norm is the RMS over L, max over
-    channels). The input x[c, l0] = sqrt(L) for every c, 0 elsewhere, has norm 1 but a channel vector of RMS
-    sqrt(L) at l0; a 1x1 conv with W = I maps it to itself, so the output (measured over channels) has norm
-    sqrt(L): the certified constant must be at least that (it was 1, the conv's norm in channel units)."""
-    channels, length = 8, 32
+def _identity_conv1d(channels: int) -> nn.Conv1d:
     conv = nn.Conv1d(channels, channels, 1, bias=False).double()
     with torch.no_grad():
         conv.weight.copy_(torch.eye(channels).unsqueeze(-1))
+    return conv
+
+
+class _ConvAfterRelu(nn.Module):
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.relu(x))
+
+
+def test_a_network_input_read_by_a_convolution_is_measured_over_its_channels() -> None:
+    """Whisper's (B, 80, 3000) mel frames go straight into a Conv1d: its input is measured over channels (axis 1),
+    the conv's own units, so a 1x1 identity conv has sensitivity exactly 1 (||I|| sqrt(in/out) = 1, and it maps
+    every channel vector to itself) instead of paying sqrt(L) for a features-last convention."""
+    channels, length = 8, 32
+    conv = _identity_conv1d(channels)
+    x = torch.randn(1, channels, length, dtype=torch.float64)
+    analysis = modnorm.analyze(nn.Sequential(conv), x, profile="certified")
+    assert analysis.input_axes == (1,) and analysis.output_axis == 1
+    assert analysis.network.sensitivity == pytest.approx(1.0)
+    assert float(rms_max(conv(x), 1)) == pytest.approx(float(rms_max(x, 1)))
+
+
+def test_conv_input_measured_over_positions_is_converted_to_channels() -> None:
+    """A Conv1d reading, through a relu, a 3-D network input (not read by a convolution itself: features-last
+    convention, the norm is the RMS over L, max over channels). The input x[c, l0] = sqrt(L) for every c, 0
+    elsewhere, has norm 1 but a channel vector of RMS sqrt(L) at l0; relu keeps it and a 1x1 conv with W = I maps
+    it to itself, so the output (measured over channels) has norm sqrt(L): the certified constant must be at least
+    that (it was 1, the conv's norm in channel units)."""
+    channels, length = 8, 32
+    model = _ConvAfterRelu(_identity_conv1d(channels))
     x = torch.zeros(1, channels, length, dtype=torch.float64)
     x[0, :, 5] = math.sqrt(length)
     assert float(rms_max(x, -1)) == pytest.approx(1.0)
-    measured = float(rms_max(conv(x), 1)) / float(rms_max(x, -1))
+    measured = float(rms_max(model(x), 1)) / float(rms_max(x, -1))
     assert measured == pytest.approx(math.sqrt(length))
-    bound = modnorm.analyze(nn.Sequential(conv), x, profile="certified").network.sensitivity
-    assert measured <= bound * (1 + 1e-9), (measured, bound)
+    analysis = modnorm.analyze(model, x, profile="certified")
+    assert analysis.input_axes == (2,)
+    assert measured <= analysis.network.sensitivity * (1 + 1e-9), (measured, analysis.network.sensitivity)
