@@ -206,11 +206,13 @@ class Run:
     context: int
     profile: str = "certified"
     norm: str = "power"  # how the normalized optimizers measure σ_max (modnorm.optim's default; "exact" in tests)
+    hidden_mass: float = 1.0  # the normalized optimizers' mass of all hidden blocks together (input and output: 1)
 
     @property
     def key(self) -> str:
+        mass = "" if self.hidden_mass == 1.0 else f"|m{self.hidden_mass:g}"
         return (f"{self.model}|w{self.width}|d{self.depth}|{self.optimizer}|{self.lr:.6g}|{self.steps}|{self.batch}|"
-                f"{self.context}|{self.profile}")
+                f"{self.context}|{self.profile}{mass}")
 
 
 GRIDS = {  # half-decades: AdamW's own learning rate; the normalized optimizers' modular-norm step
@@ -232,9 +234,9 @@ def corpus(max_bytes: int | None) -> tuple[torch.Tensor, torch.Tensor]:
 def make_optimizer(run: Run, model: nn.Module, example: torch.Tensor) -> Any:
     if run.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=run.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    key = (run.model, run.width, run.depth, run.context, run.profile)
+    key = (run.model, run.width, run.depth, run.context, run.profile, run.hidden_mass)
     if key not in _ANALYSES:
-        _ANALYSES[key] = modnorm.analyze(model, example, profile=run.profile)
+        _ANALYSES[key] = modnorm.analyze(model, example, profile=run.profile, hidden_mass=run.hidden_mass)
     if run.optimizer == "norm-adamw":  # the base's lr only shapes the direction: it is normalized away
         base = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
     else:
@@ -316,8 +318,9 @@ QUICK = Grid(widths=(16, 32), depths=(1, 2), base_width=16, base_depth=1, steps=
 
 
 def runs_of(grid: Grid, models: list[str], optimizers: list[str], profile: str,
-            lrs: list[float] | None = None) -> list[Run]:
-    runs = [Run(m, w, d, o, lr, grid.steps, grid.batch, grid.context, "-" if o == "adamw" else profile)
+            lrs: list[float] | None = None, hidden_mass: float = 1.0) -> list[Run]:
+    runs = [Run(m, w, d, o, lr, grid.steps, grid.batch, grid.context, "-" if o == "adamw" else profile,
+                hidden_mass=1.0 if o == "adamw" else hidden_mass)
             for m in models for (w, d) in grid.sizes() for o in optimizers for lr in (lrs or GRIDS[o])]
     # model by model (a partial study has whole models), biggest first within one so the workers finish together
     return sorted(runs, key=lambda r: (models.index(r.model), optimizers.index(r.optimizer), -(r.width ** 2) * r.depth))
@@ -358,8 +361,7 @@ def _collect(done: Iterator, results: dict, out: Path, total: int, started: floa
 # ------------------------------------------------------------------------------------------------------- analysis
 def curve_of(results: dict, run_filter: dict[str, Any], grid: list[float]) -> list[float]:
     """Validation loss per learning rate of `grid` for the runs matching `run_filter` (nan where missing)."""
-    by_lr = {round(math.log10(r["lr"]), 3): r["val"] for r in results.values()
-             if all(r.get(k) == v for k, v in run_filter.items())}
+    by_lr = {round(math.log10(r["lr"]), 3): r["val"] for r in results.values() if _matches(r, run_filter)}
     return [by_lr.get(round(math.log10(lr), 3), math.nan) for lr in grid]
 
 
@@ -379,12 +381,20 @@ def optimum(grid: list[float], losses: list[float]) -> tuple[float, float, float
     return grid[i], best, grid[i]
 
 
-def selector(model: str, width: int, depth: int, optimizer: str, profile: str) -> dict[str, Any]:
+def selector(model: str, width: int, depth: int, optimizer: str, profile: str,
+             hidden_mass: float = 1.0) -> dict[str, Any]:
     return {"model": model, "width": width, "depth": depth, "optimizer": optimizer,
-            "profile": "-" if optimizer == "adamw" else profile}
+            "profile": "-" if optimizer == "adamw" else profile,
+            "hidden_mass": 1.0 if optimizer == "adamw" else hidden_mass}
 
 
-def summary(results: dict, grid: Grid, models: list[str], optimizers: list[str], profile: str) -> tuple[str, dict]:
+def _matches(result: dict[str, Any], run_filter: dict[str, Any]) -> bool:
+    """Whether a stored run is the one the filter describes (runs stored before hidden_mass existed had 1)."""
+    return all(result.get(k, 1.0 if k == "hidden_mass" else None) == v for k, v in run_filter.items())
+
+
+def summary(results: dict, grid: Grid, models: list[str], optimizers: list[str], profile: str,
+            hidden_mass: float = 1.0) -> tuple[str, dict]:
     """The markdown table (optimum per size) and the transfer numbers (spread of the optimum per sweep)."""
     lines = ["| model | optimizer | sweep | " + " | ".join(f"size {i + 1}" for i in range(4)) +
              " | optimum spread |", "| --- | --- | --- |" + " ---: |" * 4 + " ---: |"]
@@ -395,7 +405,7 @@ def summary(results: dict, grid: Grid, models: list[str], optimizers: list[str],
                                  ("depth", [(grid.base_width, d) for d in grid.depths])):
                 cells, optima = [], []
                 for w, d in points:
-                    losses = curve_of(results, selector(model, w, d, opt, profile), GRIDS[opt])
+                    losses = curve_of(results, selector(model, w, d, opt, profile, hidden_mass), GRIDS[opt])
                     found = optimum(GRIDS[opt], losses)
                     label = f"w{w}" if axis == "width" else f"d{d}"
                     missing = sum(math.isnan(l) for l in losses)  # not run yet (a diverged run is inf)
@@ -413,15 +423,16 @@ def summary(results: dict, grid: Grid, models: list[str], optimizers: list[str],
     return "\n".join(lines), spreads
 
 
-def refinement(results: dict, grid: Grid, models: list[str], optimizers: list[str], profile: str) -> str:
+def refinement(results: dict, grid: Grid, models: list[str], optimizers: list[str], profile: str,
+               hidden_mass: float = 1.0) -> str:
     """Every run of the chosen sizes, learning rates in order (half-decade grid and refined points), best marked."""
     lines = ["| model | optimizer | size | validation loss by learning rate (best in bold) |", "| --- | --- | --- | --- |"]
     for model in models:
         for opt in optimizers:
             for w, d in grid.sizes():
-                chosen = selector(model, w, d, opt, profile)
+                chosen = selector(model, w, d, opt, profile, hidden_mass)
                 runs = sorted((r["lr"], r["val"]) for r in results.values()
-                              if all(r.get(k) == v for k, v in chosen.items()) and r.get("steps") == grid.steps)
+                              if _matches(r, chosen) and r.get("steps") == grid.steps)
                 if not runs:
                     continue
                 best = min(v for _, v in runs)
@@ -430,7 +441,8 @@ def refinement(results: dict, grid: Grid, models: list[str], optimizers: list[st
     return "\n".join(lines)
 
 
-def plot(results: dict, grid: Grid, model: str, optimizers: list[str], profile: str, path: Path) -> None:
+def plot(results: dict, grid: Grid, model: str, optimizers: list[str], profile: str, path: Path,
+         hidden_mass: float = 1.0) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -442,7 +454,7 @@ def plot(results: dict, grid: Grid, model: str, optimizers: list[str], profile: 
                                               ("depth", [(grid.base_width, d) for d in grid.depths]))):
             ax = axes[row][col]
             for w, d in points:
-                losses = curve_of(results, selector(model, w, d, opt, profile), GRIDS[opt])
+                losses = curve_of(results, selector(model, w, d, opt, profile, hidden_mass), GRIDS[opt])
                 ax.plot(GRIDS[opt], [l if math.isfinite(l) else math.nan for l in losses], marker="o",
                         label=f"width {w}" if axis == "width" else f"depth {d}")
             ax.set_xscale("log")
@@ -472,6 +484,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--depths", help="comma-separated depths (default 1,2,4,8)")
     parser.add_argument("--profile", default="certified", choices=["certified", "modula"],
                         help="which targets the normalized optimizers use")
+    parser.add_argument("--hidden-mass", type=float, default=1.0,
+                        help="the normalized optimizers' mass of all hidden blocks together, input and output layers "
+                        "1 each (Modula's GPT default is 5: 1:5:1)")
     parser.add_argument("--workers", type=int, default=2, help="processes (each uses one thread)")
     parser.add_argument("--out", type=Path, help="results JSON (default docs/lr_study.json; quick: a temp name)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where the plots go")
@@ -495,26 +510,29 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"unknown {name} {unknown}: choose from {known}")
     out = args.out or (ROOT / "docs" / ("lr_study_quick.json" if args.quick else "lr_study.json"))
     lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
-    runs = runs_of(grid, models, optimizers, args.profile, lrs)
+    mass = args.hidden_mass
+    runs = runs_of(grid, models, optimizers, args.profile, lrs, mass)
+    tag = args.profile + ("" if mass == 1.0 else f"_m{mass:g}")
     if args.report_only:
         results = json.loads(out.read_text()) if out.exists() else {}
     else:
         results = study(runs, out, args.workers, max_bytes=1_000_000 if args.quick else None)
     if lrs:  # a refinement: every run of these sizes by learning rate, grid and refined points together
-        refined = refinement(results, grid, models, optimizers, args.profile)
+        refined = refinement(results, grid, models, optimizers, args.profile, mass)
         print(refined)
-        out.with_name(f"{out.stem}_refined.md").write_text(refined + "\n")
+        out.with_name(f"{out.stem}_refined{'' if mass == 1.0 else f'_m{mass:g}'}.md").write_text(refined + "\n")
         return {"results": results, "spreads": {}}
-    text, spreads = summary(results, grid, models, optimizers, args.profile)
+    text, spreads = summary(results, grid, models, optimizers, args.profile, mass)
     print(text)
-    out.with_name(f"{out.stem}_{args.profile}.md").write_text(
+    out.with_name(f"{out.stem}_{tag}.md").write_text(
         f"Optimal learning rate per size: grid argmin ~ interpolated optimum (validation loss at the argmin); "
-        f"{grid.steps} steps, batch {grid.batch} x {grid.context} characters, profile {args.profile}.\n\n{text}\n")
+        f"{grid.steps} steps, batch {grid.batch} x {grid.context} characters, profile {args.profile}, hidden mass "
+        f"{mass:g}.\n\n{text}\n")
     if not args.quick:
         args.docs.mkdir(parents=True, exist_ok=True)
         for model in models:
-            suffix = "" if args.profile == "certified" else f"_{args.profile}"
-            plot(results, grid, model, optimizers, args.profile, args.docs / f"lr_study_{model}{suffix}.png")
+            suffix = "" if tag == "certified" else f"_{tag}"
+            plot(results, grid, model, optimizers, args.profile, args.docs / f"lr_study_{model}{suffix}.png", mass)
     return {"results": results, "spreads": spreads}
 
 
