@@ -10,9 +10,9 @@ one line (`bond(...)`); atoms and ops whose constant depends on their inputs' bo
 
 Norm convention (docs/theory/modular-norm.md#norms).
 A tensor is measured by the RMS over its feature axis, maximised over every other
-position (batch, token, pixel). The feature axis is the last one, or axis 1 for NCHW feature maps; layout ops say
-where it goes. "certified" constants are worst-case over the unit ball; "modula" constants are the nominal values
-of Modula 0.0.0.0.0.2 (`--profile modula`), kept so that the paper's package can be reproduced.
+position (batch, token, pixel). The feature axis is the last one, or axis 1 for NCHW feature maps and inputs a conv
+reads; layout ops say where it goes. "certified" constants are worst-case over the unit ball; "modula" constants are
+the nominal values of Modula 0.0.0.0.0.2 (`--profile modula`), kept so that the paper's package can be reproduced.
 """
 
 from __future__ import annotations

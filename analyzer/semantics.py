@@ -5,8 +5,8 @@ which is what `F.linear` is) or a `call_method` name to a function `(op: OpView)
 one line (`bond(...)`); atoms and ops whose constant depends on their inputs' bounds are small functions.
 
 Norm convention (docs/): a tensor is measured by the RMS over its feature axis, maximised over every other
-position (batch, token, pixel). The feature axis is the last one, or axis 1 for NCHW feature maps; layout ops say
-where it goes. "certified" constants are worst-case over the unit ball; "modula" constants are the nominal values
+position (batch, token, pixel). The feature axis is the last one, or axis 1 for NCHW feature maps and inputs a conv
+reads; layout ops say where it goes. "certified" constants are worst-case over the unit ball; "modula" constants are the nominal values
 of Modula 0.0.0.0.0.2 (`--profile modula`), kept so that the paper's package can be reproduced.
 
 Where things live (adding an op touches one of these files plus its test):
