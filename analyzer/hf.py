@@ -71,14 +71,16 @@ def hf_module(path: Path) -> Any:
 def _main_input(model: torch.nn.Module, config: Any) -> torch.Tensor:
     """An example of the model's main input, shaped as its processor makes it: token ids, an image
     (pixel_values: channels x image_size²) or log-mel frames (input_features: Whisper pads every clip to
-    2 x max_source_positions frames and checks it)."""
+    2 x max_source_positions frames and checks it). Continuous inputs are standard normal (seeded), not zeros: the
+    floors of the `assumed` profile are measured on them, and zeros would leave every normalizer's input at 0."""
     main = getattr(model, "main_input_name", "input_ids")
+    noise = torch.Generator().manual_seed(0)
     if main == "pixel_values":
         size = getattr(config, "image_size", 224)
         height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
-        return torch.zeros(1, getattr(config, "num_channels", 3), height, width)
+        return torch.randn(1, getattr(config, "num_channels", 3), height, width, generator=noise)
     if main == "input_features" and isinstance(getattr(config, "max_source_positions", None), int):
-        return torch.zeros(1, getattr(config, "num_mel_bins", 80), 2 * config.max_source_positions)
+        return torch.randn(1, getattr(config, "num_mel_bins", 80), 2 * config.max_source_positions, generator=noise)
     context = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "n_ctx")
                     if isinstance(getattr(config, k, None), int)), 64)
     return torch.zeros(1, min(64, context), dtype=torch.long)
