@@ -19,6 +19,8 @@ prints it beside the figure, and `modnorm probe` checks it on the inputs it meas
 from __future__ import annotations
 
 import math
+import operator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,11 +53,15 @@ class Floor:
         return (f"{self.quantity} >= {self.rms:.3g} ({FLOOR_FRACTION:g}x {how}: {self.at_init:.3g})")
 
 
+def _has_stats(value: Any) -> bool:
+    """Whether `_position_stats` gives figures for this value (read from its dtype and shape alone)."""
+    return (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() > 0 and not value.is_meta
+            and value.shape[-1] >= 1 and value.numel() > 0)
+
+
 def _position_stats(value: Any) -> tuple[float, float] | None:
     """(min per-position RMS, min per-position centred RMS) along the last axis, or None for non-float data."""
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() == 0 or value.is_meta:
-        return None
-    if value.shape[-1] < 1 or value.numel() == 0:
+    if not _has_stats(value):
         return None
     x = value.detach().double()
     rms = x.pow(2).mean(-1).sqrt()
@@ -80,24 +86,105 @@ def in_unit_ball(inputs: tuple[Any, ...], radius: float = 1.0,
     return tuple(out)
 
 
+# Outputs kept for their statistics at most (beyond that, statistics are computed as each node runs).
+KEPT_BYTES = 256 * 2**20
+
+
+class Measured(Mapping):
+    """Per node name: (min per-position RMS, min per-position centred RMS) of its output, computed when first read.
+
+    Only the inputs of normalizers and of products are read (calculus.OpView.input_floor, input_rms_at_init): a
+    CNN reads few or none of its ~200 nodes, and each statistic is a float64 pass over an activation. The outputs
+    are kept until read; one that a later op may write into (an in-place op or a module that is not torch's own)
+    has its statistics computed before that op runs, so the figures are the ones computed as each node ran."""
+
+    def __init__(self) -> None:
+        self._stats: dict[str, tuple[float, float]] = {}
+        self._kept: dict[str, torch.Tensor] = {}
+        self._names: list[str] = []  # every node with statistics, in graph order
+        self._bytes = 0
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        self._names.append(name)
+        if self._bytes + value.nbytes > KEPT_BYTES:
+            self._stats[name] = _position_stats(value)
+            return
+        self._kept[name] = value
+        self._bytes += value.nbytes
+
+    def settle(self, written: list[torch.Tensor]) -> None:
+        """Statistics now for kept outputs that share storage with tensors an op is about to write into."""
+        storages = {t.untyped_storage().data_ptr() for t in written}
+        for name in [n for n, t in self._kept.items() if t.untyped_storage().data_ptr() in storages]:
+            self._settle(name)
+
+    def _settle(self, name: str) -> tuple[float, float]:
+        value = self._kept.pop(name)
+        self._bytes -= value.nbytes
+        stats = self._stats[name] = _position_stats(value)
+        return stats
+
+    def __getitem__(self, name: str) -> tuple[float, float]:
+        if name in self._stats:
+            return self._stats[name]
+        if name in self._kept:
+            with torch.no_grad():
+                return self._settle(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+_INPLACE_OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                      operator.ifloordiv, operator.imod, operator.ipow, operator.imatmul, operator.iand,
+                      operator.ior, operator.ixor}
+
+
+def _may_write(node: fx.Node, module: Any) -> bool:
+    """Whether running `node` may write into one of its arguments."""
+    if node.op == "call_module":
+        return bool(getattr(module, "inplace", False)) or not type(module).__module__.startswith("torch.nn.modules.")
+    if node.op == "call_method":
+        return isinstance(node.target, str) and node.target.endswith("_") and not node.target.startswith("__")
+    if node.op != "call_function":
+        return False
+    name = getattr(node.target, "__name__", "") or ""
+    owner = getattr(node.target, "__module__", "") or ""
+    return (node.target in _INPLACE_OPERATORS or "out" in node.kwargs or bool(node.kwargs.get("inplace"))
+            or (name.endswith("_") and not name.startswith("__"))
+            or not (owner in ("_operator", "operator") or owner.startswith("torch") or node.target is getattr)
+            or any(a is True for a in node.args[1:]))  # F.relu(x, True) & co: a positional inplace flag
+
+
 class _Recorder(fx.Interpreter):
     def __init__(self, module: fx.GraphModule) -> None:
         super().__init__(module)
-        self.stats: dict[str, tuple[float, float]] = {}
+        self.stats = Measured()
 
     def run_node(self, n: fx.Node) -> Any:
+        if n.op in ("call_module", "call_function", "call_method"):
+            module = self.module.get_submodule(n.target) if n.op == "call_module" else None
+            if _may_write(n, module):
+                written: list[torch.Tensor] = []
+                fx.node.map_aggregate((n.args, n.kwargs), lambda a: written.append(self.env[a])
+                                      if isinstance(a, fx.Node) and isinstance(self.env.get(a), torch.Tensor)
+                                      else None)
+                self.stats.settle(written)
         result = super().run_node(n)
-        stats = _position_stats(result)
-        if stats is not None:
-            self.stats[n.name] = stats
+        if _has_stats(result):
+            self.stats.add(n.name, result.detach())
         return result
 
 
 def measure(graph_module: fx.GraphModule, inputs: tuple[Any, ...] | None,
-            axes: tuple[int | None, ...] | None = None) -> dict[str, tuple[float, float]]:
+            axes: tuple[int | None, ...] | None = None) -> Mapping[str, tuple[float, float]]:
     """Per node: the smallest per-position RMS and centred RMS of its output when the traced graph runs on the
-    example inputs with the model's real weights. Empty when that is not possible (meta weights or inputs, a graph
-    that does not run): the floors are then predicted (`typical`)."""
+    example inputs with the model's real weights (computed when read: `Measured`). Empty when that is not possible
+    (meta weights or inputs, a graph that does not run): the floors are then predicted (`typical`)."""
     if inputs is None or any(isinstance(t, torch.Tensor) and t.is_meta for t in inputs):
         return {}
     if any(p.is_meta for p in graph_module.parameters()) or any(b.is_meta for b in graph_module.buffers()):
@@ -150,7 +237,7 @@ def _linear_gain(record: Any, weights: Any) -> float:
     return abs(atom.scale) * weights.rms(atom.weight)[0] * math.sqrt(numel // out)
 
 
-def floor_of(measured: dict[str, tuple[float, float]], source: Any, centred: bool) -> Floor | None:
+def floor_of(measured: Mapping[str, tuple[float, float]], source: Any, centred: bool) -> Floor | None:
     """The floor for a normalizer fed by the record `source`: measured when the graph ran, else predicted."""
     stats = measured.get(source.node.name)
     if stats is not None:

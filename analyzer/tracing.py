@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import inspect
 import operator
+import os
+import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -146,14 +150,20 @@ class ShapeTracer(fx.Tracer):
 
     def __init__(self, example_inputs: tuple[Any, ...], leaf_types: tuple[type, ...] = ()) -> None:
         super().__init__()
-        self.record_stack_traces = True
+        # The user's source line of every node, recorded by create_node below: fx's own recording (CapturedTraceback's
+        # symbolizer) imports torch._inductor and torch._dynamo, ~1.7 s of a small model's check.
+        self.record_stack_traces = False
         # Buffers become get_attr nodes with meta shadows, so `.to(x.device)` on a meta buffer is traced, not run.
         self.proxy_buffer_attributes = True
         self._inputs = list(to_meta(example_inputs))
         self._leaf_types = leaf_types
         self._computing = False  # True while a leaf runs on meta: fx's patches must stand aside
+        # Real values (see _RealValues): the CPU computes what meta would, when weights and inputs are real.
+        self._real = _RealValues.of(example_inputs)
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        if self._real is not None and not (isinstance(root, nn.Module) and self._real.protect(root)):
+            self._real = None
         if isinstance(root, nn.Module):  # torch.compile'd functions the model calls become leaves, as fx.wrap does
             for module in root.modules():
                 scope = getattr(type(module).forward, "__globals__", {})
@@ -224,6 +234,17 @@ class ShapeTracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return ValueProxy(node, self)
 
+    def _filter_traceback_frames(self, user_stack_summary: traceback.StackSummary) -> traceback.StackSummary:
+        """fx's filter without its `uninteresting_files()`, which imports torch._dynamo (~1 s) for a list of torch
+        files: the same frames are kept (tests/test_perf_tracing.py compares the two lists)."""
+        if "torch._dynamo" in sys.modules or getattr(self, "_record_forward_stack_traces_only", False):
+            return super()._filter_traceback_frames(user_stack_summary)
+        frames = list(user_stack_summary)
+        first = next((i for i, frame in enumerate(frames) if frame.name == "forward"), None)
+        skip = _uninteresting_files()
+        kept = [f for f in frames[first:] if f.filename not in skip] if first is not None else []
+        return traceback.StackSummary.from_list(kept)
+
     def create_arg(self, a: Any) -> Any:
         # A KV cache (transformers' DynamicCache & co, returned by every model built with its default
         # use_cache=True) is state for the next call, not a function of this one: the graph returns None in its
@@ -235,7 +256,15 @@ class ShapeTracer(fx.Tracer):
     def create_proxy(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
                      type_expr: Any = None, proxy_factory_fn: Any = None) -> fx.Proxy:
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
-        proxy.node.meta["value"] = self._value_of(kind, target, args, kwargs)
+        node = proxy.node
+        if self._real is not None and kind in ("call_function", "call_method", "call_module"):
+            shadow = self._real.run(self, node, kind, target, args, kwargs)
+            if shadow is not _MISSING:
+                node.meta["value"] = shadow
+                return proxy
+        node.meta["value"] = self._value_of(kind, target, args, kwargs)
+        if self._real is not None and kind == "placeholder":
+            self._real.placeholder(node)
         return proxy
 
     def _value_of(self, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
@@ -273,8 +302,15 @@ class ShapeTracer(fx.Tracer):
     def create_node(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
                     type_expr: Any = None) -> fx.Node:
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        if not node.stack_trace:  # as fx records it (proxy.py), from Python's frames
+            frames = self._filter_traceback_frames(_stack_summary(sys._getframe(1)))
+            if frames:
+                node.stack_trace = "".join(frames.format()).strip()
         if kind == "get_attr":  # fx also emits constants straight through create_node
-            node.meta["value"] = to_meta(self._fetch(target))
+            value = self._fetch(target)
+            node.meta["value"] = to_meta(value)
+            if self._real is not None:
+                self._real.keep(node, value)
         return node
 
     def _fetch(self, target: str) -> Any:
@@ -286,6 +322,204 @@ class ShapeTracer(fx.Tracer):
             return obj
         finally:
             self._computing = computing
+
+
+def _shadow(value: Any) -> Any:
+    """The meta value standing for a real result: its shape, dtype and strides (a view's too, which `.to("meta")`
+    would make contiguous), as meta kernels give them."""
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided or value.is_meta:
+            return to_meta(value)
+        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+    if isinstance(value, (list, tuple)):
+        moved = [_shadow(v) for v in value]
+        return type(value)(moved) if not hasattr(value, "_fields") else type(value)(*moved)
+    if isinstance(value, dict):
+        return {k: _shadow(v) for k, v in value.items()}
+    return value
+
+
+class _NoReal(Exception):
+    """An argument has no real value (it was computed on meta): the op runs on meta too."""
+
+
+# What real values may take while tracing (beyond the weights): past it the rest of the trace runs on meta.
+REAL_VALUE_BYTES = 512 * 2**20
+
+# Ops whose result the meta device cannot know (a shape or a Python number read from data) or that act on autograd
+# or storage: they stay on meta even when the CPU could run them, so that the graph is the one meta gives.
+_META_ONLY = frozenset({
+    "item", "tolist", "numpy", "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select",
+    "masked_scatter", "repeat_interleave", "bincount", "histc", "histogram", "equal", "allclose", "is_nonzero",
+    "__bool__", "__int__", "__float__", "__index__", "__len__", "__iter__", "requires_grad_", "retain_grad",
+    "backward", "register_hook", "data_ptr", "storage", "untyped_storage", "share_memory_", "pin_memory",
+    "record_stream", "apply_", "map_", "set_", "resize_", "resize_as_", "as_strided_", "unsqueeze_", "squeeze_",
+    "t_", "transpose_", "swapdims_", "swapaxes_", "cpu", "cuda", "to_sparse", "detach_", "setitem",
+})
+_INPLACE_OPERATORS = frozenset({operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                                operator.ifloordiv, operator.imod, operator.ipow, operator.imatmul, operator.iand,
+                                operator.ior, operator.ixor, operator.ilshift, operator.irshift})
+
+
+class _RealValues:
+    """Real CPU values beside the meta shadows, for a model whose weights and example inputs are real CPU tensors.
+
+    Running an op on meta in torch 2.13 imports torch._dynamo (~1 s: torch._refs wrappers go through
+    torch._compile), about a third of a small CNN's check; the same op on the CPU, on the small example inputs,
+    costs milliseconds. So each op whose arguments all have real values runs on the CPU and its node's shadow is
+    the meta copy of the result (same shape, dtype and strides as meta computes). Ops meta cannot compute
+    (`_META_ONLY`, boolean masks, sizes read from tensors), ops of user code (custom leaves, autograd Functions,
+    compiled functions) and ops that fail on the CPU run on meta as before, and their results have no real value;
+    so the graph and its shadows are the ones meta gives."""
+
+    def __init__(self, inputs: list[Any]) -> None:
+        self.inputs = inputs
+        self.values: dict[fx.Node, Any] = {}
+        self.protected: set[int] = set()  # storages of the model's tensors: no op may write into them
+        self.bytes = 0
+        self._signatures: dict[Any, Any] = {}
+
+    @classmethod
+    def of(cls, example_inputs: tuple[Any, ...]) -> _RealValues | None:
+        tensors: list[torch.Tensor] = []
+        fx.node.map_aggregate(example_inputs, lambda a: tensors.append(a) if isinstance(a, torch.Tensor) else None)
+        if not tensors or any(t.device.type != "cpu" or t.layout != torch.strided for t in tensors):
+            return None
+        return cls([fx.node.map_aggregate(x, lambda a: a.detach().clone() if isinstance(a, torch.Tensor) else a)
+                    for x in example_inputs])
+
+    def protect(self, root: nn.Module) -> bool:
+        """False when a weight is not a real CPU tensor (the trace then runs on meta)."""
+        for t in [*root.parameters(), *root.buffers()]:
+            if t.device.type != "cpu" or t.layout != torch.strided:
+                return False
+            self.protected.add(t.untyped_storage().data_ptr())
+        return True
+
+    def placeholder(self, node: fx.Node) -> None:
+        if self.inputs:
+            self._keep(node, self.inputs.pop(0))
+
+    def keep(self, node: fx.Node, value: Any) -> None:
+        """A get_attr node's real value (a weight, buffer or constant of the model)."""
+        if isinstance(value, torch.Tensor):
+            if value.device.type != "cpu" or value.layout != torch.strided:
+                return
+            self.protected.add(value.untyped_storage().data_ptr())
+        self.values[node] = value
+
+    def _keep(self, node: fx.Node, value: Any) -> None:
+        sizes: list[int] = []
+        fx.node.map_aggregate(value, lambda a: sizes.append(a.nbytes) if isinstance(a, torch.Tensor) else None)
+        self.bytes += sum(sizes)
+        self.values[node] = value
+
+    def _real(self, a: Any) -> Any:
+        node = a.node if isinstance(a, fx.Proxy) else a if isinstance(a, fx.Node) else None
+        if node is None:
+            if isinstance(a, torch.Tensor) and (a.device.type != "cpu" or a.layout != torch.strided):
+                raise _NoReal
+            if isinstance(a, torch.device) and a.type == "cuda" or isinstance(a, str) and (
+                    a == "cuda" or a.startswith("cuda:")):
+                return torch.device("cpu") if isinstance(a, torch.device) else "cpu"
+            return a
+        value = self.values.get(node, _MISSING)
+        if value is _MISSING:
+            raise _NoReal
+        return value
+
+    def run(self, tracer: ShapeTracer, node: fx.Node, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
+        """The node's meta shadow computed from real values (and its real value kept), or _MISSING: run on meta."""
+        name = target if kind == "call_method" else getattr(target, "__name__", "")
+        module = tracer.root.get_submodule(target) if kind == "call_module" else None
+        inplace = self._inplace(kind, target, name, module, args, kwargs)
+        if not self._runs_on_cpu(kind, target, name, module):
+            if inplace:  # meta writes into a shadow its real value would not follow: meta from here on
+                tracer._real = None
+            return _MISSING
+        try:
+            values = fx.node.map_aggregate(args, self._real)
+            kw = fx.node.map_aggregate(kwargs, self._real)
+        except _NoReal:
+            if inplace:
+                tracer._real = None
+            return _MISSING
+        tensors: list[torch.Tensor] = []
+        fx.node.map_aggregate((values, kw), lambda a: tensors.append(a) if isinstance(a, torch.Tensor) else None)
+        if any(t.dim() == 0 and not (t.is_floating_point() or t.is_complex()) for t in tensors) or (
+                name in ("getitem", "__getitem__", "index", "index_put", "index_put_")
+                and any(t.dtype == torch.bool for t in tensors[1:])) or (
+                name == "where" and len(tensors) == 1) or (kind == "call_method" and not (
+                    values and isinstance(values[0], torch.Tensor))):
+            if inplace:
+                tracer._real = None
+            return _MISSING  # a value read as a size or index, a mask selecting by value: meta's unknown
+        if inplace and tensors and tensors[0].untyped_storage().data_ptr() in self.protected:
+            tracer._real = None  # would write into the model's weights
+            return _MISSING
+        state = torch.get_rng_state()
+        try:
+            _check_dtypes(module if module is not None else target, tuple(values))  # meta explains the refusal
+            with torch.no_grad():
+                if kind == "call_function":
+                    result = target(*values, **kw)
+                elif kind == "call_method":
+                    result = getattr(values[0], target)(*values[1:], **kw)
+                else:
+                    tracer._computing = True
+                    try:
+                        result = module.forward(*values, **kw)
+                    finally:
+                        tracer._computing = False
+        except Exception:  # noqa: BLE001 - meta decides: it may compute what the CPU refuses, or explain it
+            if inplace:
+                tracer._real = None
+            return _MISSING
+        finally:
+            torch.set_rng_state(state)
+        self._keep(node, result)
+        if self.bytes > REAL_VALUE_BYTES:
+            tracer._real = None
+        return _shadow(result)
+
+    def _runs_on_cpu(self, kind: str, target: Any, name: str, module: nn.Module | None) -> bool:
+        if name in _META_ONLY or target in (operator.setitem,):
+            return False
+        if kind == "call_module":
+            return (type(module).__module__.startswith("torch.nn.modules.") and not is_compiled(module)
+                    and not isinstance(module, nn.MultiheadAttention))
+        if kind == "call_function":
+            owner = getattr(target, "__module__", None) or ""
+            return (target is getattr or owner in ("_operator", "operator") or owner.startswith("torch")
+                    and not owner.startswith(("torch._dynamo", "torch._higher_order_ops"))) and not (
+                hasattr(target, "_modnorm_leaf_of") or is_compiled(target) or _is_grouped_mm(target))
+        return True
+
+    def _inplace(self, kind: str, target: Any, name: str, module: nn.Module | None, args: tuple,
+                 kwargs: dict) -> bool:
+        """Writes into its first argument: `x.add_(y)`, `x += y`, `F.relu(x, inplace=True)`, `ReLU(inplace=True)`."""
+        if kind == "call_module":
+            return bool(getattr(module, "inplace", False))
+        if target in _INPLACE_OPERATORS or "out" in kwargs:
+            return True
+        if name.endswith("_") and not name.startswith("__"):
+            return True
+        if kind == "call_function" and callable(target):
+            signature = self._signatures.get(target, _MISSING)
+            if signature is _MISSING:
+                try:
+                    signature = inspect.signature(target)
+                except (TypeError, ValueError):
+                    signature = None
+                if signature is not None and "inplace" not in signature.parameters:
+                    signature = None
+                self._signatures[target] = signature
+            if signature is not None:
+                try:
+                    return bool(signature.bind(*args, **kwargs).arguments.get("inplace", False))
+                except TypeError:
+                    return True
+        return False
 
 
 def _is_cache(value: Any) -> bool:
@@ -440,6 +674,35 @@ def _run_on_meta(module: nn.Module, args: tuple, kwargs: dict) -> Any:
         return module.forward(*args, **kwargs)
 
 
+def _stack_summary(frame: Any) -> traceback.StackSummary:
+    """The stack from `frame` outwards, outermost first, as torch's CapturedTraceback gives it to fx (file, line and
+    function of each frame; the source line read when formatted)."""
+    frames = []
+    while frame is not None:
+        frames.append(traceback.FrameSummary(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    frames.reverse()
+    return traceback.StackSummary.from_list(frames)
+
+
+@functools.lru_cache(maxsize=1)
+def _uninteresting_files() -> frozenset[str]:
+    """torch.fx.experimental.symbolic_shapes.uninteresting_files(), from torch's directory instead of imports (the
+    torch._dynamo modules it names are not loaded unless something else loads them)."""
+    base = os.path.dirname(torch.__file__)
+    names = ["fx/experimental/symbolic_shapes.py", "export/_trace.py", "fx/experimental/recording.py",
+             "fx/experimental/sym_node.py", "fx/interpreter.py", "fx/_symbolic_trace.py", "__init__.py",
+             "_compile.py", "_dynamo/eval_frame.py", "_inductor/sizevars.py", "_library/custom_ops.py",
+             "_library/fake_impl.py", "_subclasses/meta_utils.py", "_subclasses/fake_tensor.py",
+             "_logging/_internal.py", "_logging/structured.py", "_dynamo/external_utils.py",
+             "_dynamo/polyfills/__init__.py"]
+    files = {os.path.join(base, *n.split("/")) for n in names}
+    files.update(glob.glob(os.path.join(base, "_higher_order_ops", "*.py")))
+    files.update(f for f in glob.glob(os.path.join(base, "_dynamo", "polyfills", "*.py"))
+                 if os.path.basename(f) != "loader.py")
+    return frozenset(files | {"<string>"})
+
+
 @dataclass
 class TracedModel:
     """The traced graph with its root module and how it was obtained."""
@@ -507,6 +770,9 @@ def _wrapped_functions_read_through() -> Iterator[None]:
 def _static_address_marks_ignored() -> Iterator[None]:
     """transformers' caches tag their state tensors for torch.compile (`torch._dynamo.mark_static_address`), which
     rejects a proxy; the tag means nothing to the analysis, so it is skipped for proxies while fx traces."""
+    if "torch._dynamo" not in sys.modules:  # importing it costs ~1 s; a transformers build has imported it
+        yield
+        return
     import torch._dynamo as dynamo
 
     original = dynamo.mark_static_address
@@ -522,18 +788,40 @@ def _static_address_marks_ignored() -> Iterator[None]:
         dynamo.mark_static_address = original
 
 
+def _traced_graph(model: nn.Module, example_inputs: tuple[Any, ...],
+                  leaf_types: tuple[type, ...]) -> tuple[ShapeTracer, fx.Graph]:
+    tracer = ShapeTracer(example_inputs, leaf_types)
+    try:
+        with _wrapped_functions_read_through():
+            return tracer, tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
+    except Exception:  # noqa: BLE001 - a wrapped function that does not trace: keep it whole, as fx does
+        tracer = ShapeTracer(example_inputs, leaf_types)
+        return tracer, tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
+
+
+def _raised_in(exc: BaseException, function: str) -> bool:
+    """Whether `function` is on the traceback of `exc` or of an exception it was raised from."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(frame.name == function for frame in traceback.extract_tb(exc.__traceback__)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def trace_fx(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | None = None,
              leaf_types: tuple[type, ...] = ()) -> TracedModel:
     """The shape-aware fx tracer (first route)."""
-    tracer = ShapeTracer(example_inputs, leaf_types)
     try:
-        with _static_address_marks_ignored():
-            try:
-                with _wrapped_functions_read_through():
-                    graph = tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
-            except Exception:  # noqa: BLE001 - a wrapped function that does not trace: keep it whole, as fx does
-                tracer = ShapeTracer(example_inputs, leaf_types)
-                graph = tracer.trace(model, concrete_args=_concrete_args(model, len(example_inputs)))
+        try:
+            with _static_address_marks_ignored():
+                tracer, graph = _traced_graph(model, example_inputs, leaf_types)
+        except Exception as exc:  # noqa: BLE001 - torch._dynamo imported by the model itself, which then marked a
+            if not _raised_in(exc, "mark_static_address"):  # proxy as a static address: skip the marks, as above
+                raise
+            with _static_address_marks_ignored():
+                tracer, graph = _traced_graph(model, example_inputs, leaf_types)
     except InputsDoNotFit as exc:  # name the user's line that called the op, else the model file
         frame = frame_of_exception(exc, user_file)
         raise InputsDoNotFit(exc.problem, exc.remedy, frame[0] if frame else user_file,
