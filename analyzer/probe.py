@@ -26,7 +26,7 @@ from torch.func import functional_call, jvp, vjp
 from .atoms import AtomKind, make_atom
 from .result import Analysis, Layer
 
-__all__ = ["Probe", "Row", "probe"]
+__all__ = ["Probe", "Row", "probe", "block_rows"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Probe:
 def _rms_max(t: torch.Tensor, fdim: int | None = None) -> torch.Tensor:
     """The max over positions of the RMS over features; by default features are the channels of an NCHW tensor
     and the last axis otherwise, the calculus's convention for inputs and convolution outputs."""
-    fdim = _feature_axis(t) if fdim is None else fdim
+    fdim = _feature_axis(t) if fdim is None or fdim >= t.dim() else fdim
     return t.movedim(fdim, -1).pow(2).mean(-1).sqrt().max()
 
 
@@ -81,8 +81,7 @@ def _feature_axis(t: torch.Tensor) -> int:
 
 def _output_rms(t: torch.Tensor, analysis: Analysis) -> torch.Tensor:
     """The network output's max-position RMS over the axis the analysis measured it on."""
-    axis = analysis.output_axis
-    return _rms_max(t, axis if axis is not None and axis < t.dim() else None)
+    return _rms_max(t, analysis.output_axis)
 
 
 def _input_axis(inputs: tuple, i: int, analysis: Analysis) -> int:
@@ -132,6 +131,24 @@ def probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, *
         return _probe(copy.deepcopy(model), inputs, analysis, trials, steps, seed)  # fused kernels: no forward AD
 
 
+def block_rows(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, *, trials: int = 2,
+               steps: int = 10, seed: int = 0) -> list[Row]:
+    """Only the per-block rows of `probe` (each residual block's measured Lipschitz constant next to its bound),
+    for inputs already in the unit ball the bounds assume."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from . import TRACING_LOCK
+
+    import copy
+
+    notes: list[str] = []
+    with TRACING_LOCK, torch.random.fork_rng(devices=[]), sdpa_kernel(SDPBackend.MATH), _no_mha_fastpath():
+        torch.manual_seed(seed)
+        model = copy.deepcopy(model).double().eval()
+        inputs = tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+        return _block_rows(_Retraced(model, inputs), analysis, steps, trials, notes)
+
+
 @contextlib.contextmanager
 def _no_mha_fastpath() -> Iterator[None]:
     """nn.MultiheadAttention / nn.TransformerEncoderLayer in eval mode take a fused fast path
@@ -171,7 +188,9 @@ def _probe(model: torch.nn.Module, inputs: tuple[Any, ...], analysis: Analysis, 
     atoms = [l for l in analysis.layers if l.mass > 0 and l.weight in params and l.kind != AtomKind.GAIN]
     rows += _weight_rows(run, params, inputs, atoms, analysis, trials)
     rows += _normalization_rows(model, inputs, analysis)
-    rows += _assumption_rows(model, inputs, analysis, notes)
+    retraced = _Retraced(model, inputs)
+    rows += _assumption_rows(retraced, inputs, analysis, notes)
+    rows += _block_rows(retraced, analysis, steps, trials, notes)
     if analysis.network.sharpness is not None and analysis.network.sharpness.certified and atoms:
         rows.append(_alpha_row(run, params, inputs, atoms, analysis, trials))
     if any(r.assumption_broken for r in rows):  # the bounds are conditioned on it: compared, not asserted, here
@@ -274,21 +293,39 @@ def _normalization_rows(model: torch.nn.Module, inputs: tuple, analysis: Analysi
     return rows
 
 
-def _assumption_rows(model: torch.nn.Module, inputs: tuple, analysis: Analysis, notes: list[str]) -> list[Row]:
+class _Retraced:
+    """The model's graph traced again (once, when first asked), its node names those of the analysis's ops."""
+
+    def __init__(self, model: torch.nn.Module, inputs: tuple) -> None:
+        self.model, self.inputs = model, inputs
+        self._graph_module: Any = None
+        self.failure: str | None = None
+
+    @property
+    def graph_module(self) -> Any:
+        if self._graph_module is None and self.failure is None:
+            from .routes import trace
+
+            try:
+                self._graph_module = trace(self.model, self.inputs).graph_module
+            except Exception as exc:  # noqa: BLE001 - what needs the graph is then not measured, and said so
+                self.failure = f"the model could not be traced again ({type(exc).__name__})"
+        return self._graph_module
+
+
+def _assumption_rows(retraced: _Retraced, inputs: tuple, analysis: Analysis, notes: list[str]) -> list[Row]:
     """Each stated assumption (a floor on the (centred) RMS entering a normalizer) against the smallest value seen
     at these inputs: the graph is traced again and run (floors.measure), the normalizer's input read by op name."""
     from .floors import measure
     from .report import assumption_rows
-    from .routes import trace
 
     stated = assumption_rows(analysis)
     if not stated:
         return []
-    try:
-        seen = measure(trace(model, inputs).graph_module, inputs)
-    except Exception as exc:  # noqa: BLE001 - the assumptions then stay unchecked, and the probe says so
-        seen = {}
-        notes.append(f"assumptions not checked: the model could not be traced again ({type(exc).__name__})")
+    graph_module = retraced.graph_module
+    seen = measure(graph_module, inputs, axes=analysis.input_axes) if graph_module is not None else {}
+    if graph_module is None:
+        notes.append(f"assumptions not checked: {retraced.failure}")
     inputs_of = {op.name: op.inputs for op in analysis.ops}
     rows = []
     for row in stated:
@@ -311,3 +348,90 @@ def _alpha_row(run: Callable, params: dict, inputs: tuple, atoms: list, analysis
         second = jvp(inner, (params,), (d1,))[1]
         best = max(best, float(_output_rms(second, analysis)))
     return Row("sharpness α: ‖D²_ww f[Δw, Δ̃w]‖", analysis.network.sharpness.alpha, best, "nested jvp")
+
+
+def _block_rows(retraced: _Retraced, analysis: Analysis, steps: int, trials: int, notes: list[str]) -> list[Row]:
+    """Per residual block y = a·x + b·f(x): its Lipschitz constant in x at the block's input at init (power
+    iteration on the block's JᵀJ, everything else the block reads held at its value) next to the certified
+    |a| + |b|·s_f the network figure is built from: the tightness of the calculus block by block."""
+    if not analysis.merges:
+        return []
+    if analysis.model.tracer != "fx_values":
+        notes.append(f"residual blocks not measured: the analysis read the model through {analysis.model.tracer}, "
+                     "whose node names the probe cannot match")
+        return []
+    graph_module = retraced.graph_module
+    if graph_module is None:
+        notes.append(f"residual blocks not measured: {retraced.failure}")
+        return []
+    nodes = {n.name: n for n in graph_module.graph.nodes}
+    values = _node_values(graph_module, retraced.inputs)
+    rows = []
+    for merge in analysis.merges:
+        skip, out = nodes.get(merge.skip), nodes.get(merge.op)
+        x = values.get(skip) if skip is not None else None
+        if out is None or not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim()):
+            notes.append(f"block {merge.module or merge.op} not measured: its input is not in the traced graph")
+            continue
+        block = _block_function(graph_module, values, skip, out)
+        in_axis, out_axis = analysis.op(merge.skip).feature_axis, analysis.op(merge.op).feature_axis
+        measured = _largest_gain(block, x, in_axis, out_axis, steps, trials)
+        rows.append(Row(f"block {_block_label(merge, analysis)}: x ↦ a·x + b·f(x)", merge.block_sensitivity, measured,
+                        "power iteration on the block's JᵀJ at its input at init", op=merge.op))
+    return rows
+
+
+def _block_label(merge: Any, analysis: Analysis) -> str:
+    """The block's module and where its branch ends (`transformer.h.0 (… attn.c_proj)`): a block with two merges
+    (attention, then MLP) has a row for each."""
+    branch = analysis.op(merge.branch).module
+    prefix = f"{merge.module}."
+    end = branch[len(prefix):] if merge.module and branch.startswith(prefix) else branch
+    return f"{merge.module or merge.op} (f ends at {end})" if end else merge.module or merge.op
+
+
+def _node_values(graph_module: Any, inputs: tuple) -> dict[Any, Any]:
+    """Every node's value when the graph runs on `inputs` (kept, not freed as the interpreter goes)."""
+    import torch.fx as fx
+
+    interpreter = fx.Interpreter(graph_module, garbage_collect_values=False)
+    with torch.no_grad():
+        interpreter.run(*inputs)
+    return dict(interpreter.env)
+
+
+def _block_function(graph_module: Any, values: dict, skip: Any, out: Any) -> Callable:
+    """z ↦ the value of `out` when `skip` takes the value z: the nodes between them that depend on `skip` are run
+    again, every other input of the block keeps its recorded value."""
+    import torch.fx as fx
+
+    order = list(graph_module.graph.nodes)
+    depends, chain = {skip}, []
+    for node in order[order.index(skip) + 1: order.index(out) + 1]:
+        if any(a in depends for a in node.all_input_nodes):
+            depends.add(node)
+            chain.append(node)
+
+    def block(z: torch.Tensor) -> torch.Tensor:
+        interpreter = fx.Interpreter(graph_module, garbage_collect_values=False)
+        interpreter.env = {**values, skip: z}
+        for node in chain:
+            interpreter.env[node] = interpreter.run_node(node)
+        return interpreter.env[out]
+
+    return block
+
+
+def _largest_gain(f: Callable, x: torch.Tensor, in_axis: int | None, out_axis: int | None, steps: int,
+                  trials: int) -> float:
+    """A lower estimate of the largest ‖J v‖ / ‖v‖ of f at x in the max-position RMS norms over the given axes."""
+    best = 0.0
+    for _ in range(trials):
+        v = torch.randn_like(x)
+        for _ in range(steps):
+            v = v / v.norm()
+            _, jv = jvp(f, (x,), (v,))
+            best = max(best, float((_rms_max(jv, out_axis) / _rms_max(v, in_axis)).detach()))
+            _, pullback = vjp(f, x)
+            (v,) = pullback(jv)
+    return best

@@ -62,3 +62,39 @@ def test_meta_models_are_refused_with_advice():
 def test_check_probe_flag_appends_the_table():
     result = runner.invoke(app, ["check", str(ROOT / "fixtures/clean_mlp.py"), "--probe"])
     assert result.exit_code == 0 and "measured on real weights" in result.stdout
+
+
+class _ScaledIdentityResidual(torch.nn.Module):
+    """y = x + fc(x) with fc's weight s·I: the block is (1 + s)·I."""
+
+    def __init__(self, width: int, s: float) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(width, width, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(s * torch.eye(width))
+
+    def forward(self, x):
+        return x + self.fc(x)
+
+
+def test_a_residual_block_is_measured_against_its_bound():
+    """Hand derivation: y = x + s·x is (1 + s)·I, Lipschitz exactly 1 + s in the RMS norms; the calculus's block
+    bound |a| + |b|·s_f is 1 + ‖sI‖ = 1 + s. The probe's row for the block measures 1.5 and is tight (1.0)."""
+    model, x = _ScaledIdentityResidual(16, 0.5), torch.randn(4, 16)
+    measured = probe(model, (x,), modnorm.analyze(model, x), trials=1, steps=3)
+    (row,) = [r for r in measured.rows if r.what.startswith("block ")]
+    assert row.bound == pytest.approx(1.5) and row.measured == pytest.approx(1.5)
+    assert not row.violated and row.tightness == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("fixture", ["modula_gpt", "modula_resmlp", "convnext_block", "vit"])
+def test_every_residual_block_gets_a_row_within_its_bound(fixture):
+    """One row per residual merge the analysis found (the per-block tightness of the certified figure)."""
+    result = runner.invoke(app, ["probe", str(ROOT / f"fixtures/{fixture}.py"), "-f", "json", "--trials", "1"])
+    assert result.exit_code == 0, result.output
+    rows = [r for r in json.loads(result.stdout)["rows"] if r["what"].startswith("block ")]
+    streams = json.loads(runner.invoke(app, ["check", str(ROOT / f"fixtures/{fixture}.py"), "-f", "json",
+                                             "--exit-zero"]).stdout)["residual_streams"]
+    assert len(rows) == sum(len(stream["merges"]) for stream in streams) > 0
+    assert not any(r["violated"] for r in rows), [r for r in rows if r["violated"]]
+    assert all(0 < r["measured"] <= r["bound"] for r in rows)
