@@ -98,11 +98,17 @@ class Measured(Mapping):
     are kept until read; one that a later op may write into (an in-place op or a module that is not torch's own)
     has its statistics computed before that op runs, so the figures are the ones computed as each node ran."""
 
-    def __init__(self) -> None:
+    def __init__(self, run: Any = None) -> None:
         self._stats: dict[str, tuple[float, float]] = {}
         self._kept: dict[str, torch.Tensor] = {}
         self._names: list[str] = []  # every node with statistics, in graph order
         self._bytes = 0
+        self._run = run  # runs the graph, filling this mapping, when first read (`measure`)
+
+    def _ready(self) -> None:
+        if self._run is not None:
+            run, self._run = self._run, None
+            run(self)
 
     def add(self, name: str, value: torch.Tensor) -> None:
         self._names.append(name)
@@ -125,6 +131,7 @@ class Measured(Mapping):
         return stats
 
     def __getitem__(self, name: str) -> tuple[float, float]:
+        self._ready()
         if name in self._stats:
             return self._stats[name]
         if name in self._kept:
@@ -133,10 +140,15 @@ class Measured(Mapping):
         raise KeyError(name)
 
     def __iter__(self) -> Iterator[str]:
+        self._ready()
         return iter(self._names)
 
     def __len__(self) -> int:
+        self._ready()
         return len(self._names)
+
+    def _clear(self) -> None:
+        self._stats, self._kept, self._names, self._bytes = {}, {}, [], 0
 
 
 _INPLACE_OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
@@ -161,9 +173,9 @@ def _may_write(node: fx.Node, module: Any) -> bool:
 
 
 class _Recorder(fx.Interpreter):
-    def __init__(self, module: fx.GraphModule) -> None:
+    def __init__(self, module: fx.GraphModule, stats: Measured) -> None:
         super().__init__(module)
-        self.stats = Measured()
+        self.stats = stats
 
     def run_node(self, n: fx.Node) -> Any:
         if n.op in ("call_module", "call_function", "call_method"):
@@ -183,19 +195,22 @@ class _Recorder(fx.Interpreter):
 def measure(graph_module: fx.GraphModule, inputs: tuple[Any, ...] | None,
             axes: tuple[int | None, ...] | None = None) -> Mapping[str, tuple[float, float]]:
     """Per node: the smallest per-position RMS and centred RMS of its output when the traced graph runs on the
-    example inputs with the model's real weights (computed when read: `Measured`). Empty when that is not possible
-    (meta weights or inputs, a graph that does not run): the floors are then predicted (`typical`)."""
+    example inputs with the model's real weights. Empty when that is not possible (meta weights or inputs, a graph
+    that does not run): the floors are then predicted (`typical`). The graph runs when the mapping is first read
+    (a ResNet's analysis reads none: no forward pass), and each statistic is computed when read (`Measured`)."""
     if inputs is None or any(isinstance(t, torch.Tensor) and t.is_meta for t in inputs):
         return {}
     if any(p.is_meta for p in graph_module.parameters()) or any(b.is_meta for b in graph_module.buffers()):
         return {}
-    recorder = _Recorder(graph_module)
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            recorder.run(*in_unit_ball(inputs, axes=axes))
-    except Exception:  # noqa: BLE001 - a graph that cannot run here: the floors fall back to the prediction
-        return {}
-    return recorder.stats
+
+    def run(stats: Measured) -> None:
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                _Recorder(graph_module, stats).run(*in_unit_ball(inputs, axes=axes))
+        except Exception:  # noqa: BLE001 - a graph that cannot run here: the floors fall back to the prediction
+            stats._clear()
+
+    return Measured(run)
 
 
 def typical(record: Any, input_rms: float, weights: Any = None) -> float | None:

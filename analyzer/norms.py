@@ -77,6 +77,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -387,6 +388,7 @@ def spectral_norm(matrix: torch.Tensor, method: str = "auto", rtol: float = RTOL
 
 
 _memo: OrderedDict[tuple, tuple[torch.Tensor, object]] = OrderedDict()
+_memo_lock = threading.Lock()
 
 
 def _identity(tensor: torch.Tensor) -> tuple:
@@ -401,15 +403,17 @@ def _remembered(tensor: torch.Tensor, how: tuple, compute: Callable[[], object])
     if tensor.is_meta or tensor.layout != torch.strided or tensor.device.type != "cpu":
         return compute()
     key = (_identity(tensor), how)
-    if key in _memo:
-        _memo.move_to_end(key)
-        return _memo[key][1]
+    with _memo_lock:  # weightstore.NormsAhead computes norms on a helper thread
+        if key in _memo:
+            _memo.move_to_end(key)
+            return _memo[key][1]
     result = compute()
-    _memo[key] = (tensor.detach(), result)  # holding it keeps its address from being reused by another tensor
-    total = sum(t.untyped_storage().nbytes() for t, _ in _memo.values())
-    while len(_memo) > 1 and total > _MEMO_BYTES:
-        _, (oldest, _) = _memo.popitem(last=False)
-        total -= oldest.untyped_storage().nbytes()
+    with _memo_lock:
+        _memo[key] = (tensor.detach(), result)  # holding it keeps its address from being reused by another tensor
+        total = sum(t.untyped_storage().nbytes() for t, _ in _memo.values())
+        while len(_memo) > 1 and total > _MEMO_BYTES:
+            _, (oldest, _) = _memo.popitem(last=False)
+            total -= oldest.untyped_storage().nbytes()
     return result
 
 

@@ -38,6 +38,9 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...], user_file: str | No
         raise ModnormError(f"the model has submodules named {', '.join(map(repr, odd[:3]))}, which torch.fx "
                            "cannot write into generated code", "name submodules with letters, digits and "
                            "underscores (add_module / setattr)", user_file)
+    from .weightstore import start_norms_ahead
+
+    start_norms_ahead(model)  # conv and linear norms on the other core while the model is traced (CLI jobs only)
     with _experts_as_grouped_mm(model) as switched:
         traced = _first_route(model, routes, tracer, user_file)
     if switched:

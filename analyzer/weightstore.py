@@ -4,7 +4,11 @@ only provides the raw norms (sigma_max, kernel slices, row RMS, max |w|) that en
 
 from __future__ import annotations
 
+import atexit
 import math
+import os
+import threading
+import weakref
 from typing import Any
 
 import torch
@@ -12,11 +16,128 @@ from torch import nn
 
 from . import atoms, buffers, initlaw, norms
 
-__all__ = ["WeightStore"]
+__all__ = ["WeightStore", "start_norms_ahead"]
 
 # float64 work on a large weight goes a block of rows at a time: whole-tensor float64 copies of a 32000 x 4096
 # embedding (1 GB each, two of them) were 2 of the 3 GB peak of a Llama-2-7B checkpoint audit (profiled).
 _BLOCK_BYTES = 1 << 24
+
+
+# Set by worker.py in the child that runs one CLI job in one torch thread: the second core may compute norms ahead.
+HELPER_THREAD = False
+
+
+def _conv_kernel(w: torch.Tensor, groups: int) -> Any:
+    """The kernel norm (norms.NormEstimate) WeightStore.conv reads for a real conv weight."""
+    slices = atoms.Conv(tuple(w.shape), groups=groups).matrices(w.detach())
+    return norms.conv_kernel_norm(slices.permute(1, 2, 0))
+
+
+class NormsAhead:
+    """The norms of a CPU model's real Conv1d/Conv2d kernels and Linear matrices, computed on a helper thread from
+    the moment the trace starts (routes.trace), in the order of the model's modules; the analysis asks for them
+    in graph order (`take`): one already computed is handed over, one being computed is waited for, one not
+    started is left to the asker (it computes it as before). Every norm runs in one torch thread as in the CLI
+    (and block Lanczos from its seeded generator), so the figures are the ones the analysis computes itself
+    (tests/test_perf_tracing.py). Issue 21: the exact float64 Gram eigensolves were ~40% of a ResNet-50's and a
+    ConvNeXt's check, while the trace, the floors' forward pass and the rest of the analysis left the second core
+    idle."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self._items: dict[tuple, torch.Tensor] = {}
+        for name, module in root.named_modules():
+            w = getattr(module, "weight", None)
+            if not (isinstance(w, torch.Tensor) and w.is_floating_point() and w.device.type == "cpu"
+                    and w.layout == torch.strided and w.numel()):
+                continue
+            weight = f"{name}.weight" if name else "weight"
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+                self._items.setdefault(("conv", weight, module.groups), w)
+            elif isinstance(module, nn.Linear):
+                self._items.setdefault(("spectral", weight), w)
+        self._state: dict[tuple, Any] = {}  # "claimed", "running", or ("done", result, error)
+        self._lock = threading.Condition()
+        self._stop = False
+        self.handed = 0  # norms the analysis took from the helper
+        self._thread = threading.Thread(target=self._run, name="modnorm-norms-ahead", daemon=True)
+
+    @staticmethod
+    def compute(key: tuple, w: torch.Tensor) -> Any:
+        """The norm (norms.NormEstimate) WeightStore reads for this real weight."""
+        if key[0] == "conv":
+            return _conv_kernel(w, key[2])
+        return norms.spectral_norm(w.detach())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        torch.set_num_threads(1)  # this thread's own setting (module docstring of norms.py: Threads)
+        for key, w in self._items.items():
+            with self._lock:
+                if self._stop:
+                    return
+                if key in self._state:
+                    continue
+                self._state[key] = "running"
+            result, error = None, None
+            try:
+                result = self.compute(key, w)
+            except Exception as exc:  # noqa: BLE001 - the asker recomputes it and meets the error itself
+                error = exc
+            with self._lock:
+                self._state[key] = ("done", result, error)
+                self._lock.notify_all()
+
+    def take(self, *key: Any) -> Any:
+        """The norm computed ahead for `key` (("conv", name, groups) or ("spectral", name)), or None: the caller
+        computes it."""
+        if key not in self._items:
+            return None
+        with self._lock:
+            state = self._state.get(key)
+            if state is None:
+                self._state[key] = "claimed"
+                return None
+            while state == "running":
+                self._lock.wait()
+                state = self._state[key]
+        if state == "claimed" or state[2] is not None:
+            return None
+        self.handed += 1
+        return state[1]
+
+    def stop(self) -> None:
+        """No further norms (the one being computed finishes)."""
+        with self._lock:
+            self._stop = True
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+_AHEAD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def start_norms_ahead(root: nn.Module) -> None:
+    """Start `NormsAhead` for this model when a helper thread may use the other core: in the CLI's job (one torch
+    thread, HELPER_THREAD) on a machine with more than one core, and the model has real conv or linear weights."""
+    if not HELPER_THREAD or (os.cpu_count() or 1) < 2 or torch.get_num_threads() != 1 or root in _AHEAD:
+        return
+    ahead = NormsAhead(root)
+    if len(ahead):
+        _AHEAD[root] = ahead
+        ahead.start()
+
+
+def _stop_all() -> None:
+    for ahead in list(_AHEAD.values()):
+        ahead.stop()
+
+
+atexit.register(_stop_all)
 
 
 class WeightStore:
@@ -129,7 +250,9 @@ class WeightStore:
             law, source = self._law(name)
             if w is None or not w.is_meta:
                 if measured is None:
-                    measured = norms.spectral_norm(w.detach()).upper
+                    ahead = _AHEAD.get(self.root)
+                    done = ahead.take("spectral", name) if ahead is not None else None
+                    measured = (done if done is not None else norms.spectral_norm(w.detach())).upper
                 if law is not None:  # both exist: keep the prediction for "predicted vs measured"
                     self.predicted[name] = initlaw.spectral(law, *((cols, rows) if transpose else (rows, cols)))
                     self.measured[name] = measured
@@ -147,8 +270,9 @@ class WeightStore:
             w = self.tensor(name)
             c_out, c_in_g = w.shape[0], w.shape[1]
             if not w.is_meta:
-                slices = atoms.Conv(tuple(w.shape), groups=groups).matrices(w.detach())
-                return norms.conv_kernel_norm(slices.permute(1, 2, 0)).upper, "measured"
+                ahead = _AHEAD.get(self.root)
+                done = ahead.take("conv", name, groups) if ahead is not None else None
+                return (done if done is not None else _conv_kernel(w, groups)).upper, "measured"
             law, source = self._law(name)
             # A prediction, not a bound: std·(√m + √n) is the expected norm of a Gaussian matrix (Gordon); a finite
             # draw exceeds it by Tracy–Widom fluctuations of relative size ~n^(-2/3), a few percent at conv sizes,

@@ -153,6 +153,9 @@ def _child(sender: Any, stack_path: str, job: Callable[..., Any], args: tuple, k
     import torch
 
     torch.set_num_threads(1)  # module docstring: one thread
+    from . import weightstore
+
+    weightstore.HELPER_THREAD = True  # this process runs this one job: norms may be computed ahead on a 2nd core
     with _stdout_to_stderr(), _exits_as_errors(target):
         try:
             message: tuple[str, Any] = ("ok", _guarded(job, args, kwargs, target))

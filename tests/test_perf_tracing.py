@@ -153,3 +153,37 @@ def test_measured_statistics_are_the_eager_ones(kept: int, monkeypatch: pytest.M
     for name in reversed(list(expected)):  # read last first: the in-place writes have all run by then
         assert measured.get(name) == expected[name], name
     assert measured.get("no_such_node") is None
+
+
+@pytest.mark.parametrize("fixture", ["fixtures/resnet_bn.py", "fixtures/vit.py"])
+def test_norms_computed_ahead_are_the_ones_computed_inline(fixture: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modnorm import weightstore
+    from modnorm.check import check_model
+    from modnorm.config import Settings
+
+    target = str(ROOT / fixture)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        inline = check_model(target, Settings(device="cpu"))
+        monkeypatch.setattr(weightstore, "HELPER_THREAD", True)
+        monkeypatch.setattr(weightstore.os, "cpu_count", lambda: 2)
+        started = []
+        original = weightstore.NormsAhead.start
+        monkeypatch.setattr(weightstore.NormsAhead, "start", lambda self: (started.append(self), original(self)))
+        ahead = check_model(target, Settings(device="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(started) == 1 and len(started[0]) > 0
+    started[0].stop()
+    assert repr(ahead.analysis) == repr(inline.analysis)
+    assert [f.message for f in ahead.findings] == [f.message for f in inline.findings]
+
+
+def test_measured_is_empty_when_the_graph_does_not_run() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    traced = tracing.trace_fx(model, (torch.randn(2, 4),))
+    measured = floors.measure(traced.graph_module, (torch.randn(2, 5),))  # the Linear refuses 5 features
+    assert not measured and measured.get("_0") is None and list(measured) == []
+    fine = floors.measure(traced.graph_module, (torch.randn(2, 4),))
+    assert fine and fine.get("_0") is not None
