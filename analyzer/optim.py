@@ -239,7 +239,7 @@ class ModularNormalized:
 
     def __init__(self, base: torch.optim.Optimizer, model: nn.Module, analysis: Analysis | None = None, *,
                  example_inputs: Any = None, lr: float | None = None, dualize: bool = False, norm: str = "certified",
-                 power_steps: int = 2, profile: str | None = None) -> None:
+                 power_steps: int = 2, profile: str | None = None, hidden_mass: float | None = None) -> None:
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
         if profile is not None and profile not in PROFILES:
@@ -247,7 +247,11 @@ class ModularNormalized:
         if analysis is not None and profile is not None and analysis.profile != profile:
             raise ValueError(f"the analysis was run with profile {analysis.profile!r}, not {profile!r}: "
                              "drop one of the two, or re-run modnorm.analyze with the profile you want")
+        if analysis is not None and hidden_mass is not None and analysis.hidden_mass != hidden_mass:
+            raise ValueError(f"the analysis was run with hidden_mass {analysis.hidden_mass:g}, not {hidden_mass:g}: "
+                             "drop one of the two, or re-run modnorm.analyze with the mass you want")
         self.base, self.model, self.example_inputs = base, model, example_inputs
+        self.hidden_mass = analysis.hidden_mass if analysis is not None else (hidden_mass or 1.0)
         self.dualize, self.norm, self.power_steps = dualize, norm, power_steps
         self.profile = analysis.profile if analysis is not None else (profile or PROFILES[0])
         if analysis is None:
@@ -265,7 +269,7 @@ class ModularNormalized:
             raise ValueError("pass an Analysis or example_inputs to analyse the model with")
         from . import analyze
 
-        return analyze(self.model, example_inputs, profile=self.profile)
+        return analyze(self.model, example_inputs, profile=self.profile, hidden_mass=self.hidden_mass)
 
     def _bind(self, analysis: Analysis) -> None:
         """Take the targets of `analysis` (the only place they are set: never silently per step)."""
@@ -299,7 +303,8 @@ class ModularNormalized:
         targets = [a.target for a in self.atoms]
         span = f"targets {min(targets):.3g} .. {max(targets):.3g}" if targets else "no targets"
         kind = "Modula's nominal constants" if self.profile == "modula" else "certified worst-case constants"
-        return (f"ModularNormalized: profile {self.profile} ({kind}); {len(self.atoms)} atoms, {span}; "
+        return (f"ModularNormalized: profile {self.profile} ({kind}), hidden mass {self.hidden_mass:g}; "
+                f"{len(self.atoms)} atoms, {span}; "
                 f"{len(self.unmanaged)} parameters keep the base optimizer's update")
 
     @property

@@ -113,6 +113,23 @@ def test_targets_are_the_ones_the_report_prints():
     assert sorted(a.target for a in opt.atoms) == pytest.approx(sorted(printed), rel=1e-9)
 
 
+def test_hidden_mass_moves_feature_learning_to_the_hidden_atoms():
+    """The paper's 1:m:1 (Modula's GPT default m = 5): input atoms share mass 1, hidden atoms m, output atoms 1, and
+    t_i = (m_i/M)/S_down(i) with S_down unchanged, so going from m = 1 to 5 multiplies every hidden target by
+    (5/7)/(1/3) = 15/7 and every input and output target by (1/7)/(1/3) = 3/7; the choice is printed."""
+    model, x = fixture("nanogpt")
+    one = ModularNormalized(torch.optim.SGD(model.parameters(), lr=0.1), model, example_inputs=x)
+    five = ModularNormalized(torch.optim.SGD(model.parameters(), lr=0.1), model, example_inputs=x, hidden_mass=5)
+    roles = {l.name: l.role for l in modnorm.analyze(model, x).layers}
+    for a, b in zip(one.atoms, five.atoms):
+        expected = 15 / 7 if roles[a.name] == "hidden" else 3 / 7
+        assert b.target / a.target == pytest.approx(expected, rel=1e-9), (a.name, roles[a.name])
+    assert "hidden mass 5" in five.describe() and "hidden mass 1" in one.describe()
+    with pytest.raises(ValueError, match="hidden_mass"):
+        ModularNormalized(torch.optim.SGD(model.parameters(), lr=0.1), model, modnorm.analyze(model, x),
+                          hidden_mass=5)
+
+
 def modula_update(kind: str, grad: torch.Tensor, target: float) -> torch.Tensor:
     """Modula's `normalize(−G, target)` in its own parameterization (its forward scale cancels the RMS factors):
     Linear scales G to spectral norm t; Conv2D scales each kernel slice G[:, :, i, j] to spectral norm t;
