@@ -339,6 +339,9 @@ def _shadow(value: Any) -> Any:
     return value
 
 
+_META_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 class _NoReal(Exception):
     """An argument has no real value (it was computed on meta): the op runs on meta too."""
 
@@ -468,6 +471,8 @@ class _RealValues:
                 else:
                     tracer._computing = True
                     try:
+                        if isinstance(module, _META_CONVOLUTIONS):
+                            return self._on_meta(node, module, values, kw)
                         result = module.forward(*values, **kw)
                     finally:
                         tracer._computing = False
@@ -481,6 +486,16 @@ class _RealValues:
         if self.bytes > REAL_VALUE_BYTES:
             tracer._real = None
         return _shadow(result)
+
+    def _on_meta(self, node: fx.Node, module: nn.Module, values: Any, kw: Any) -> Any:
+        """A convolution's shadow computed on meta (its meta kernel does not import torch._dynamo, and the CPU
+        would spend most of the forward pass's FLOPs on it), with zeros as its real value: no op run on the CPU
+        here reads data (data-dependent ops stay on meta), so the values downstream need not be the model's."""
+        shadow = _run_on_meta(module, to_meta(values), to_meta(kw))
+        if not isinstance(shadow, torch.Tensor):
+            raise TypeError("a convolution that does not return one tensor")
+        self._keep(node, torch.zeros_like(shadow, device="cpu"))
+        return shadow
 
     def _runs_on_cpu(self, kind: str, target: Any, name: str, module: nn.Module | None) -> bool:
         if name in _META_ONLY or target in (operator.setitem,):
