@@ -462,7 +462,8 @@ def plot(results: dict, grid: Grid, model: str, optimizers: list[str], profile: 
             ax.set_xlabel("AdamW learning rate" if opt == "adamw" else "modular-norm step (lr)")
             ax.set_ylabel("validation loss (nats/char)")
             fixed = f"depth {grid.base_depth}" if axis == "width" else f"width {grid.base_width}"
-            targets = "" if opt == "adamw" else f", {profile} targets"
+            targets = "" if opt == "adamw" else f", {profile} targets" + (
+                f", hidden mass {hidden_mass:g}" if hidden_mass != 1.0 else "")
             ax.set_title(f"{model}: {opt}{targets}\n{axis} sweep ({fixed})", fontsize=9)
             ax.legend(fontsize=7)
     figure.tight_layout()
