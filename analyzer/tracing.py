@@ -365,15 +365,17 @@ _INPLACE_OPERATORS = frozenset({operator.setitem, operator.iadd, operator.isub, 
 
 
 class _RealValues:
-    """Real CPU values beside the meta shadows, for a model whose weights and example inputs are real CPU tensors.
+    """CPU values beside the meta shadows, for a model whose weights and example inputs are real CPU tensors.
 
     Running an op on meta in torch 2.13 imports torch._dynamo (~1 s: torch._refs wrappers go through
-    torch._compile), about a third of a small CNN's check; the same op on the CPU, on the small example inputs,
-    costs milliseconds. So each op whose arguments all have real values runs on the CPU and its node's shadow is
-    the meta copy of the result (same shape, dtype and strides as meta computes). Ops meta cannot compute
-    (`_META_ONLY`, boolean masks, sizes read from tensors), ops of user code (custom leaves, autograd Functions,
-    compiled functions) and ops that fail on the CPU run on meta as before, and their results have no real value;
-    so the graph and its shadows are the ones meta gives."""
+    torch._compile), a third of a small CNN's check; the same op on the CPU costs microseconds to milliseconds on
+    the example inputs. So each op whose arguments all have CPU values runs on the CPU and its node's shadow is a
+    meta tensor with the result's shape, dtype and strides. Ops meta cannot compute (`_META_ONLY`, boolean masks,
+    sizes read from tensors), ops of user code (custom leaves, autograd Functions, compiled functions) and ops
+    that fail on the CPU run on meta as before, and their results have no CPU value; so the graph and its shadows
+    are the ones meta gives (shapes and dtypes; a CPU kernel may pick other strides than meta's, e.g. sdpa's
+    output, and an op with no meta kernel now has a value). Convolutions run on meta (`_on_meta`) with zeros as
+    their CPU value: CPU values are only read for the shapes of what follows, never as data."""
 
     def __init__(self, inputs: list[Any]) -> None:
         self.inputs = inputs
