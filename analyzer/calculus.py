@@ -60,6 +60,14 @@ class _View:
             return None
         return floors.floor_of(self.ctx.measured, self.sources[0], centred)
 
+    def input_value(self, index: int) -> torch.Tensor | None:
+        """The value of data input `index` when the graph ran on the example inputs with real weights (the
+        `assumed` profile on the CPU; floors.Measured), else None."""
+        if self.profile != "assumed" or index >= len(self.sources) or not self.ctx.measured:
+            return None
+        value = getattr(self.ctx.measured, "value", None)
+        return value(self.sources[index].node.name) if value is not None else None
+
     def input_rms_at_init(self, index: int) -> float | None:
         """The RMS of data input `index` at init: measured when the graph ran (the `assumed` profile on the CPU),
         else predicted from the init laws (floors.typical), else None."""

@@ -40,14 +40,15 @@ class Floor:
     at_init: float  # the value at init it is a fraction of
     centred: bool  # LayerNorm: the centred RMS (std over the normalized axis); RMSNorm: the RMS
     basis: str  # "measured" (CPU, example inputs) | "predicted" (meta, init laws)
+    per: str = "position"  # over what the RMS is taken: a position's features, or a coupled normalizer's group
 
     @property
     def quantity(self) -> str:
-        return "input centred RMS" if self.centred else "input RMS"
+        return ("input centred RMS" if self.centred else "input RMS") + (" per group" if self.per == "group" else "")
 
     def text(self) -> str:
         """`input RMS >= 0.41 (0.5x its smallest value at init, 0.82, measured on the example inputs)`."""
-        how = ("its smallest per-position value at init, measured on the example inputs (in the unit ball)"
+        how = (f"its smallest per-{self.per} value at init, measured on the example inputs (in the unit ball)"
                if self.basis == "measured"
                else "its typical value at init predicted from the init laws (residual branches not counted)")
         return (f"{self.quantity} >= {self.rms:.3g} ({FLOOR_FRACTION:g}x {how}: {self.at_init:.3g})")
@@ -124,11 +125,14 @@ class Measured(Mapping):
         for name in [n for n, t in self._kept.items() if t.untyped_storage().data_ptr() in storages]:
             self._settle(name)
 
-    def _settle(self, name: str) -> tuple[float, float]:
-        value = self._kept.pop(name)
-        self._bytes -= value.nbytes
-        stats = self._stats[name] = _position_stats(value)
-        return stats
+    def _settle(self, name: str, keep: bool = False) -> tuple[float, float]:
+        """Statistics of a kept output; the output itself stays (for `value`) unless an op will write into it."""
+        value = self._kept[name] if keep else self._kept.pop(name)
+        if not keep:
+            self._bytes -= value.nbytes
+        if name not in self._stats:
+            self._stats[name] = _position_stats(value)
+        return self._stats[name]
 
     def __getitem__(self, name: str) -> tuple[float, float]:
         self._ready()
@@ -136,8 +140,14 @@ class Measured(Mapping):
             return self._stats[name]
         if name in self._kept:
             with torch.no_grad():
-                return self._settle(name)
+                return self._settle(name, keep=True)
         raise KeyError(name)
+
+    def value(self, name: str) -> torch.Tensor | None:
+        """The node's output as it ran, while kept (within KEPT_BYTES, not written into later), else None: what a
+        statistic particular to one op reads (a coupled normalizer's ceiling, ops_normalization.Coupling.peak)."""
+        self._ready()
+        return self._kept.get(name)
 
     def __iter__(self) -> Iterator[str]:
         self._ready()

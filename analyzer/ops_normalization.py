@@ -31,8 +31,9 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
     assumption, assumed = "", None
     # a group made of whole last-axis fibers has (centred) mean square >= the smallest fiber's: the per-fiber floor
     # bounds it from below, whatever the feature axis
-    derived = (_derived_floor(op, centred, coupled=coupling is not None)
-               if last_axis or (coupling is not None and coupling.whole_fibers) else None)
+    derived = _group_floor(op, coupling, centred) or (
+        _derived_floor(op, centred, coupled=coupling is not None)
+        if last_axis or (coupling is not None and coupling.whole_fibers) else None)
     if op.norm_input_rms is not None and op.norm_input_rms > floor:
         floor = op.norm_input_rms
         quantity = "input centred RMS" if centred else "input RMS"
@@ -48,6 +49,13 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
     slope = coupling.slope(floor, eps, centred) if coupling else (1 / floor if floor > 0 else INF)
     spread = coupling.hessian_factor if coupling else 1.0
     gain_input = math.sqrt(coupling.positions) if coupling else 1.0  # RMS bound of n(x), what the gain multiplies
+    ceiling = _ceiling(op, coupling, centred, eps) if floor > 0 else None
+    if ceiling is not None and coupling.slope_given_ceiling(floor, centred, ceiling["bound"]) < slope:
+        slope = coupling.slope_given_ceiling(floor, centred, ceiling["bound"])
+        gain_input = min(gain_input, ceiling["bound"])  # a fiber's RMS of n(x) is at most its groups' largest
+        assumption = "; ".join(filter(None, (assumption, ceiling["text"])))
+    else:
+        ceiling = None
     if op.profile == "modula":
         constant, certified, reason = w_max, True, "Modula nominal: 1 (valid only for input RMS >= 1)"
     elif floor > 0:
@@ -65,8 +73,11 @@ def normalization(op: OpView, gain: str | None, bias: str | None, eps: float, ce
     info = {"eps": eps, "floor": floor, "assumption": assumption, "gain_input": gain_input, "n_lipschitz": slope}
     if coupling:
         info["coupled_positions"] = coupling.positions
+        info["grouping"] = coupling.grouping(centred, eps)  # modnorm probe recomputes group statistics with it
     if assumed is not None:
         info["assumed"] = assumed
+    if ceiling is not None:
+        info["ceiling"] = ceiling
     return Semantics("atom" if atom else "bond", (constant,), f"{label}: ||w||_inf / max(RMS floor, sqrt(eps))",
                      design=(w_max,), nominal=(w_max,), certified=certified, reason=reason, atom=atom,
                      upper=w_max * gain_input + b_rms, lower=max(0.0, lower - b_rms), tags=("normalization",),
@@ -95,6 +106,9 @@ class Coupling:
     hessian_factor: float  # |U| / sqrt(m C)
     aligned: bool  # the input's feature axis is the output's
     whole_fibers: bool = False  # each group is a union of whole last-axis fibers (the last axis is normalised)
+    dims: tuple[int, ...] = ()  # the input axes each group spans (non-negative)
+    feature_axis: int = -1  # the input's feature axis
+    channel_groups: int = 1  # GroupNorm: groups of consecutive channels (axis 1), each over every axis from 1 on
 
     def slope(self, floor: float, eps: float, centred: bool) -> float:
         """Lipschitz constant of n(x) (gain excluded) in the per-fiber RMS norm, for σ >= floor."""
@@ -107,9 +121,49 @@ class Coupling:
         rho = 2 / (3 * peak) if floor <= peak else (floor ** 2 - eps) / floor ** 3
         return min(whole, (1 + centred) / floor + rho * math.sqrt(self.positions))
 
+    def slope_given_ceiling(self, floor: float, centred: bool, ceiling: float) -> float:
+        """The slope when the normalized output's RMS over the part of one output fiber that lies in one group is
+        at most `ceiling` (Y): per fiber, Ju = (1/σ)(u − ū − n nᵀu/m) group by group, and summed over the groups
+        a fiber meets, ‖u_f‖ <= 1, the means contribute <= 1 and the n nᵀu/m terms <= Y
+        (docs/theory/constants.md#coupled-normalizers), so slope <= (1 + [centred] + Y) / floor."""
+        return (1 + centred + ceiling) / floor if floor > 0 and self.aligned else INF
+
+    def _grouped(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], int]:
+        """x in float64 with each group spanning `dims`, and the axis of a fiber's entries."""
+        x = x.detach().double()
+        if self.channel_groups > 1:  # (N, C, *S) -> (N, G, C/G, *S): each group normalises axes 2..
+            x = x.reshape(x.shape[0], self.channel_groups, -1, *x.shape[2:])
+            return x, tuple(range(2, x.dim())), 2
+        return x, self.dims, self.feature_axis
+
+    def peak(self, x: torch.Tensor, centred: bool, eps: float) -> float:
+        """Y at x: the largest RMS of n(x) over the entries of one output fiber that share a group (GroupNorm: a
+        position's channels of one group; a group spanning the feature axis: the whole fiber; otherwise single
+        entries)."""
+        x, dims, fiber = self._grouped(x)
+        mean = x.mean(dims, keepdim=True) if centred else 0.0
+        n = (x - mean) / ((x - mean).pow(2).mean(dims, keepdim=True) + eps).sqrt()
+        return float(n.pow(2).mean(fiber).sqrt().max() if fiber in dims else n.abs().max())
+
+    def group_rms(self, x: torch.Tensor, centred: bool) -> float:
+        """The smallest (centred) RMS of a group at x: what σ >= floor is about (eps added by the caller)."""
+        x, dims, _ = self._grouped(x)
+        mean = x.mean(dims, keepdim=True) if centred else 0.0
+        return float((x - mean).pow(2).mean(dims).sqrt().min())
+
+    def grouping(self, centred: bool, eps: float) -> dict:
+        """What `Coupling` needs to recompute its statistics from an input (modnorm probe does)."""
+        return {"dims": self.dims, "feature_axis": self.feature_axis, "channel_groups": self.channel_groups,
+                "centred": centred, "eps": eps}
+
+    @classmethod
+    def from_grouping(cls, grouping: dict) -> "Coupling":
+        return cls(0.0, 0.0, True, dims=tuple(grouping["dims"]), feature_axis=grouping["feature_axis"],
+                   channel_groups=grouping["channel_groups"])
+
 
 def coupling_of(op: OpView, normalized: tuple[int, ...], group_size: int,
-                out_feature_axis: int | None = None) -> Coupling | None:
+                out_feature_axis: int | None = None, channel_groups: int = 1) -> Coupling | None:
     """The coupling of a normalizer over axes `normalized` of its input (groups of `group_size` entries); None when
     each output fiber is normalised on its own entries (LayerNorm over the feature axis)."""
     shape = op.in_shape(0)
@@ -124,7 +178,9 @@ def coupling_of(op: OpView, normalized: tuple[int, ...], group_size: int,
     positions, spread = union / width, union / math.sqrt(group_size * width)
     if positions <= 1 and spread <= 1 + 1e-12:
         return None
-    return Coupling(positions, spread, fin == fout, whole_fibers=ndim - 1 in {a % ndim for a in normalized})
+    dims = tuple(sorted({a % ndim for a in normalized}))
+    return Coupling(positions, spread, fin == fout, whole_fibers=ndim - 1 in dims, dims=dims, feature_axis=fin,
+                    channel_groups=channel_groups)
 
 
 def _last_axes(op: OpView, normalized_shape: object) -> Coupling | None:
@@ -133,6 +189,43 @@ def _last_axes(op: OpView, normalized_shape: object) -> Coupling | None:
     if not sizes or not op.in_shape(0):
         return None
     return coupling_of(op, tuple(range(-len(sizes), 0)), math.prod(sizes))
+
+
+CEILING_FACTOR = 2.0  # a ceiling is this multiple of the value at init (floors: FLOOR_FRACTION of it)
+
+
+def _ceiling(op: OpView, coupling: Coupling | None, centred: bool, eps: float) -> dict | None:
+    """The `assumed` profile's ceiling Y on the normalized output of a coupled normalizer: twice its largest value
+    at init, measured on the example inputs (CPU); never above sqrt(N), the unconditional bound. None on meta (a
+    ceiling is not predicted) or when the normalizer does not couple positions."""
+    finder = getattr(op, "input_value", None)
+    if coupling is None or not coupling.aligned or op.profile != "assumed" or finder is None:
+        return None
+    x = finder(0)
+    if x is None:
+        return None
+    at_init = coupling.peak(x, centred, eps)
+    bound = min(CEILING_FACTOR * at_init, math.sqrt(coupling.positions))
+    quantity = "normalized output RMS per position and group"
+    text = (f"{quantity} <= {bound:.3g} ({CEILING_FACTOR:g}x its largest value at init, measured on the example "
+            f"inputs: {at_init:.3g})")
+    return {"quantity": quantity, "bound": bound, "at_init": at_init, "basis": "measured", "text": text}
+
+
+def _group_floor(op: OpView, coupling: Coupling | None, centred: bool):
+    """For a coupled normalizer whose input was kept (the `assumed` profile on the CPU): half the smallest
+    (centred) RMS of one of its groups at init — the statistic σ is made of — rather than of one position's
+    features, which can be far smaller (a ResCNN's RMS over (C, H, W): 0.05 for a row against ~1 for the group)."""
+    finder = getattr(op, "input_value", None)
+    if coupling is None or op.profile != "assumed" or finder is None:
+        return None
+    x = finder(0)
+    if x is None:
+        return None
+    from .floors import FLOOR_FRACTION, Floor
+
+    at_init = coupling.group_rms(x, centred)
+    return Floor(FLOOR_FRACTION * at_init, at_init, centred, "measured", per="group") if at_init > 0 else None
 
 
 def _derived_floor(op: OpView, centred: bool, coupled: bool = False):
@@ -196,7 +289,7 @@ def _group_norm(op: OpView) -> Semantics:
     bias = f"{prefix}.bias" if m.affine else None
     shape = op.in_shape(0)
     coupling = coupling_of(op, tuple(range(1, len(shape))), math.prod(shape[1:]) // m.num_groups,
-                           out_feature_axis=1) if len(shape) >= 2 else None
+                           out_feature_axis=1, channel_groups=m.num_groups) if len(shape) >= 2 else None
     semantics = normalization(op, gain, bias, m.eps, True, "GroupNorm", last_axis=False, coupling=coupling)
     return Semantics(**{**semantics.__dict__, "fdim": 1})
 

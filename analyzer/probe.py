@@ -37,7 +37,8 @@ class Row:
     note: str = ""
     op: str = ""
     kind: str = "bound"  # "bound": measured must stay below; "compare": two figures side by side (shares);
-    # "assumption": a stated floor (bound) that the measured value must stay at or above
+    # "assumption": a stated floor (bound) that the measured value must stay at or above; "ceiling": a stated
+    # ceiling it must stay at or below
 
     @property
     def tightness(self) -> float:
@@ -51,6 +52,8 @@ class Row:
     @property
     def assumption_broken(self) -> bool:
         """A stated assumption that does not hold at the measured inputs (NaN counts as not holding)."""
+        if self.kind == "ceiling":
+            return not (self.measured <= self.bound * (1 + 1e-9))
         return self.kind == "assumption" and not (self.measured >= self.bound * (1 - 1e-9))
 
 
@@ -330,6 +333,12 @@ def _assumption_rows(retraced: _Retraced, inputs: tuple, analysis: Analysis, not
     rows = []
     for row in stated:
         source = (inputs_of.get(row["op"]) or ("",))[0]
+        if row["limit"] == "ceiling":
+            rows += _ceiling_row(row, seen, source, analysis, notes)
+            continue
+        if row["quantity"].endswith("per group"):
+            rows += _group_floor_row(row, seen, source, analysis, notes)
+            continue
         stats = seen.get(source)
         if stats is None:
             notes.append(f"assumption at {row['module'] or row['op']} not checked: its input was not measured")
@@ -338,6 +347,35 @@ def _assumption_rows(retraced: _Retraced, inputs: tuple, analysis: Analysis, not
         rows.append(Row(f"assumption {row['module'] or row['op']}: {row['quantity']} ≥ floor", row["floor"], value,
                         f"min over positions; {row['basis']} floor", op=row["op"], kind="assumption"))
     return rows
+
+
+def _ceiling_row(row: dict, seen: Any, source: str, analysis: Analysis, notes: list[str]) -> list[Row]:
+    """A coupled normalizer's stated ceiling against the largest normalized-output RMS at these inputs, computed
+    from its input as the analysis computed it at init (ops_normalization.Coupling.peak)."""
+    from .ops_normalization import Coupling
+
+    value = getattr(seen, "value", lambda name: None)(source)
+    grouping = analysis.op(row["op"]).info.get("grouping")
+    if value is None or grouping is None:
+        notes.append(f"assumption at {row['module'] or row['op']} not checked: its input was not kept")
+        return []
+    peak = Coupling.from_grouping(grouping).peak(value, grouping["centred"], grouping["eps"])
+    return [Row(f"assumption {row['module'] or row['op']}: {row['quantity']} ≤ ceiling", row["ceiling"], peak,
+                f"max over positions and groups; {row['basis']} ceiling", op=row["op"], kind="ceiling")]
+
+
+def _group_floor_row(row: dict, seen: Any, source: str, analysis: Analysis, notes: list[str]) -> list[Row]:
+    """A coupled normalizer's stated floor on its groups' (centred) RMS against the smallest at these inputs."""
+    from .ops_normalization import Coupling
+
+    value = getattr(seen, "value", lambda name: None)(source)
+    grouping = analysis.op(row["op"]).info.get("grouping")
+    if value is None or grouping is None:
+        notes.append(f"assumption at {row['module'] or row['op']} not checked: its input was not kept")
+        return []
+    smallest = Coupling.from_grouping(grouping).group_rms(value, grouping["centred"])
+    return [Row(f"assumption {row['module'] or row['op']}: {row['quantity']} ≥ floor", row["floor"], smallest,
+                f"min over groups; {row['basis']} floor", op=row["op"], kind="assumption")]
 
 
 def _alpha_row(run: Callable, params: dict, inputs: tuple, atoms: list, analysis: Analysis, trials: int) -> Row:

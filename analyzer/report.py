@@ -68,15 +68,16 @@ def fmt_log10(value: float, log10: float, digits: int = 4) -> str:
 
 
 def assumption_rows(analysis: Analysis) -> list[dict[str, Any]]:
-    """One row per op whose constant rests on an assumption (a floor on the RMS entering a normalizer)."""
+    """One row per assumption a constant rests on: a floor on the RMS entering a normalizer (`floor`), or a
+    ceiling on a coupled normalizer's output (`ceiling`); `limit` says which."""
     rows = []
     for op in analysis.ops:
-        a = op.assumption
-        if a is None:
-            continue
-        rows.append({"op": op.name, "module": op.module, "label": op.target, "file": op.file, "line": op.line,
-                     "quantity": a.quantity, "floor": a.floor, "at_init": a.at_init, "basis": a.basis,
-                     "text": a.text})
+        for a in (op.assumption, op.ceiling):
+            if a is None:
+                continue
+            rows.append({"op": op.name, "module": op.module, "label": op.target, "file": op.file, "line": op.line,
+                         "quantity": a.quantity, a.limit: a.floor, "limit": a.limit, "at_init": a.at_init,
+                         "basis": a.basis, "text": a.text})
     return rows
 
 
@@ -84,6 +85,7 @@ _BASIS = {"measured": "0.5x its smallest per-position value at init (measured on
                       "ball)",
           "predicted": "0.5x its typical value at init (predicted from the init laws, residual branches not counted)",
           "stated": "--norm-input-rms, stated by the user"}
+_CEILING_BASIS = {"measured": "2x its largest value at init (measured on the example inputs in the unit ball)"}
 
 
 def assumption_lines(analysis: Analysis) -> list[str]:
@@ -92,13 +94,14 @@ def assumption_lines(analysis: Analysis) -> list[str]:
     groups: "OrderedDict[tuple, list[dict[str, Any]]]" = OrderedDict()
     for row in assumption_rows(analysis):
         role = re.sub(r"\.\d+(?=\.|$)", ".*", row["module"] or row["op"])
-        groups.setdefault((role, row["quantity"], row["basis"]), []).append(row)
+        groups.setdefault((role, row["quantity"], row["basis"], row["limit"]), []).append(row)
     lines = []
-    for (role, quantity, basis), rows in groups.items():
-        low, high = min(r["floor"] for r in rows), max(r["floor"] for r in rows)
+    for (role, quantity, basis, limit), rows in groups.items():
+        low, high = min(r[limit] for r in rows), max(r[limit] for r in rows)
         span = f"{low:.3g}" if f"{low:.3g}" == f"{high:.3g}" else f"{low:.3g}..{high:.3g}"
         count = f" ×{len(rows)}" if len(rows) > 1 else ""
-        lines.append(f"{role}{count}: {quantity} >= {span}, {_BASIS.get(basis, basis)}")
+        sign, why = (">=", _BASIS) if limit == "floor" else ("<=", _CEILING_BASIS)
+        lines.append(f"{role}{count}: {quantity} {sign} {span}, {why.get(basis, basis)}")
     return lines
 
 
@@ -491,7 +494,8 @@ def render_probe(measured: Any, console: Any) -> None:
         console.print(f"[bold red]BUG: measured {r.measured:.6g} > bound {r.bound:.6g} for {r.what} (op {r.op}); "
                       "please report it with the model file[/]")
     for r in measured.broken_assumptions:
-        console.print(f"[yellow]assumption violated: {r.what}: measured {r.measured:.4g} < {r.bound:.4g} (op {r.op}); "
+        sign = ">" if r.kind == "ceiling" else "<"
+        console.print(f"[yellow]assumption violated: {r.what}: measured {r.measured:.4g} {sign} {r.bound:.4g} (op {r.op}); "
                       "the figures conditioned on it do not hold at these inputs (profile `certified` drops it)[/]")
     if not measured.violations:
         checked = sum(r.kind == "bound" for r in measured.rows)

@@ -13,13 +13,21 @@ __all__ = ["Assumption", "Op", "Layer", "Merge", "Stream", "Network", "MassGroup
 
 @dataclass(frozen=True)
 class Assumption:
-    """A stated, checkable condition a constant rests on: a floor on the RMS entering a normalizer."""
+    """A stated, checkable condition a constant rests on: a floor on the RMS entering a normalizer, or (`limit`
+    "ceiling") a ceiling on a coupled normalizer's output."""
 
-    quantity: str  # "input RMS" | "input centred RMS"
-    floor: float
-    at_init: float | None  # the value at init the floor was derived from (None when stated by the user)
+    quantity: str  # "input RMS" | "input centred RMS" | "normalized output RMS per position and group"
+    floor: float  # the bound: a floor, or the ceiling when limit == "ceiling"
+    at_init: float | None  # the value at init the bound was derived from (None when stated by the user)
     basis: str  # "measured" | "predicted" | "stated"
     text: str  # the sentence the report prints
+    limit: str = "floor"  # "floor": the quantity stays at or above it; "ceiling": at or below
+
+    def holds(self, value: float) -> bool:
+        """Whether a measured value satisfies the assumption (NaN never does)."""
+        if self.limit == "ceiling":
+            return value <= self.floor * (1 + 1e-9)
+        return value >= self.floor * (1 - 1e-9)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Op:
     eps: float | None = None  # a normalizer's eps
     rms_floor: float = 0.0  # a normalizer's lower bound on sqrt(input mean square + eps), what its constant divides by
     assumption: Assumption | None = None  # what a normalizer's constant rests on (the `assumed` profile)
+    ceiling: Assumption | None = None  # ... and, for one coupling positions, a ceiling on its normalized output
     attention_scale: float | None = None  # the logit multiplier of an attention op
     head_dim: int | None = None
     attention_operand_scale: float = 1.0  # multipliers written after the q and k atoms (`q_proj(x) * d**-0.5`)

@@ -151,6 +151,9 @@ def _typed_facts(info: dict[str, Any]) -> dict[str, Any]:
     if info.get("assumed"):
         a = info["assumed"]
         facts["assumption"] = Assumption(a["quantity"], a["floor"], a["at_init"], a["basis"], info.get("assumption", ""))
+    if info.get("ceiling"):
+        c = info["ceiling"]
+        facts["ceiling"] = Assumption(c["quantity"], c["bound"], c["at_init"], c["basis"], c["text"], "ceiling")
     if "scale" in info and "head_dim" in info:
         facts["attention_scale"], facts["head_dim"] = info["scale"], info["head_dim"]
         facts["attention_operand_scale"] = float(info.get("operand_atom_scale", 1.0))

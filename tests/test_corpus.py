@@ -183,12 +183,13 @@ CONTINUOUS = [p for p in CASES if "gpt" not in p.stem]  # GPTs read token ids: n
 # must be within 100x; a listed one must stay within its stated ratio, or be inf for the stated reason).
 CLEAN_TIGHTNESS = 100.0
 LOOSER = {
-    "clean_rescnn_mul_after": (1e8, "its RMS division normalizes over (C, H, W) together, so a change at one "
-                               "pixel moves every pixel: the coupled constant (docs/theory/constants.md"
-                               "#coupled-normalizers) pays sqrt(H W) per block for a normalized output concentrated "
-                               "at one pixel — reachable by an adversary, far from init; without eps the "
-                               "unconditional constant is unbounded"),
-    "clean_rescnn_mul_before": (1e8, "same as clean_rescnn_mul_after"),
+    "clean_rescnn_mul_after": (1e6, "its RMS division normalizes over (C, H, W) together, so a change at one pixel "
+                               "moves every pixel: given a floor per group and a ceiling on the normalized output "
+                               "(docs/theory/constants.md#coupled-normalizers) each block is within 13x of its "
+                               "measured constant, and the network figure multiplies the blocks' worst cases, which "
+                               "no single input reaches in every block at once; without eps the unconditional "
+                               "constant is unbounded"),
+    "clean_rescnn_mul_before": (1e6, "same as clean_rescnn_mul_after"),
 }
 
 
