@@ -178,8 +178,8 @@ class FixedGPT(nanogpt.GPT):
                 module.weight /= module.weight.pow(2).mean(1, keepdim=True).sqrt()
 
 
-def build(model: str, width: int, depth: int, context: int) -> nn.Module:
-    torch.manual_seed(1)
+def build(model: str, width: int, depth: int, context: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(1 + 1000 * seed)
     heads = max(1, width // HEAD_DIM)
     if model == "modula":
         return modula_gpt.GPT(VOCAB, context, heads, width, width // heads, width // heads, depth)
@@ -207,12 +207,14 @@ class Run:
     profile: str = "certified"
     norm: str = "power"  # how the normalized optimizers measure σ_max (modnorm.optim's default; "exact" in tests)
     hidden_mass: float = 1.0  # the normalized optimizers' mass of all hidden blocks together (input and output: 1)
+    seed: int = 0  # init seed 1 + 1000 seed, data order seed 2 + 7919 seed
 
     @property
     def key(self) -> str:
         mass = "" if self.hidden_mass == 1.0 else f"|m{self.hidden_mass:g}"
+        seed = f"|s{self.seed}" if self.seed else ""
         return (f"{self.model}|w{self.width}|d{self.depth}|{self.optimizer}|{self.lr:.6g}|{self.steps}|{self.batch}|"
-                f"{self.context}|{self.profile}{mass}")
+                f"{self.context}|{self.profile}{mass}{seed}")
 
 
 GRIDS = {  # half-decades: AdamW's own learning rate; the normalized optimizers' modular-norm step
@@ -268,11 +270,12 @@ def train(run: Run, max_bytes: int | None = None, measure_step: bool = False) ->
     torch.set_num_threads(1)
     start, cpu = time.time(), time.process_time()
     train_data, val_data = corpus(max_bytes)
-    model = build(run.model, run.width, run.depth, run.context)
+    model = build(run.model, run.width, run.depth, run.context, run.seed)
     example = train_data[: run.context].long().unsqueeze(0)
     opt = make_optimizer(run, model, example)
     curve, first_step = [], None
-    for step, (x, y) in enumerate(train_batches(train_data, run.steps, run.batch, run.context, seed=2)):
+    for step, (x, y) in enumerate(train_batches(train_data, run.steps, run.batch, run.context,
+                                                         seed=2 + 7919 * run.seed)):
         for group in opt.param_groups:
             group["lr"] = run.lr * schedule(step, run.steps)
         loss = loss_of(model, x, y)
@@ -305,9 +308,12 @@ class Grid:
     steps: int
     batch: int
     context: int
+    only: tuple[tuple[int, int], ...] = ()  # train just these (width, depth) sizes (a refinement, other seeds)
 
     def sizes(self) -> list[tuple[int, int]]:
         """The width sweep at the base depth, then the depth sweep at the base width (the base point once)."""
+        if self.only:
+            return list(self.only)
         points = [(w, self.base_depth) for w in self.widths] + [(self.base_width, d) for d in self.depths]
         return list(dict.fromkeys(points))
 
@@ -318,10 +324,16 @@ QUICK = Grid(widths=(16, 32), depths=(1, 2), base_width=16, base_depth=1, steps=
 
 
 def runs_of(grid: Grid, models: list[str], optimizers: list[str], profile: str,
-            lrs: list[float] | None = None, hidden_mass: float = 1.0) -> list[Run]:
+            lrs: dict[str, list[float]] | list[float] | None = None, hidden_mass: float = 1.0,
+            seed: int = 0) -> list[Run]:
+    """Every run of the grid; `lrs` replaces the learning rates, for every optimizer (a list) or per optimizer."""
+    def rates(o: str) -> list[float]:
+        chosen = lrs.get(o) if isinstance(lrs, dict) else lrs
+        return chosen or GRIDS[o]
+
     runs = [Run(m, w, d, o, lr, grid.steps, grid.batch, grid.context, "-" if o == "adamw" else profile,
-                hidden_mass=1.0 if o == "adamw" else hidden_mass)
-            for m in models for (w, d) in grid.sizes() for o in optimizers for lr in (lrs or GRIDS[o])]
+                hidden_mass=1.0 if o == "adamw" else hidden_mass, seed=seed)
+            for m in models for (w, d) in grid.sizes() for o in optimizers for lr in rates(o)]
     # model by model (a partial study has whole models), biggest first within one so the workers finish together
     return sorted(runs, key=lambda r: (models.index(r.model), optimizers.index(r.optimizer), -(r.width ** 2) * r.depth))
 
@@ -382,15 +394,18 @@ def optimum(grid: list[float], losses: list[float]) -> tuple[float, float, float
 
 
 def selector(model: str, width: int, depth: int, optimizer: str, profile: str,
-             hidden_mass: float = 1.0) -> dict[str, Any]:
+             hidden_mass: float = 1.0, seed: int = 0) -> dict[str, Any]:
     return {"model": model, "width": width, "depth": depth, "optimizer": optimizer,
             "profile": "-" if optimizer == "adamw" else profile,
-            "hidden_mass": 1.0 if optimizer == "adamw" else hidden_mass}
+            "hidden_mass": 1.0 if optimizer == "adamw" else hidden_mass, "seed": seed}
+
+
+_DEFAULTS = {"hidden_mass": 1.0, "seed": 0}  # what runs stored before these fields existed had
 
 
 def _matches(result: dict[str, Any], run_filter: dict[str, Any]) -> bool:
-    """Whether a stored run is the one the filter describes (runs stored before hidden_mass existed had 1)."""
-    return all(result.get(k, 1.0 if k == "hidden_mass" else None) == v for k, v in run_filter.items())
+    """Whether a stored run is the one the filter describes."""
+    return all(result.get(k, _DEFAULTS.get(k)) == v for k, v in run_filter.items())
 
 
 def summary(results: dict, grid: Grid, models: list[str], optimizers: list[str], profile: str,
@@ -424,13 +439,13 @@ def summary(results: dict, grid: Grid, models: list[str], optimizers: list[str],
 
 
 def refinement(results: dict, grid: Grid, models: list[str], optimizers: list[str], profile: str,
-               hidden_mass: float = 1.0) -> str:
+               hidden_mass: float = 1.0, seed: int = 0) -> str:
     """Every run of the chosen sizes, learning rates in order (half-decade grid and refined points), best marked."""
     lines = ["| model | optimizer | size | validation loss by learning rate (best in bold) |", "| --- | --- | --- | --- |"]
     for model in models:
         for opt in optimizers:
             for w, d in grid.sizes():
-                chosen = selector(model, w, d, opt, profile, hidden_mass)
+                chosen = selector(model, w, d, opt, profile, hidden_mass, seed)
                 runs = sorted((r["lr"], r["val"]) for r in results.values()
                               if _matches(r, chosen) and r.get("steps") == grid.steps)
                 if not runs:
@@ -491,9 +506,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2, help="processes (each uses one thread)")
     parser.add_argument("--out", type=Path, help="results JSON (default docs/lr_study.json; quick: a temp name)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where the plots go")
-    parser.add_argument("--lrs", help="comma-separated learning rates to train instead of each optimizer's grid, "
-                        "to refine an optimum between grid points; the tables keep the half-decade grid, and "
-                        "every run of the chosen sizes is listed by learning rate in <out>_refined.md")
+    parser.add_argument("--lrs", action="append",
+                        help="comma-separated learning rates to train instead of each optimizer's grid, to refine "
+                        "an optimum between grid points, for every optimizer or, as OPTIMIZER=LR,LR (repeatable), "
+                        "for one; every run of the chosen sizes is listed by learning rate in <out>_refined.md")
+    parser.add_argument("--sizes", help="train only these sizes, e.g. 128x2,32x8 (width x depth)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="another init and data order (0: the study's; stored with the run when not 0)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: table and plots from the runs already in --out (a partial study)")
     args = parser.parse_args(argv)
@@ -510,18 +529,21 @@ def main(argv: list[str] | None = None) -> dict:
         if unknown:
             parser.error(f"unknown {name} {unknown}: choose from {known}")
     out = args.out or (ROOT / "docs" / ("lr_study_quick.json" if args.quick else "lr_study.json"))
-    lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
-    mass = args.hidden_mass
-    runs = runs_of(grid, models, optimizers, args.profile, lrs, mass)
+    if args.sizes:
+        grid = dataclasses.replace(grid, only=tuple(tuple(int(v) for v in size.split("x"))
+                                                    for size in args.sizes.split(",")))
+    lrs = _learning_rates(args.lrs)
+    mass, seed = args.hidden_mass, args.seed
+    runs = runs_of(grid, models, optimizers, args.profile, lrs, mass, seed)
     tag = args.profile + ("" if mass == 1.0 else f"_m{mass:g}")
     if args.report_only:
         results = json.loads(out.read_text()) if out.exists() else {}
     else:
         results = study(runs, out, args.workers, max_bytes=1_000_000 if args.quick else None)
     if lrs:  # a refinement: every run of these sizes by learning rate, grid and refined points together
-        refined = refinement(results, grid, models, optimizers, args.profile, mass)
+        refined = refinement(results, grid, models, optimizers, args.profile, mass, seed)
         print(refined)
-        out.with_name(f"{out.stem}_refined{'' if mass == 1.0 else f'_m{mass:g}'}.md").write_text(refined + "\n")
+        out.with_name(f"{out.stem}_refined{'' if mass == 1.0 else f'_m{mass:g}'}{f'_s{seed}' if seed else ''}.md").write_text(refined + "\n")
         return {"results": results, "spreads": {}}
     text, spreads = summary(results, grid, models, optimizers, args.profile, mass)
     print(text)
@@ -535,6 +557,19 @@ def main(argv: list[str] | None = None) -> dict:
             suffix = "" if tag == "certified" else f"_{tag}"
             plot(results, grid, model, optimizers, args.profile, args.docs / f"lr_study_{model}{suffix}.png", mass)
     return {"results": results, "spreads": spreads}
+
+
+def _learning_rates(specs: list[str] | None) -> dict[str, list[float]] | list[float] | None:
+    """--lrs values: `0.1,1` for every optimizer, or `adamw=0.01,0.0178` for one."""
+    if not specs:
+        return None
+    if all("=" not in spec for spec in specs):
+        return [float(v) for spec in specs for v in spec.split(",")]
+    chosen: dict[str, list[float]] = {}
+    for spec in specs:
+        name, _, values = spec.partition("=")
+        chosen[name] = [float(v) for v in values.split(",")]
+    return chosen
 
 
 if __name__ == "__main__":
