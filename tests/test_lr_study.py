@@ -119,6 +119,21 @@ def test_quick_mode_runs_end_to_end(study, tmp_path):
     assert again["results"] == report["results"]
 
 
+def test_seed_mass_sizes_and_per_optimizer_rates_select_the_runs(study):
+    """`--sizes 128x2 --lrs adamw=0.01 --lrs norm-adamw=0.5,1 --hidden-mass 5 --seed 1`: just those runs, AdamW
+    without a mass, the seed and mass in the key (so they never overwrite the study's own runs)."""
+    grid = study.dataclasses.replace(study.FULL, only=((128, 2),))
+    rates = study._learning_rates(["adamw=0.01", "norm-adamw=0.5,1"])
+    runs = study.runs_of(grid, ["modula"], ["adamw", "norm-adamw"], "modula", rates, hidden_mass=5, seed=1)
+    assert [(r.optimizer, r.lr, r.hidden_mass, r.width, r.depth) for r in runs] == [
+        ("adamw", 0.01, 1.0, 128, 2), ("norm-adamw", 0.5, 5, 128, 2), ("norm-adamw", 1.0, 5, 128, 2)]
+    assert runs[0].key.endswith("|-|s1") and runs[1].key.endswith("|modula|m5|s1")
+    assert study._learning_rates(["0.1,1"]) == [0.1, 1.0]
+    stored = {"model": "modula", "width": 128, "depth": 2, "optimizer": "adamw", "profile": "-"}  # an old run
+    assert study._matches(stored, study.selector("modula", 128, 2, "adamw", "modula"))
+    assert not study._matches(stored, study.selector("modula", 128, 2, "adamw", "modula", seed=1))
+
+
 # ------------------------------------------------------------------------------------------- target selection
 def small_gpt():
     sys.path.insert(0, str(ROOT / "fixtures"))
