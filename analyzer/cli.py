@@ -99,9 +99,6 @@ def check(
     runs in a child process: its exits, hangs (--timeout), crashes and prints cannot change the exit code or the
     report (MODNORM_WORKER=inline runs it in this process instead, e.g. for a debugger).
     """
-    from .parallel import start
-
-    start(jobs)  # worker processes' imports overlap ours
     try:
         settings = _settings(targets, config, isolated, output_format=output_format, profile=profile, mass=mass,
                              hidden_mass=hidden_mass, mass_of=parse_mass_of(mass_of) or None, loss=loss,
@@ -116,7 +113,11 @@ def check(
         check_output_file(plot, "--plot")
         sweep = list(sweep) or list(settings.sweep)
         from . import progress
-        from .parallel import run_all
+        from .parallel import run_all, start
+
+        # Several models: the pool's imports overlap ours. A sweep runs in one isolated child, which starts its own
+        # pool (a server started here would import torch on a core the sweep needs, for nothing).
+        start(1 if sweep else jobs)
 
         progress.allow((settings.output_format or "full") in ("full", "concise"))  # bars on stderr, never in JSON
         chosen = _targets(targets, settings)

@@ -93,6 +93,11 @@ def _shared(function: Callable[..., Any], items: Sequence[tuple[Any, ...]], orde
 
     import torch
 
+    from . import weightstore
+
+    # The processes take the cores: this one computes its norms itself, as the pool workers do (a norms-ahead
+    # helper thread here would compete with the workers for a core, weightstore.NormsAhead).
+    weightstore.HELPER_THREAD = False
     outcomes: list[Any] = [None] * len(items)
     queue, lock, failures = deque(order), threading.Lock(), []
 
