@@ -254,6 +254,9 @@ def _run_sweep(targets: list[str], settings: Any, items: list[str], input_shape:
 
 def _sweep_job(target: str, settings: Any, axes: Any, input_shape: Any, input_dtype: str | None,
                kwargs: dict[str, Any], jobs: int) -> Any:
+    from .parallel import start
+
+    start(jobs)  # the pool's fork server imports torch while this child imports the rest and builds the first point
     from .check import check_sweep
 
     return check_sweep(target, settings, axes, input_shape=input_shape, input_dtype=input_dtype, kwargs=kwargs,
