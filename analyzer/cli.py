@@ -83,8 +83,11 @@ def check(
     fail_on: Optional[str] = typer.Option(None, help="Lowest severity that makes the exit code 1: "
                                                      "error | warning (default) | info."),
     exit_zero: bool = typer.Option(False, help="Exit 0 even with findings (2 still on bad input)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes for the grid points of --sweep and "
-                             "for several models (results identical to --jobs 1)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="CPU cores to use (default: every core "
+                                       "this process may run on): grid points of --sweep and several models run in "
+                                       "up to this many processes, and a single model with two or more computes "
+                                       "its weights' norms on a second thread. --jobs 1 stays on one core. The "
+                                       "report is the same for every value."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="A baseline file: the first run records "
                                             "today's findings in it, later runs report and fail only on new ones."),
     update_baseline: bool = typer.Option(False, "--update-baseline", help="Rewrite the --baseline file with "
@@ -113,19 +116,21 @@ def check(
         check_output_file(plot, "--plot")
         sweep = list(sweep) or list(settings.sweep)
         from . import progress
-        from .parallel import run_all, start
+        from .parallel import cores_each, run_all, start, usable_cores
 
+        jobs = jobs or usable_cores()
         # Several models: the pool's imports overlap ours. A sweep runs in one isolated child, which starts its own
         # pool (a server started here would import torch on a core the sweep needs, for nothing).
-        start(1 if sweep else jobs)
+        start(1 if sweep else min(jobs, len(targets or [])))
 
         progress.allow((settings.output_format or "full") in ("full", "concise"))  # bars on stderr, never in JSON
         chosen = _targets(targets, settings)
         if sweep:
             results = [_run_sweep(chosen, settings, sweep, shape, input_dtype, factory_kwargs, jobs)]
         else:
-            results = run_all(_run, [(target, settings, shape, input_dtype, factory_kwargs) for target in chosen],
-                              jobs)
+            cores = cores_each(jobs, len(chosen))
+            results = run_all(_run, [(target, settings, shape, input_dtype, factory_kwargs, cores)
+                                     for target in chosen], jobs)
         if plot is not None:
             _plot(results, plot)
         results = _with_baseline(results, baseline, update_baseline, settings.root)
@@ -225,20 +230,22 @@ def _explain(exc: BaseException) -> str:
 
 
 def _run(target: str, settings: Any, input_shape: tuple[int, ...] | None, input_dtype: str | None,
-         kwargs: dict[str, Any]) -> Any:
-    """One check, run in the worker process (worker.py): the model's code cannot exit, hang or print for us."""
+         kwargs: dict[str, Any], cores: int) -> Any:
+    """One check on `cores` cores, run in the worker process (worker.py): the model's code cannot exit, hang or
+    print for us."""
     from .check import check_model
     from .target import check_model_path, parse_target
     from .worker import run_isolated
 
     check_model_path(parse_target(target)[0])
     return run_isolated(check_model, target, settings, input_shape=input_shape, input_dtype=input_dtype,
-                        kwargs=kwargs, target=target, timeout=settings.timeout)
+                        kwargs=kwargs, target=target, timeout=settings.timeout, cores=cores)
 
 
 def _run_sweep(targets: list[str], settings: Any, items: list[str], input_shape: Any, input_dtype: str | None,
                kwargs: dict[str, Any], jobs: int = 1) -> Any:
     from .errors import ModnormError
+    from .parallel import cores_each
     from .sweep import parse_sweep
     from .target import check_model_path, parse_target
     from .worker import run_isolated
@@ -249,7 +256,7 @@ def _run_sweep(targets: list[str], settings: Any, items: list[str], input_shape:
     axes = parse_sweep(items)
     points = math.prod(len(axis.values) for axis in axes)  # --timeout is per model built
     return run_isolated(_sweep_job, targets[0], settings, axes, input_shape, input_dtype, kwargs, jobs,
-                        target=targets[0], timeout=settings.timeout * max(points, 1))
+                        target=targets[0], timeout=settings.timeout * max(points, 1), cores=cores_each(jobs, points))
 
 
 def _sweep_job(target: str, settings: Any, axes: Any, input_shape: Any, input_dtype: str | None,

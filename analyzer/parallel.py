@@ -15,13 +15,14 @@ parent as the same one-paragraph error.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Sequence
 
 from .errors import ModnormError
 
-__all__ = ["run_all", "start"]
+__all__ = ["run_all", "start", "usable_cores", "cores_each"]
 
 
 # What a check imports, lazily or not (python -X importtime, sys.modules after a first grid point): preloaded once
@@ -30,6 +31,22 @@ _PRELOAD = ["torch", "torch.export", "torch.export._trace", "torch._dynamo", "to
             "modnorm.check", "modnorm.calculus", "modnorm.tracing", "modnorm.routes", "modnorm.sweep",
             "modnorm.loading", "modnorm.weights", "modnorm.oplog", "modnorm.module_only", "modnorm.suppression",
             "modnorm.hf", "modnorm.rules", "modnorm.report"]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and `taskset` narrow): --jobs's
+    default."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def cores_each(jobs: int, count: int) -> int:
+    """The cores each of `count` independent jobs gets when `jobs` cores run them: a single model checked with
+    --jobs 2 gets both (a helper thread computes its norms ahead, weightstore.NormsAhead); the 16 points of a
+    sweep with --jobs 2 get one each (two worker processes, one thread each)."""
+    return max(1, jobs // max(1, min(jobs, count)))
 
 
 def _context() -> Any:
@@ -97,7 +114,7 @@ def _shared(function: Callable[..., Any], items: Sequence[tuple[Any, ...]], orde
 
     # The processes take the cores: this one computes its norms itself, as the pool workers do (a norms-ahead
     # helper thread here would compete with the workers for a core, weightstore.NormsAhead).
-    weightstore.HELPER_THREAD = False
+    weightstore.JOB_CORES = 1
     outcomes: list[Any] = [None] * len(items)
     queue, lock, failures = deque(order), threading.Lock(), []
 

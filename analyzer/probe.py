@@ -333,11 +333,8 @@ def _assumption_rows(retraced: _Retraced, inputs: tuple, analysis: Analysis, not
     rows = []
     for row in stated:
         source = (inputs_of.get(row["op"]) or ("",))[0]
-        if row["limit"] == "ceiling":
-            rows += _ceiling_row(row, seen, source, analysis, notes)
-            continue
-        if row["quantity"].endswith("per group"):
-            rows += _group_floor_row(row, seen, source, analysis, notes)
+        if row["limit"] == "ceiling" or row["quantity"].endswith("per group"):
+            rows += _coupled_row(row, seen, source, analysis, notes)
             continue
         stats = seen.get(source)
         if stats is None:
@@ -349,9 +346,10 @@ def _assumption_rows(retraced: _Retraced, inputs: tuple, analysis: Analysis, not
     return rows
 
 
-def _ceiling_row(row: dict, seen: Any, source: str, analysis: Analysis, notes: list[str]) -> list[Row]:
-    """A coupled normalizer's stated ceiling against the largest normalized-output RMS at these inputs, computed
-    from its input as the analysis computed it at init (ops_normalization.Coupling.peak)."""
+def _coupled_row(row: dict, seen: Any, source: str, analysis: Analysis, notes: list[str]) -> list[Row]:
+    """A coupled normalizer's stated limit, computed from its kept input as the analysis computed it at init
+    (ops_normalization.Coupling): a ceiling against the largest normalized-output RMS over positions and groups,
+    a floor against the smallest group (centred) RMS."""
     from .ops_normalization import Coupling
 
     value = getattr(seen, "value", lambda name: None)(source)
@@ -359,22 +357,13 @@ def _ceiling_row(row: dict, seen: Any, source: str, analysis: Analysis, notes: l
     if value is None or grouping is None:
         notes.append(f"assumption at {row['module'] or row['op']} not checked: its input was not kept")
         return []
-    peak = Coupling.from_grouping(grouping).peak(value, grouping["centred"], grouping["eps"])
-    return [Row(f"assumption {row['module'] or row['op']}: {row['quantity']} ≤ ceiling", row["ceiling"], peak,
-                f"max over positions and groups; {row['basis']} ceiling", op=row["op"], kind="ceiling")]
-
-
-def _group_floor_row(row: dict, seen: Any, source: str, analysis: Analysis, notes: list[str]) -> list[Row]:
-    """A coupled normalizer's stated floor on its groups' (centred) RMS against the smallest at these inputs."""
-    from .ops_normalization import Coupling
-
-    value = getattr(seen, "value", lambda name: None)(source)
-    grouping = analysis.op(row["op"]).info.get("grouping")
-    if value is None or grouping is None:
-        notes.append(f"assumption at {row['module'] or row['op']} not checked: its input was not kept")
-        return []
-    smallest = Coupling.from_grouping(grouping).group_rms(value, grouping["centred"])
-    return [Row(f"assumption {row['module'] or row['op']}: {row['quantity']} ≥ floor", row["floor"], smallest,
+    coupling, where = Coupling.from_grouping(grouping), row["module"] or row["op"]
+    if row["limit"] == "ceiling":
+        peak = coupling.peak(value, grouping["centred"], grouping["eps"])
+        return [Row(f"assumption {where}: {row['quantity']} ≤ ceiling", row["ceiling"], peak,
+                    f"max over positions and groups; {row['basis']} ceiling", op=row["op"], kind="ceiling")]
+    smallest = coupling.group_rms(value, grouping["centred"])
+    return [Row(f"assumption {where}: {row['quantity']} ≥ floor", row["floor"], smallest,
                 f"min over groups; {row['basis']} floor", op=row["op"], kind="assumption")]
 
 

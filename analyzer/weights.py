@@ -199,8 +199,9 @@ class Prefetch:
     took 7.6 s (4 matrices of 4096 x 11008, load 4, measured). Torch runs in one thread while this is open, so
     each norm gives the figures one thread gives, whichever thread computed it (measured identical)."""
 
-    def __init__(self, checkpoint: Checkpoint, order: list[str], compute: Callable[[torch.Tensor], Any]) -> None:
-        self._checkpoint, self._compute = checkpoint, compute
+    def __init__(self, checkpoint: Checkpoint, order: list[str], compute: Callable[[torch.Tensor], Any],
+                 ahead: int = _PREFETCH_AHEAD) -> None:
+        self._checkpoint, self._compute, self._ahead = checkpoint, compute, ahead  # ahead 0: one core (--jobs 1)
         self._order = list(dict.fromkeys(order))
         self._position = {name: i for i, name in enumerate(self._order)}
         self._futures: dict[str, Any] = {}
@@ -214,7 +215,7 @@ class Prefetch:
     def result(self, name: str) -> Any:
         """compute(the float32 tensor `name`), waiting for it; the next matrix in `order` starts meanwhile."""
         at = self._position[name]
-        for following in self._order[at:at + 1 + _PREFETCH_AHEAD]:
+        for following in self._order[at:at + 1 + self._ahead]:
             if following not in self._futures:
                 if self._pool is None:
                     self._start()
@@ -232,7 +233,7 @@ class Prefetch:
         self._threads = torch.get_num_threads()
         torch.set_num_threads(1)
         _mmap_above(_MMAP_THRESHOLD)
-        self._pool = ThreadPoolExecutor(1 + _PREFETCH_AHEAD, thread_name_prefix="modnorm-norms")
+        self._pool = ThreadPoolExecutor(1 + self._ahead, thread_name_prefix="modnorm-norms")
 
     def _one(self, name: str) -> Any:
         torch.set_num_threads(1)  # this thread's OpenMP setting (a new thread starts from the default)

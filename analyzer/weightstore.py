@@ -23,8 +23,11 @@ __all__ = ["WeightStore", "start_norms_ahead"]
 _BLOCK_BYTES = 1 << 24
 
 
-# Set by worker.py in the child that runs one CLI job in one torch thread: the second core may compute norms ahead.
-HELPER_THREAD = False
+# The cores this process's job may keep busy, set by worker.py in the child that runs one CLI job in one torch
+# thread (--jobs, parallel.cores_each); None in a process of the Python API (torch's own threads). With two, real
+# weights' norms are computed ahead on a helper thread (NormsAhead) and a checkpoint's next matrix beside the current
+# one (weights.Prefetch); with one, everything runs in the job's thread.
+JOB_CORES: int | None = None
 
 
 def _conv_kernel(w: torch.Tensor, groups: int) -> Any:
@@ -138,9 +141,10 @@ _AHEAD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def start_norms_ahead(root: nn.Module) -> None:
-    """Start `NormsAhead` for this model when a helper thread may use the other core: in the CLI's job (one torch
-    thread, HELPER_THREAD) on a machine with more than one core, and the model has real conv or linear weights."""
-    if not HELPER_THREAD or (os.cpu_count() or 1) < 2 or torch.get_num_threads() != 1 or root in _AHEAD:
+    """Start `NormsAhead` for this model when a helper thread may use another core: in the CLI's job (one torch
+    thread) with two cores to itself (JOB_CORES) on a machine that has them, and the model has real conv or linear
+    weights."""
+    if (JOB_CORES or 1) < 2 or (os.cpu_count() or 1) < 2 or torch.get_num_threads() != 1 or root in _AHEAD:
         return
     ahead = NormsAhead(root)
     if len(ahead):
@@ -183,7 +187,7 @@ class WeightStore:
             return None
         if stored.prefetch is not None:
             stored.prefetch.close()
-        stored.prefetch = Prefetch(stored, order, norms.lanczos_spectral_norm)
+        stored.prefetch = Prefetch(stored, order, norms.lanczos_spectral_norm, ahead=0 if JOB_CORES == 1 else 1)
         return stored.prefetch
 
     def _prefetched_spectral(self, name: str) -> float | None:

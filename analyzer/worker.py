@@ -58,10 +58,13 @@ class ProcessExit(BaseException):
 
 
 def run_isolated(job: Callable[..., Any], *args: Any, target: str, timeout: float | None = DEFAULT_TIMEOUT,
-                 **kwargs: Any) -> Any:
+                 cores: int | None = None, **kwargs: Any) -> Any:
     """`job(*args, **kwargs)` run in a child process; its result, or its ModnormError raised here.
 
-    `target` is the model file the job runs (named in the errors about exits, hangs and crashes)."""
+    `target` is the model file the job runs (named in the errors about exits, hangs and crashes).
+    `cores`: how many cores the job may keep busy (weightstore.JOB_CORES; default all this process may run on):
+    with two, real weights' norms are computed ahead on a helper thread; one for `--jobs 1`, or for one of several
+    jobs sharing the cores (parallel.cores_each)."""
     if os.environ.get("MODNORM_WORKER", "").lower() == "inline":
         with _stdout_to_stderr(), _one_thread():
             return _guarded(job, args, kwargs, target)
@@ -72,7 +75,8 @@ def run_isolated(job: Callable[..., Any], *args: Any, target: str, timeout: floa
         for stream in (sys.stdout, sys.stderr):  # else buffered text would be written twice, by both processes
             with contextlib.suppress(Exception):
                 stream.flush()
-        child = context.Process(target=_child, args=(sender, stack_file.name, job, args, kwargs, target))
+        child = context.Process(target=_child, args=(sender, stack_file.name, job, args, kwargs, target,
+                                                     cores))
         child.start()
         sender.close()
         try:
@@ -145,7 +149,7 @@ def _resolved(path: str) -> str:
 
 
 def _child(sender: Any, stack_path: str, job: Callable[..., Any], args: tuple, kwargs: dict,
-           target: str) -> None:
+           target: str, cores: int | None) -> None:
     stack = open(stack_path, "w")  # noqa: SIM115 - faulthandler keeps writing to it until the process ends
     faulthandler.enable(file=stack)  # a segfault or abort leaves the stack for the parent to read
     faulthandler.register(signal.SIGUSR1, file=stack, all_threads=False)  # the parent's timeout asks for it
@@ -155,7 +159,9 @@ def _child(sender: Any, stack_path: str, job: Callable[..., Any], args: tuple, k
     torch.set_num_threads(1)  # module docstring: one thread
     from . import weightstore
 
-    weightstore.HELPER_THREAD = True  # this process runs this one job: norms may be computed ahead on a 2nd core
+    from .parallel import usable_cores
+
+    weightstore.JOB_CORES = cores or usable_cores()  # this process runs this one job, in one torch thread
     with _stdout_to_stderr(), _exits_as_errors(target):
         try:
             message: tuple[str, Any] = ("ok", _guarded(job, args, kwargs, target))

@@ -3,7 +3,7 @@
 Every figure is a ratio measured in one run (the machine is shared; `uptime` is printed beside each section):
   weights     measured-weight analysis (CPU build, real weights) of the vision fixtures and tiny transformers
               configs, run as the CLI runs it, against the same process's import + build floor; quiet, then
-              with two CPU-bound torch processes beside it, and the slowdown factor (and the in-process run)
+              with two CPU-bound torch processes beside it, and the slowdown factor; by default and --jobs 1
   routes      op-log route vs fx route on a Llama-2-7B shape; 70B meta check vs its import+build+trace floor
   checkpoint  a synthetic Llama-2-layout bf16 sharded safetensors checkpoint (written under /tmp, never kept in the
               repository): `cat` of the shards vs `modnorm check --weights` (wall, peak RSS)
@@ -41,8 +41,8 @@ TINY_HF = {
 }
 
 # One child: import torch, build on CPU (the floor), then the whole measured-weight check in the same process,
-# twice: as the CLI runs it (worker.run_isolated: a forked child, one torch thread) and in process with torch's
-# default threads (the Python API; what the CLI did before issue 21's one-thread change).
+# twice, as the CLI runs it (worker.run_isolated: a forked child, one torch thread): with the machine's cores (the
+# default: a helper thread computes norms ahead on the second core) and with one core (`--jobs 1`).
 WEIGHTS_CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -57,12 +57,13 @@ t0 = time.perf_counter(); load(target, device="cpu"); build_s = time.perf_counte
 t0 = time.perf_counter(); load(target, device="cpu"); warm_build_s = time.perf_counter() - t0
 t0 = time.perf_counter(); run_isolated(check_model, target, Settings(device="cpu"), target=target)
 cli_s = time.perf_counter() - t0
-t0 = time.perf_counter(); check_model(target, Settings(device="cpu")); api_s = time.perf_counter() - t0
+t0 = time.perf_counter(); run_isolated(check_model, target, Settings(device="cpu"), target=target, cores=1)
+one_s = time.perf_counter() - t0
 # The check loads (imports + builds) again, warm: its analysis is what it spends beyond a warm build. The cold
 # build (the floor) also pays first imports, e.g. transformers' modeling code for a config.json target. Both
 # runs pay the check's own first imports (the forked child's never reach this process).
 print(json.dumps({"import_s": import_s, "build_s": build_s, "analysis_s": max(cli_s - warm_build_s, 0.0),
-                  "api_analysis_s": max(api_s - warm_build_s, 0.0), "threads": torch.get_num_threads()}))
+                  "one_core_analysis_s": max(one_s - warm_build_s, 0.0)}))
 """
 
 ROUTE_CHILD = r"""
@@ -117,7 +118,8 @@ def hf_targets(folder: Path) -> list[str]:
 
 def weights_section() -> list[str]:
     rows = ["| model | import+build floor s | analysis s (quiet) | analysis / floor | analysis s (2 burners) | "
-            "analysis / floor | slowdown | in process, torch threads: quiet s / burners s / slowdown | load |",
+            "analysis / floor | slowdown (load factor 2.0) | --jobs 1: quiet s / burners s / slowdown (load factor "
+            "1.5) | load |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     with tempfile.TemporaryDirectory() as tmp:
         targets = [str(ROOT / t) for t in VISION] + hf_targets(Path(tmp))
@@ -143,14 +145,15 @@ def weights_section() -> list[str]:
 
 
 def _weights_row(name: str, quiet: dict, busy: dict, load: str) -> str:
-    """The CLI's way (one thread, forked child) against the floor, quiet and beside the burners; then the
-    in-process run with torch's threads (the API, and the CLI before issue 21) for comparison."""
+    """The CLI's way (forked child, one torch thread) against the floor, quiet and beside the burners; with both
+    cores and with one. The load factor is the slowdown a fair share of the cores gives: the job's threads plus
+    the two burners' over 2 cores (4/2 with the helper thread, 3/2 with --jobs 1)."""
     floor_q, floor_b = quiet["import_s"] + quiet["build_s"], busy["import_s"] + busy["build_s"]
     cli_q, cli_b = quiet["analysis_s"], busy["analysis_s"]
-    api_q, api_b = quiet["api_analysis_s"], busy["api_analysis_s"]
+    one_q, one_b = quiet["one_core_analysis_s"], busy["one_core_analysis_s"]
     return (f"| {name} | {floor_q:.2f} | {cli_q:.2f} | {cli_q / floor_q:.2f} | {cli_b:.2f} | {cli_b / floor_b:.2f} | "
-            f"{cli_b / max(cli_q, 1e-9):.1f}x | {api_q:.2f} / {api_b:.2f} / {api_b / max(api_q, 1e-9):.1f}x "
-            f"({quiet['threads']} threads) | {load} |")
+            f"{cli_b / max(cli_q, 1e-9):.1f}x | {one_q:.2f} / {one_b:.2f} / {one_b / max(one_q, 1e-9):.1f}x "
+            f"| {load} |")
 
 
 def routes_section() -> list[str]:

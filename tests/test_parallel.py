@@ -82,6 +82,50 @@ def test_a_check_job_runs_in_one_thread_and_the_callers_count_is_kept(monkeypatc
         torch.set_num_threads(before)
 
 
+# ------------------------------------------------------------------------------------------------ --jobs = cores
+def test_jobs_are_cores_shared_by_the_independent_checks():
+    from modnorm.parallel import cores_each
+
+    assert cores_each(2, 1) == 2  # one model: both cores (a helper thread computes norms ahead)
+    assert cores_each(2, 16) == 1  # a 4 x 4 sweep: two processes of one thread
+    assert cores_each(4, 2) == 2 and cores_each(3, 2) == 1 and cores_each(1, 1) == 1
+
+
+def _cores_and_norms_ahead(target):
+    """In the job's child: its core budget and whether norms were computed ahead while checking `target`."""
+    from modnorm import weightstore
+    from modnorm.check import check_model
+    from modnorm.config import Settings
+
+    started, original = [], weightstore.NormsAhead.start
+    weightstore.NormsAhead.start = lambda self: (started.append(self), original(self))[1]  # the child's copy only
+    check_model(target, Settings(device="cpu"))
+    return weightstore.JOB_CORES, bool(started)
+
+
+@pytest.mark.skipif((__import__("os").cpu_count() or 1) < 2, reason="a helper thread needs a second core")
+def test_one_core_computes_no_norms_ahead_two_do():
+    from modnorm.worker import run_isolated
+
+    target = str(ROOT / "fixtures/resnet_bn.py")
+    assert run_isolated(_cores_and_norms_ahead, target, target=target, cores=1) == (1, False)
+    assert run_isolated(_cores_and_norms_ahead, target, target=target, cores=2) == (2, True)
+
+
+@pytest.mark.parametrize("extra, expected", [((), "all"), (("-j", "1"), 1), (("-j", "2", "--sweep", "width=8,16"), 1),
+                                             (("-j", "4", "--sweep", "width=8,16"), 2)])
+def test_the_cli_gives_each_check_its_share_of_the_cores(monkeypatch, extra, expected):
+    from modnorm import worker
+    from modnorm.parallel import usable_cores
+
+    seen = []
+    real = worker.run_isolated
+    monkeypatch.setattr(worker, "run_isolated", lambda *a, **k: (seen.append(k["cores"]), real(*a, **k))[1])
+    model = ROOT / "fixtures/deep_mlp.py"
+    run(model, "-f", "json", *extra)
+    assert seen == [usable_cores() if expected == "all" else expected]
+
+
 def test_jobs_must_be_positive():
     result = runner.invoke(app, ["check", str(ROOT / "fixtures/deep_mlp.py"), "--jobs", "0"])
     assert result.exit_code == 2 and "Traceback" not in result.output

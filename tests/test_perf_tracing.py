@@ -166,7 +166,7 @@ def test_norms_computed_ahead_are_the_ones_computed_inline(fixture: str, monkeyp
     torch.set_num_threads(1)
     try:
         inline = check_model(target, Settings(device="cpu"))
-        monkeypatch.setattr(weightstore, "HELPER_THREAD", True)
+        monkeypatch.setattr(weightstore, "JOB_CORES", 2)
         monkeypatch.setattr(weightstore.os, "cpu_count", lambda: 2)
         started = []
         original = weightstore.NormsAhead.start
