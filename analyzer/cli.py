@@ -116,7 +116,7 @@ def check(
         check_output_file(plot, "--plot")
         sweep = list(sweep) or list(settings.sweep)
         from . import progress
-        from .parallel import cores_each, run_all, start, usable_cores
+        from .parallel import cores_each, run_all, start, stop, usable_cores
 
         jobs = jobs or usable_cores()
         # Several models: the pool's imports overlap ours. A sweep runs in one isolated child, which starts its own
@@ -131,6 +131,7 @@ def check(
             cores = cores_each(jobs, len(chosen))
             results = run_all(_run, [(target, settings, shape, input_dtype, factory_kwargs, cores)
                                      for target in chosen], jobs)
+            stop()
         if plot is not None:
             _plot(results, plot)
         results = _with_baseline(results, baseline, update_baseline, settings.root)
@@ -261,13 +262,16 @@ def _run_sweep(targets: list[str], settings: Any, items: list[str], input_shape:
 
 def _sweep_job(target: str, settings: Any, axes: Any, input_shape: Any, input_dtype: str | None,
                kwargs: dict[str, Any], jobs: int) -> Any:
-    from .parallel import start
+    from .parallel import start, stop
 
     start(jobs)  # the pool's fork server imports torch while this child imports the rest and builds the first point
     from .check import check_sweep
 
-    return check_sweep(target, settings, axes, input_shape=input_shape, input_dtype=input_dtype, kwargs=kwargs,
-                       jobs=jobs)
+    try:
+        return check_sweep(target, settings, axes, input_shape=input_shape, input_dtype=input_dtype, kwargs=kwargs,
+                           jobs=jobs)
+    finally:
+        stop()
 
 
 def _plot(results: list[Any], path: Path) -> None:

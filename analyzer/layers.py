@@ -120,7 +120,7 @@ def layers_of(records: list[Record], ctx: Context) -> tuple[list[Layer], float]:
             if element is not None and file is not None and Path(element[0]).resolve() == Path(file).resolve():
                 line = element[1]
         layers.append(Layer(
-            name=names[id(a)], kind=spec.kind, shape=spec.shape, role=roles.get(id(a), "gain"), mass=mass,
+            name=names[id(a)], kind=str(spec.kind), shape=spec.shape, role=roles.get(id(a), "gain"), mass=mass,
             mass_share=share, sensitivity=a.lipschitz[0] if a.lipschitz else spec.norm,
             downstream_sensitivity=a.down, design_downstream_sensitivity=a.design_down, target_norm=target,
             log10_downstream_sensitivity=log10_of(a.log_down),

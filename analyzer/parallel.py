@@ -14,15 +14,17 @@ parent as the same one-paragraph error.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Sequence
 
 from .errors import ModnormError
 
-__all__ = ["run_all", "start", "usable_cores", "cores_each"]
+__all__ = ["run_all", "start", "stop", "usable_cores", "cores_each"]
 
 
 # What a check imports, lazily or not (python -X importtime, sys.modules after a first grid point): preloaded once
@@ -62,6 +64,23 @@ def start(jobs: int) -> None:
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+
+
+def stop() -> None:
+    """End this process's fork server now, if it started one. Left to itself it exits when this process does and
+    then tears down an interpreter with torch loaded (~1 s, measured) while it still holds our stderr: a pipe
+    (`| jq`, a CI step that captures the output) waited that long for the report's end. It holds nothing to
+    flush, so it is killed."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):  # closes our end of its pipe, reaps it, removes its socket
+        server._stop()
 
 
 def _start_worker(threads: int) -> None:

@@ -126,6 +126,24 @@ def test_the_cli_gives_each_check_its_share_of_the_cores(monkeypatch, extra, exp
     assert seen == [usable_cores() if expected == "all" else expected]
 
 
+def test_the_fork_server_is_gone_once_stopped():
+    """A server left running exits with the process and then holds our stderr for ~1 s: the CLI stops it."""
+    import os
+    from multiprocessing import forkserver
+
+    from modnorm.parallel import run_all, stop
+
+    assert run_all(abs, [(-1,), (-2,)], jobs=2) == [1, 2]
+    pid = forkserver._forkserver._forkserver_pid
+    assert pid is not None
+    stop()
+    assert forkserver._forkserver._forkserver_pid is None
+    with pytest.raises(ChildProcessError):  # killed and reaped: no longer our child
+        os.waitpid(pid, os.WNOHANG)
+    assert run_all(abs, [(-3,), (-4,)], jobs=2) == [3, 4]  # a later pool starts a new one
+    stop()
+
+
 def test_jobs_must_be_positive():
     result = runner.invoke(app, ["check", str(ROOT / "fixtures/deep_mlp.py"), "--jobs", "0"])
     assert result.exit_code == 2 and "Traceback" not in result.output
