@@ -493,10 +493,13 @@ class _RealValues:
         """A convolution's shadow computed on meta (its meta kernel does not import torch._dynamo, and the CPU
         would spend most of the forward pass's FLOPs on it), with zeros as its real value: no op run on the CPU
         here reads data (data-dependent ops stay on meta), so the values downstream need not be the model's."""
-        shadow = _run_on_meta(module, to_meta(values), to_meta(kw))
+        shadow = _conv_shadow(module, values, kw)
+        if shadow is None:
+            shadow = _run_on_meta(module, to_meta(values), to_meta(kw))
         if not isinstance(shadow, torch.Tensor):
             raise TypeError("a convolution that does not return one tensor")
-        self._keep(node, torch.zeros_like(shadow, device="cpu"))
+        # (not zeros_like: on a meta tensor it goes through torch._refs, which imports symbolic_shapes)
+        self._keep(node, torch.empty_strided(shadow.size(), shadow.stride(), dtype=shadow.dtype).zero_())
         return shadow
 
     def _runs_on_cpu(self, kind: str, target: Any, name: str, module: nn.Module | None) -> bool:
@@ -675,6 +678,42 @@ def _unwrap(a: Any) -> Any:
     if isinstance(a, fx.Node):
         return a.meta.get("value")
     return a
+
+
+def _conv_shadow(conv: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The meta tensor conv(x) returns, by the output-size formula, or None where the meta kernel must decide. The
+    kernel's first `torch._check` imports torch.fx.experimental.symbolic_shapes: 0.66 s of a 2.8 s ConvNeXt check
+    (profiled). Only the plain case: a batched input and a weight both in the default layout (a channels-last
+    operand makes a channels-last output), matching dtypes and channels; the rest (errors included) goes to meta.
+    tests/test_perf_tracing.py compares the two on a grid of convolutions."""
+    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        return None
+    x, weight, bias = args[0], conv.weight, conv.bias
+    spatial = weight.dim() - 2
+    if (x.dim() != spatial + 2 or x.shape[1] != conv.in_channels or x.dtype != weight.dtype
+            or bias is not None and bias.dtype != x.dtype or not all(map(_plainly_contiguous, (x, weight)))):
+        return None
+    if conv.padding == "valid":
+        padding = (0,) * spatial
+    elif conv.padding == "same":
+        return x.new_empty((x.shape[0], conv.out_channels, *x.shape[2:]), device="meta")
+    else:
+        padding = conv.padding
+    sizes = tuple((length + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1 for length, pad, dilation, kernel, stride
+                  in zip(x.shape[2:], padding, conv.dilation, conv.kernel_size, conv.stride))
+    if min(sizes, default=1) < 1 or min(x.shape[2:], default=1) < 1:
+        return None
+    return x.new_empty((x.shape[0], conv.out_channels, *sizes), device="meta")
+
+
+def _plainly_contiguous(t: torch.Tensor) -> bool:
+    """Strides exactly the default layout's (the meta kernel reads the strides, size-1 dimensions included, to
+    choose the output's layout: these give the default layout, checked in tests/test_perf_tracing.py)."""
+    expected, stride = [], 1
+    for size in reversed(t.shape):
+        expected.append(stride)
+        stride *= max(size, 1)
+    return tuple(reversed(expected)) == t.stride()
 
 
 def _run_on_meta(module: nn.Module, args: tuple, kwargs: dict) -> Any:

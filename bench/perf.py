@@ -94,6 +94,18 @@ PROBE = (f"import time, torch\ntorch.set_num_threads(1)\na = torch.randn(600, 60
          f"print(n)\n")
 
 
+def load_factor(job_threads: int) -> float:
+    """The slowdown a fair share of the cores gives a job of `job_threads` busy threads beside the two burners:
+    each burner runs torch's default thread count, so 2B + J threads share the cores where the job alone had
+    min(J, cores) of them. 2.5 for one thread on 2 cores (B = 2), 3.0 for two; the default job's second thread
+    (norms ahead) is busy only part of the time, so its factor lies between the two."""
+    burner = int(subprocess.run([PY, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True,
+                                text=True, check=True).stdout)
+    cores = os.cpu_count() or 1
+    busy_share = job_threads * cores / max(2 * burner + job_threads, cores)
+    return min(job_threads, cores) / busy_share
+
+
 def load_average() -> str:
     return f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
 
@@ -117,9 +129,10 @@ def hf_targets(folder: Path) -> list[str]:
 
 
 def weights_section() -> list[str]:
+    one, two = load_factor(1), load_factor(2)
     rows = ["| model | import+build floor s | analysis s (quiet) | analysis / floor | analysis s (2 burners) | "
-            "analysis / floor | slowdown (load factor 2.0) | --jobs 1: quiet s / burners s / slowdown (load factor "
-            "1.5) | load |",
+            f"analysis / floor | slowdown (load factor {one:.1f}-{two:.1f}) | --jobs 1: quiet s / burners s / "
+            f"slowdown (load factor {one:.1f}) | load |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     with tempfile.TemporaryDirectory() as tmp:
         targets = [str(ROOT / t) for t in VISION] + hf_targets(Path(tmp))

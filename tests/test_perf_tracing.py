@@ -26,6 +26,58 @@ def test_check_of_a_cpu_cnn_does_not_import_dynamo() -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_check_of_a_cpu_cnn_does_not_import_symbolic_shapes() -> None:
+    """The convolutions' shadows come from the output-size formula, not from the meta kernel's torch._check."""
+    code = ("import sys, torch\nfrom modnorm.check import check_model\nfrom modnorm.config import Settings\n"
+            f"check_model({str(ROOT / 'bench/fixtures/efficientnet_b0.py')!r}, Settings(device='cpu'))\n"
+            "print('torch.fx.experimental.symbolic_shapes' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.split() == ["False"]
+
+
+_CONVS = [  # (class, in, out, kernel, keywords, input shape)
+    (nn.Conv1d, 4, 6, 3, {}, (2, 4, 17)),
+    (nn.Conv1d, 4, 8, 5, {"stride": 2, "padding": 2, "dilation": 2, "groups": 4}, (1, 4, 33)),
+    (nn.Conv2d, 3, 8, 3, {"stride": 2, "padding": 1}, (2, 3, 15, 16)),
+    (nn.Conv2d, 8, 8, 7, {"padding": 3, "groups": 8}, (1, 8, 9, 9)),  # depthwise
+    (nn.Conv2d, 8, 4, 1, {}, (1, 8, 1, 1)),  # squeeze-excite: both layouts' strides coincide but for size-1 dims
+    (nn.Conv2d, 1, 4, 3, {}, (2, 1, 5, 5)),
+    (nn.Conv2d, 4, 4, 3, {"padding": "same", "dilation": 2}, (1, 4, 10, 11)),
+    (nn.Conv2d, 4, 4, 3, {"padding": "valid"}, (1, 4, 10, 11)),
+    (nn.Conv2d, 4, 4, 3, {"padding": 1, "padding_mode": "reflect"}, (1, 4, 6, 7)),
+    (nn.Conv2d, 4, 4, (3, 1), {"stride": (1, 3), "padding": (1, 0)}, (1, 4, 6, 7)),
+    (nn.Conv3d, 2, 3, 3, {"stride": 2, "padding": 1}, (1, 2, 5, 6, 7)),
+]
+
+
+@pytest.mark.parametrize("layout", ["default", "channels_last"])
+@pytest.mark.parametrize("case", _CONVS, ids=lambda c: f"{c[0].__name__}-{c[5]}")
+def test_conv_shadow_is_what_the_meta_kernel_returns(case, layout) -> None:
+    cls, c_in, c_out, kernel, keywords, shape = case
+    conv = cls(c_in, c_out, kernel, **keywords)
+    x = torch.randn(shape)
+    if layout == "channels_last":
+        if x.dim() != 4:
+            pytest.skip("channels_last is a 4-D layout")
+        x = x.to(memory_format=torch.channels_last)
+    shadow = tracing._conv_shadow(conv, (x,), {})
+    expected = tracing._run_on_meta(conv, (x.to("meta"),), {})
+    if layout == "channels_last" and x.stride() != torch.empty(x.shape).stride():
+        assert shadow is None  # the meta kernel decides the layout
+        return
+    assert shadow is not None and shadow.is_meta
+    assert (shadow.shape, shadow.dtype, shadow.stride()) == (expected.shape, expected.dtype, expected.stride())
+    assert shadow.shape == conv(x).shape
+
+
+def test_conv_shadow_leaves_what_the_kernel_would_refuse_to_it() -> None:
+    conv = nn.Conv2d(4, 4, 3)
+    assert tracing._conv_shadow(conv, (torch.randn(1, 3, 8, 8),), {}) is None  # wrong channels: meta explains
+    assert tracing._conv_shadow(conv, (torch.randn(1, 4, 2, 2),), {}) is None  # smaller than the kernel
+    assert tracing._conv_shadow(conv, (torch.randn(1, 4, 8, 8, dtype=torch.float64),), {}) is None  # dtypes differ
+    assert tracing._conv_shadow(conv, (torch.randn(4, 8, 8),), {}) is None  # unbatched
+
+
 def test_uninteresting_files_are_fx_s() -> None:
     from torch.fx.experimental.symbolic_shapes import uninteresting_files
 
