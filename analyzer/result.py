@@ -356,14 +356,45 @@ class Analysis:
     findings: tuple[Finding, ...] = ()
 
     def op(self, name: str) -> Op:
-        return self._ops_by_name()[name]
+        return self.ops_by_name()[name]
 
-    def _ops_by_name(self) -> dict[str, Op]:
+    def ops_by_name(self) -> dict[str, Op]:
+        """name -> op, built once per analysis (read it, do not change it)."""
         cache = self.__dict__.get("_op_index")
         if cache is None:
             cache = {op.name: op for op in self.ops}
             object.__setattr__(self, "_op_index", cache)
         return cache
+
+    def upstream_only(self, start: str, excluded: str) -> list[str]:
+        """The ops `start` depends on (itself included) that `excluded` does not depend on, in graph order: a
+        residual branch's own ops are upstream_only(branch, skip)."""
+        masks = self._upstream_masks()
+        bits = masks.get(start, 0) & ~masks.get(excluded, 0)
+        names = []
+        while bits:
+            lowest = bits & -bits
+            names.append(self.ops[lowest.bit_length() - 1].name)
+            bits ^= lowest
+        return names
+
+    def _upstream_masks(self) -> dict[str, int]:
+        """Per op, the set of ops it depends on as a bit mask over `ops` (graph order, so an op's inputs come
+        before it): one pass, where a walk per question was 0.7 s of the rules on a 70B-shaped Llama (MN201)."""
+        masks = self.__dict__.get("_upstream")
+        if masks is None:
+            masks = {}
+            for i, op in enumerate(self.ops):
+                mask = 1 << i
+                for name in op.inputs:
+                    mask |= masks.get(name, 0)
+                masks[op.name] = mask
+            object.__setattr__(self, "_upstream", masks)
+        return masks
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the caches (`_op_index`, `_upstream`): a check's result crosses a process boundary."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def merge(self, name: str) -> Merge:
         return next(m for m in self.merges if m.op == name)

@@ -117,7 +117,7 @@ def _merge(merge: Merge, ops: dict[str, Op], scale: Mapping[str, tuple[float, ..
 
 def rescale_merge(analysis: Analysis, merge: Merge, skip: float, branch: float) -> Fix:
     """A fix multiplying a merge's skip coefficient by `skip` and its branch coefficient by `branch`."""
-    ops = {op.name: op for op in analysis.ops}
+    ops = analysis.ops_by_name()
     inputs = ops[merge.op].inputs if merge.op in ops else ()
     factors = tuple(skip if _stripped(name, ops, casts=True) == merge.skip else branch
                     if _stripped(name, ops) == merge.branch else 1.0 for name in inputs)

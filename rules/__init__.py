@@ -163,10 +163,14 @@ def explain(analysis: Analysis, findings: list[Finding], selection: RuleSelectio
     order = TopologicalSorter({code: set(rule.explained_by) & set(rules) for code, rule in rules.items()})
     rank = {code: i for i, code in enumerate(order.static_order())}
     rerun = _Reruns(analysis, findings, selection)
+    blocking: dict[str, list[int]] = {}  # code -> its findings at warning or above, in order
+    for j, f in enumerate(findings):
+        if _blocking(f):
+            blocking.setdefault(f.code, []).append(j)
     final: dict[int, Finding] = {}
     for i in sorted(range(len(findings)), key=lambda i: rank[findings[i].code]):
         finding = findings[i]
-        causes = tuple(j for j, f in enumerate(findings) if f.code in rules[finding.code].explained_by and _blocking(f))
+        causes = tuple(sorted(j for code in rules[finding.code].explained_by for j in blocking.get(code, ())))
         if causes and _blocking(finding) and rerun.removes(finding, causes):
             roots = tuple(j for j in causes if _blocking(final[j])) or causes
             for code in sorted({findings[j].code for j in roots}):  # one cause alone may suffice: name just that one

@@ -70,7 +70,7 @@ class AffineScale(Rule):
 def _follows_normalization(analysis: Analysis, op_name: str) -> bool:
     """Whether the gain belongs to a normalizer: its own weight (nn.LayerNorm is one op) or a multiplication of a
     normalizer's output (an RMSNorm written by hand), not a gain on a residual branch."""
-    ops = {op.name: op for op in analysis.ops}
+    ops = analysis.ops_by_name()
     op = ops.get(op_name)
     if op is None or "normalization" in op.tags or not op.inputs:
         return True

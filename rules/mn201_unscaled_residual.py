@@ -69,22 +69,10 @@ class UnscaledResidual(Rule):
 def branch_constants(analysis: Analysis, merge: Merge, top: int = 3) -> list[tuple[str, float]]:
     """The ops of f(x) (upstream of the branch input, not of the skip) with the largest constants above 1: where
     the branch's sensitivity comes from, named as the report's op table names them."""
-    ops = {op.name: op for op in analysis.ops}
-
-    def upstream(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            name = todo.pop()
-            if name in seen or name not in ops:
-                continue
-            seen.add(name)
-            todo.extend(ops[name].inputs)
-        return seen
-
-    inside = upstream(merge.branch) - upstream(merge.skip)
     constants: dict[str, float] = {}
-    for n in inside:
-        op, value = ops[n], ops[n].design_constant
+    for n in analysis.upstream_only(merge.branch, merge.skip):
+        op = analysis.op(n)
+        value = op.design_constant
         if value > 1.005:
             label = f"{op.target}{f' `{op.module}`' if op.module else ''}"
             constants[label] = max(constants.get(label, 0.0), value)

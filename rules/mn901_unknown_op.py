@@ -51,7 +51,7 @@ def reaches_output(analysis: Analysis) -> set[str]:
     """Ops on a path to the output through edges that can carry a change: an atom's input always does (a
     zero-initialised head has downstream sensitivity 0 today, not by structure), another op's input when its
     constant for that input is not 0 (integer bookkeeping, a shape-only operand, the old state of a copy_)."""
-    ops = {op.name: op for op in analysis.ops}
+    ops = analysis.ops_by_name()
     todo = [op.name for op in analysis.ops if op.kind == "output"]
     live: set[str] = set()
     while todo:
