@@ -131,14 +131,17 @@ def node_location(node: fx.Node, user_file: str | None = None) -> tuple[str | No
     cached = node.meta.get("modnorm_location")
     if cached is not None:
         return cached
-    location: tuple[str | None, int | None] = (None, None)
-    if node.stack_trace:
-        summary = traceback.StackSummary.from_list(_parse_frames(node.stack_trace))
-        found = user_frame(summary, user_file)
-        if found:
-            location = (found[0], found[1])
+    location = _location(node.stack_trace, user_file) if node.stack_trace else (None, None)
     node.meta["modnorm_location"] = location
     return location
+
+
+@functools.lru_cache(maxsize=4096)
+def _location(stack_trace: str, user_file: str | None) -> tuple[str | None, int | None]:
+    """The user's frame of a stack trace. Cached: a repeated block's nodes share their stacks (the 80 layers of a
+    70B Llama: 2807 stacks parsed, 0.2 s, for a few dozen distinct ones)."""
+    found = user_frame(traceback.StackSummary.from_list(list(_parse_frames(stack_trace))), user_file)
+    return (found[0], found[1]) if found else (None, None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -170,7 +173,8 @@ def call_site(node: fx.Node, module: Any, user_file: str | None = None) -> tuple
     return (found[0], found[1]) if found else node_location(node, user_file)
 
 
-def _parse_frames(stack_trace: str) -> list[tuple[str, int, str, str]]:
+@functools.lru_cache(maxsize=4096)
+def _parse_frames(stack_trace: str) -> tuple[tuple[str, int, str, str], ...]:
     frames = []
     lines = stack_trace.splitlines()
     for i, line in enumerate(lines):
@@ -184,4 +188,4 @@ def _parse_frames(stack_trace: str) -> list[tuple[str, int, str, str]]:
             name = line.rsplit(" in ", 1)[-1]
             source = lines[i + 1].strip() if i + 1 < len(lines) else ""
             frames.append((filename, lineno, name, source))
-    return frames
+    return tuple(frames)
