@@ -235,23 +235,27 @@ def capacity() -> float:
     return probe(2) / max(probe(1), 1)
 
 
-def sweep_section() -> list[str]:
+def sweep_section(rounds: int) -> list[str]:
     args = [*MODNORM, "check", str(ROOT / "fixtures/nanogpt.py"), "--kwargs", "n_head=12", "--sweep",
             "n_embd=192,384,576,768", "--sweep", "n_layer=2,4,8,12", "-f", "json", "--exit-zero"]
-    outputs, walls = [], []
-    ceiling = capacity()
-    for jobs in ("1", "2"):
-        started = time.perf_counter()
-        out = subprocess.run([*args, "--jobs", jobs], capture_output=True, text=True, env=ENV)
-        walls.append(time.perf_counter() - started)
-        outputs.append(out.stdout if out.returncode == 0 else f"error {out.stderr[-200:]}")
-    rows = ["| sweep | --jobs 1 s | --jobs 2 s | speed-up | two processes' throughput / one's, before | "
+    rows = ["| sweep (round) | --jobs 1 s | --jobs 2 s | speed-up | two processes' throughput / one's, before | "
             "identical JSON | load |",
-            "| --- | ---: | ---: | ---: | ---: | --- | --- |",
-            f"| nanoGPT 4 widths x 4 depths (cold process, import included) | {walls[0]:.1f} | {walls[1]:.1f} | "
-            f"{walls[0] / walls[1]:.2f}x | {ceiling:.2f}x | {'yes' if outputs[0] == outputs[1] else 'NO'} | "
-            f"{load_average()} |"]
-    print(rows[-1], flush=True)
+            "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    speedups = []
+    for round_ in range(1, rounds + 1):  # alternating pairs: the machine's load moves between them
+        outputs, walls = [], []
+        ceiling = capacity()
+        for jobs in ("1", "2"):
+            started = time.perf_counter()
+            out = subprocess.run([*args, "--jobs", jobs], capture_output=True, text=True, env=ENV)
+            walls.append(time.perf_counter() - started)
+            outputs.append(out.stdout if out.returncode == 0 else f"error {out.stderr[-200:]}")
+        speedups.append(walls[0] / walls[1])
+        rows.append(f"| nanoGPT 4 widths x 4 depths, cold process ({round_}) | {walls[0]:.1f} | {walls[1]:.1f} | "
+                    f"{speedups[-1]:.2f}x | {ceiling:.2f}x | {'yes' if outputs[0] == outputs[1] else 'NO'} | "
+                    f"{load_average()} |")
+        print(rows[-1], flush=True)
+    rows.append(f"| median of {rounds} | | | {sorted(speedups)[len(speedups) // 2]:.2f}x | | | |")
     return rows
 
 
@@ -260,10 +264,12 @@ def main() -> None:
     parser.add_argument("--only", choices=("weights", "routes", "checkpoint", "sweep"))
     parser.add_argument("--layers", type=int, default=32, help="decoder layers of the synthetic checkpoint")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint under /tmp")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating --jobs 1 / --jobs 2 pairs of the sweep")
     args = parser.parse_args()
     print(f"# modnorm perf bench ({os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}, {load_average()})\n")
     sections = {"weights": weights_section, "routes": routes_section,
-                "checkpoint": lambda: checkpoint_section(args.layers, args.keep), "sweep": sweep_section}
+                "checkpoint": lambda: checkpoint_section(args.layers, args.keep),
+                "sweep": lambda: sweep_section(args.rounds)}
     for name, run in sections.items():
         if args.only in (None, name):
             print("\n".join(run()) + "\n", flush=True)
