@@ -326,8 +326,9 @@ def _lanczos(matrix: torch.Tensor, rtol: float = RTOL, delta: float = DELTA, blo
         w = w.float()  # e.g. a bf16 checkpoint widened to float64: the same matrix, half the work and memory
     elif w.dtype != torch.float64:
         w = w.float()
-    w = w.contiguous()
     rows, cols = w.shape
+    if not (w.is_contiguous() or rows < cols and w.T.is_contiguous()):  # (a wide checkpoint matrix comes
+        w = w.contiguous()  # stored transposed, weights.Checkpoint.load: its tall side is already contiguous)
     n = min(rows, cols)
     if w.numel() == 0:
         return NormEstimate(0.0, 0.0, 0.0, "empty")

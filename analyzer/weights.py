@@ -115,31 +115,41 @@ class Checkpoint:
         tensor = self._tensors[name]
         return tensor.numel() * tensor.element_size()
 
-    def load(self, name: str, widen: bool = False) -> torch.Tensor:
+    def load(self, name: str, widen: bool = False, tall: bool = False) -> torch.Tensor:
         """One tensor, read from disk now (safetensors) or from memory (torch); NaN or Inf entries are refused.
         `widen`: 16-bit floats come back as float32 (exact: every bf16 and fp16 value is a float32 value),
-        converted chunk by chunk as they are read, so the 16-bit copy never exists whole."""
+        converted chunk by chunk as they are read, so the 16-bit copy never exists whole. `tall` (with `widen`, for
+        a 16-bit matrix with fewer rows than columns): the float32 matrix is stored transposed — `.T` of the result
+        is contiguous — so that block Lanczos (norms.py), which works on the taller side, needs no transposed copy
+        (180 MB for a Llama-2-7B down projection, held at the audit's peak beside the head)."""
         if name in self._tensors:
             tensor = self._tensors[name]
             if name not in self._checked:
                 _require_finite(tensor, name, self.path)
                 self._checked.add(name)
                 self._count(name, self.nbytes(name))
+            if widen and tall and _transposable(tensor.shape, tensor.dtype):
+                return _fresh(tuple(reversed(tensor.shape)), torch.float32).copy_(tensor.T).T
             return _widened(tensor) if widen else tensor
-        key = (name, widen and _is_16bit(self._entries[name].dtype))
+        entry = self._entries[name]
+        widened = widen and _is_16bit(entry.dtype)
+        key = (name, widened, widened and tall and _transposable(entry.shape, entry.dtype))
         if key in self._cache:
             self._cache[key] = self._cache.pop(key)  # most recent last
             return self._cache[key]
-        tensor, finite = self._read(name, key[1])
+        tensor, finite = self._read(name, key[1], key[2])
         if not finite:  # unknown, or seen not finite: the full check says how many NaN and Inf
             _require_finite(tensor, name, self._entries[name].file)
         self._remember(key, tensor)
         return tensor
 
-    def _read(self, name: str, widen: bool) -> tuple[torch.Tensor, bool]:
+    def _read(self, name: str, widen: bool, tall: bool = False) -> tuple[torch.Tensor, bool]:
         """The tensor, and True when it was already seen to be finite while read."""
         entry = self._entries[name]
-        out, finite = _fresh(entry.shape, torch.float32 if widen else entry.dtype), False
+        shape = tuple(reversed(entry.shape)) if tall else entry.shape
+        out, finite = _fresh(shape, torch.float32 if widen else entry.dtype), False
+        if tall:
+            out = out.T
         if entry.nbytes:
             with open(entry.file, "rb", buffering=0) as handle:
                 handle.seek(entry.start)
@@ -161,14 +171,20 @@ class Checkpoint:
         """Read the 16-bit data of `name` in _CHUNK_BYTES pieces into one reused buffer, widening each into `out`;
         True when every chunk was finite (checked while the chunk is in cache, not in another pass)."""
         entry = self._entries[name]
-        flat, size, finite = out.view(-1), entry.dtype.itemsize, True
-        buffer = bytearray(min(_CHUNK_BYTES, entry.nbytes))
+        size, finite = entry.dtype.itemsize, True
+        if out.is_contiguous():
+            rows, target = out.numel(), out.view(-1)  # one "row" per element: any chunk boundary will do
+        else:  # stored transposed (load's `tall`): whole rows per chunk, each written as a column of the storage
+            rows, target = out.shape[0], out
+        row_bytes = entry.nbytes // max(rows, 1)
+        buffer = bytearray(min(max(_CHUNK_BYTES // row_bytes, 1) * row_bytes, entry.nbytes))
         for start in range(0, entry.nbytes, len(buffer)):
             count = min(len(buffer), entry.nbytes - start)
             _read_exactly(handle, memoryview(buffer)[:count], name, entry.file)
             raw = torch.frombuffer(buffer, dtype=entry.dtype, count=count // size)
             finite = finite and all(map(math.isfinite, map(float, torch.aminmax(raw))))
-            flat[start // size:(start + count) // size].copy_(raw)
+            first = start // row_bytes
+            target[first:first + count // row_bytes].copy_(raw.view(-1, *target.shape[1:]))
         return finite
 
     def _read_ahead(self, fd: int, name: str) -> None:
@@ -237,7 +253,7 @@ class Prefetch:
 
     def _one(self, name: str) -> Any:
         torch.set_num_threads(1)  # this thread's OpenMP setting (a new thread starts from the default)
-        return self._compute(self._checkpoint.load(name, widen=True))
+        return self._compute(self._checkpoint.load(name, widen=True, tall=True))
 
     def close(self) -> None:
         """Finish the norms being computed, drop the ones not started, restore torch's thread count."""
@@ -263,6 +279,11 @@ def _mmap_above(nbytes: int) -> None:
 
 def _is_16bit(dtype: torch.dtype) -> bool:
     return dtype.is_floating_point and dtype.itemsize < 4
+
+
+def _transposable(shape: Any, dtype: torch.dtype) -> bool:
+    """A 16-bit matrix wider than tall: load(tall=True) stores its float32 widening transposed."""
+    return len(shape) == 2 and shape[0] < shape[1] and _is_16bit(dtype)
 
 
 def _widened(tensor: torch.Tensor) -> torch.Tensor:

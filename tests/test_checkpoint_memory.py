@@ -75,3 +75,36 @@ def test_row_norms_of_a_large_weight_make_no_float64_copy_of_it(monkeypatch):
     assert row_rms[0] == float(exact.pow(2).mean(1).sqrt().max())
     assert rms[0] == pytest.approx(float(exact.pow(2).mean().sqrt()), rel=1e-12)
     assert max_l1[0] == float(exact.abs().sum(1).max()) and abs_max[0] == float(weight.abs().max())
+
+
+@pytest.mark.parametrize("source", ["safetensors", "torch"])
+def test_a_wide_matrix_is_read_stored_transposed_and_its_norm_is_unchanged(tmp_path, source):
+    """load(tall=True) gives the same float32 matrix with its transpose contiguous (no transposed copy for block
+    Lanczos, which works on the taller side), read in chunks of whole rows (a 1 MB buffer here: 104 rows of
+    5000 bf16 per chunk, the last one partial); the Lanczos figures are those of the contiguous copy."""
+    from modnorm import norms, weights
+    from modnorm.weights import open_checkpoint
+
+    generator = torch.Generator().manual_seed(3)
+    wide = (0.02 * torch.randn(2100, 5000, generator=generator)).to(torch.bfloat16)
+    tall = (0.02 * torch.randn(2200, 2100, generator=generator)).to(torch.bfloat16)
+    state = {"wide": wide, "tall": tall}
+    if source == "safetensors":
+        path = save_sharded(state, tmp_path, shard_bytes=10 ** 9)
+    else:
+        path = tmp_path / "state.pt"
+        torch.save(state, path)
+    weights._CHUNK_BYTES, saved = 1 << 20, weights._CHUNK_BYTES
+    try:
+        opened = open_checkpoint(str(path))
+        stored = opened.load("wide", widen=True, tall=True)
+        plain = opened.load("wide", widen=True)
+        assert stored.shape == (2100, 5000) and stored.T.is_contiguous() and plain.is_contiguous()
+        assert torch.equal(stored, plain) and torch.equal(stored, wide.float())
+        assert opened.load("tall", widen=True, tall=True).is_contiguous()  # taller than wide: as it is
+        opened.close()
+    finally:
+        weights._CHUNK_BYTES = saved
+    a, b = norms.lanczos_spectral_norm(stored), norms.lanczos_spectral_norm(plain)
+    assert (a.value, a.upper) == (b.value, b.upper)  # the same Gram products on the same tall side
+    assert a.lower == pytest.approx(b.lower, rel=1e-9) and a.lower <= a.value <= a.upper
