@@ -122,3 +122,52 @@ def test_probe_checks_the_ceiling_and_reports_it_broken():
     (row,) = [r for r in broken.rows if r.kind == "ceiling"]
     assert row.assumption_broken and row.measured > row.bound
     assert not broken.violations  # the conditioned bounds are shown as comparisons, not asserted
+
+
+def _within_assumptions(model, x, floor: float, ceiling: float) -> bool:
+    """The stated floor (group centred RMS of the GroupNorm's input) and ceiling (Y of its output) hold at x, and x
+    is in the unit ball: computed here from their definitions."""
+    with torch.no_grad():
+        h = model.conv(x).double()
+        peak, _ = group_peak(h, 4, 0.0)  # Y of the normalized output (eps changes it by < 1e-9 here)
+        g = h.reshape(h.shape[0], 4, -1)
+        smallest = float((g - g.mean(-1, keepdim=True)).pow(2).mean(-1).sqrt().min())
+    return smallest >= floor and peak <= ceiling and float(rms_max(x)) <= 1.0
+
+
+def test_the_network_bound_holds_wherever_its_floor_and_ceiling_do():
+    """Model level, not op level: the default profile's network sensitivity of conv -> GroupNorm -> conv (given
+    the stated floor and ceiling) against an adversarial ascent on the input point and the direction that only
+    accepts steps keeping both assumptions and the unit ball. Starts at the example input and at inputs
+    concentrated on a few pixels (what raises Y toward its ceiling)."""
+    torch.manual_seed(0)
+    model, x = ConvGroupNorm().eval(), torch.randn(2, 8, 16, 16)
+    analysis = modnorm.analyze(model, x)
+    op = next(o for o in analysis.ops if o.module == "gn")
+    floor, ceiling, bound = op.assumption.floor, op.ceiling.floor, analysis.network.sensitivity
+    model64 = ConvGroupNorm().double().eval()
+    model64.load_state_dict(model.state_dict())
+    start = in_unit_ball((x,))[0].double()
+    best, accepted = 0.0, 0
+    for concentration in (0.0, 1.0, 2.0):
+        point = start * torch.rand(1, 1, 16, 16, dtype=torch.float64) ** concentration
+        point = point / max(1.0, float(rms_max(point)))
+        if not _within_assumptions(model64, point, floor, ceiling):
+            continue
+        point = point.clone().requires_grad_(True)
+        v = torch.randn_like(point, requires_grad=True)
+        ascent = torch.optim.Adam([point, v], lr=0.02)
+        for _ in range(60):
+            before = point.detach().clone()
+            ratio = rms_max(torch.func.jvp(model64, (point,), (v,))[1]) / rms_max(v)
+            best = max(best, float(ratio.detach()))
+            ascent.zero_grad()
+            (-ratio).backward()
+            ascent.step()
+            if _within_assumptions(model64, point.detach(), floor, ceiling):
+                accepted += 1
+            else:
+                with torch.no_grad():
+                    point.copy_(before)  # outside the region the bound is conditioned on: step refused
+    print(f"\nmeasured {best:.4g} <= bound {bound:.4g} ({best / bound:.2%}); {accepted} steps accepted")
+    assert accepted > 0 and 0 < best <= bound, (best, bound)
