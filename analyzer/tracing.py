@@ -490,9 +490,10 @@ class _RealValues:
         return _shadow(result)
 
     def _on_meta(self, node: fx.Node, module: nn.Module, values: Any, kw: Any) -> Any:
-        """A convolution's shadow computed on meta (its meta kernel does not import torch._dynamo, and the CPU
-        would spend most of the forward pass's FLOPs on it), with zeros as its real value: no op run on the CPU
-        here reads data (data-dependent ops stay on meta), so the values downstream need not be the model's."""
+        """A convolution's shadow without its FLOPs (the CPU would spend most of the forward pass on it): by the
+        output-size formula (_conv_shadow), else from the meta kernel; with zeros as its real value: no op run on
+        the CPU here reads data (data-dependent ops stay on meta), so the values downstream need not be the
+        model's."""
         shadow = _conv_shadow(module, values, kw)
         if shadow is None:
             shadow = _run_on_meta(module, to_meta(values), to_meta(kw))
@@ -699,7 +700,8 @@ def _conv_shadow(conv: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | N
         return x.new_empty((x.shape[0], conv.out_channels, *x.shape[2:]), device="meta")
     else:
         padding = conv.padding
-    sizes = tuple((length + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1 for length, pad, dilation, kernel, stride
+    sizes = tuple((length + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+                  for length, pad, dilation, kernel, stride
                   in zip(x.shape[2:], padding, conv.dilation, conv.kernel_size, conv.stride))
     if min(sizes, default=1) < 1 or min(x.shape[2:], default=1) < 1:
         return None
