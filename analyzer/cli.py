@@ -129,9 +129,11 @@ def check(
             results = [_run_sweep(chosen, settings, sweep, shape, input_dtype, factory_kwargs, jobs)]
         else:
             cores = cores_each(jobs, len(chosen))
-            results = run_all(_run, [(target, settings, shape, input_dtype, factory_kwargs, cores)
-                                     for target in chosen], jobs)
-            stop()
+            try:
+                results = run_all(_run, [(target, settings, shape, input_dtype, factory_kwargs, cores)
+                                         for target in chosen], jobs)
+            finally:
+                stop()  # parallel.stop: else the server outlives us by its teardown, holding our stderr
         if plot is not None:
             _plot(results, plot)
         results = _with_baseline(results, baseline, update_baseline, settings.root)
